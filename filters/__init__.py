@@ -58,10 +58,11 @@ def apply(df: pl.DataFrame, spec: list) -> tuple[pl.DataFrame, dict[str, int]]:
 
 from filters import conversation  # noqa: E402,F401  (registers the built-in filters)
 
-MAGPIE_BASIC = [
-    "not_truncated",
+# Instruction filters: what "passes" means for the instruction pass rate.
+MAGPIE_INSTRUCTION = [
+    "instruction_complete",
     {"name": "instruction_length", "min_chars": 10, "max_chars": 2000},
     "no_trailing_colon",
-    {"name": "response_length", "min_chars": 1},
     "unique_instruction",
 ]
+MAGPIE_BASIC = [*MAGPIE_INSTRUCTION, "response_complete", {"name": "response_length", "min_chars": 1}]

@@ -41,10 +41,25 @@ def no_trailing_colon() -> pl.Expr:
         .str.strip_chars().str.ends_with(":")).list.any()
 
 
+_TURNS = pl.Struct({"magpie": pl.Struct({"turns": pl.List(pl.Struct(
+    {role: pl.Struct({"finish_reason": pl.String}) for role in ("user", "assistant")}))})})
+
+
+def _finish_reasons(role: str) -> pl.Expr:
+    turns = pl.col("meta").str.json_decode(_TURNS).struct.field("magpie").struct.field("turns")
+    return turns.list.eval(pl.element().struct.field(role).struct.field("finish_reason"))
+
+
 @register
-def not_truncated() -> pl.Expr:
-    """Keep rows where no generation stopped at the token limit (finish_reason "length" in meta)."""
-    return ~pl.col("meta").str.contains(r'"finish_reason": "length"')
+def instruction_complete() -> pl.Expr:
+    """Keep rows where no generated user turn stopped at the token limit (finish_reason "length")."""
+    return ~_finish_reasons("user").list.contains("length").fill_null(False)
+
+
+@register
+def response_complete() -> pl.Expr:
+    """Keep rows where no generated assistant turn stopped at the token limit."""
+    return ~_finish_reasons("assistant").list.contains("length").fill_null(False)
 
 
 @register

@@ -64,7 +64,7 @@ def failed(error: str) -> Completion:
     return Completion(text=None, finish_reason="error", error=error)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=True)
 class EngineSpec:
     """What engine to build. `options` are backend keyword arguments (see each backend's docstring).
 
@@ -115,12 +115,13 @@ class Engine(Protocol):
         """log p(token_t | tokens_<t) for every prompt token after the first; None for a failed prompt."""
 
 
-_ENGINES: dict[EngineSpec, Engine] = {}
+_ENGINES: dict[str, Engine] = {}
 
 
 def load_engine(spec: EngineSpec) -> Engine:
     """Build the engine for `spec` once per process and reuse it."""
-    if spec not in _ENGINES:
+    key = spec.to_json()
+    if key not in _ENGINES:
         if spec.backend not in BACKENDS:
             raise ValueError(f"unknown engine backend {spec.backend!r}; valid: {sorted(BACKENDS)}")
         module_name, class_name, install = BACKENDS[spec.backend]
@@ -128,8 +129,8 @@ def load_engine(spec: EngineSpec) -> Engine:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ImportError(f"engine {spec.backend!r} needs a package that is missing ({exc.name}): {install}") from exc
-        _ENGINES[spec] = getattr(module, class_name)(spec)
-    return _ENGINES[spec]
+        _ENGINES[key] = getattr(module, class_name)(spec)
+    return _ENGINES[key]
 
 
 def expand_requests(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None) -> list[tuple[int, str, int | None]]:

@@ -1,0 +1,86 @@
+import polars as pl
+import pytest
+
+from pipeline import magpie
+from pipeline.chat import OFFICIAL
+from pipeline.engines import EngineSpec, load_engine
+from pipeline.records import conform, meta_dicts
+
+
+def engine(**options):
+    return load_engine(EngineSpec.make("fake", "fake-model", options=options))
+
+
+def test_plan_ids_and_seeds_depend_only_on_seed_and_index():
+    a, b = magpie.plan(5, seed=1), magpie.plan(3, seed=1)
+    assert a["id"].head(3).to_list() == b["id"].to_list()
+    assert a["id"].to_list() != magpie.plan(5, seed=2)["id"].to_list()
+    conform(a)
+
+
+def test_synthesize_sends_the_derived_prefix_in_one_batched_call():
+    e = engine(script={"<|im_start|>user\n": "How do I bake bread?\nExtra line"})
+    out = magpie.synthesize(magpie.plan(4, seed=0), engine=e)
+    assert len(e.calls) == 1 and e.calls[0][0] == 4
+    sampling = e.calls[0][1]
+    assert sampling.stop == ("<|im_end|>", "<|im_start|>", "\n") and sampling.temperature == magpie.DERIVED_INSTRUCTION_TEMPERATURE
+    assert out["messages"].to_list()[0] == [{"role": "user", "content": "How do I bake bread?"}]
+    turn = meta_dicts(out)[0]["magpie"]["turns"][0]["user"]
+    assert turn["finish_reason"] == "stop" and turn["pre_query"] == "derived" and turn["engine"] == "fake"
+    assert len({m["magpie"]["turns"][0]["user"]["seed"] for m in meta_dicts(out)}) == 4  # each request seeded
+    conform(out)
+
+
+def test_official_family_uses_pinned_prefix_stops_and_sanitizer():
+    e = load_engine(EngineSpec.make("fake", "meta-llama/Meta-Llama-3-8B-Instruct",
+                                    options={"script": {"user<|end_header_id|>": "Question: Why? Because"}}))
+    query = magpie.pre_query(e)
+    assert query.prefix == OFFICIAL["llama-3"].pre_query_template and query.stop[-2:] == ("assistant", "\n")
+    out = magpie.synthesize(magpie.plan(1, seed=0), engine=e)
+    assert out["messages"][0].to_list() == [{"role": "user", "content": "Why?"}]
+    assert meta_dicts(out)[0]["magpie"]["turns"][0]["user"]["sanitize_class"] == 99.1
+    assert magpie.pre_query(e, task="math").prefix == OFFICIAL["llama-3"].task_templates["math"]
+
+
+def test_task_control_on_a_derived_template_puts_the_task_prompt_in_the_system_turn():
+    query = magpie.pre_query(engine(), task="code")
+    assert query.prefix.startswith("<|im_start|>system\nYou are an AI assistant designed to provide helpful, step-by-step guidance on coding")
+    assert magpie.pre_query(engine(), task="translation").stop[-1] != "\n"  # official: no early stop for translation
+    with pytest.raises(ValueError, match="valid: \\['math', 'code', 'translation'\\]"):
+        magpie.pre_query(engine(), task="poetry")
+
+
+def test_failed_requests_are_marked_never_empty_rows():
+    out = magpie.synthesize(magpie.plan(4, seed=0), engine=engine(fail_every=2))
+    assert out["drop_reason"].to_list() == [None, "engine_error:http_503", None, "engine_error:http_503"]
+    assert out["messages"].to_list()[1] == []
+
+
+def test_respond_then_follow_up_then_respond_builds_two_turns():
+    e = engine(script={"<|im_start|>system\nYou are a helpful Al": "And then?", "<|im_start|>assistant\n": "Answer."})
+    df = magpie.synthesize(magpie.plan(2, seed=0), engine=e)
+    df = magpie.respond(df, engine=e)
+    df = magpie.follow_up(df, engine=e)
+    follow_prompt_sampling = e.calls[-1][1]
+    assert follow_prompt_sampling.temperature == 1.0
+    df = magpie.respond(df, engine=e)
+    roles = [[m["role"] for m in c] for c in df["messages"].to_list()]
+    assert roles == [["user", "assistant", "user", "assistant"]] * 2
+    assert df["messages"].to_list()[0][2]["content"] == "And then?"
+    turns = meta_dicts(df)[0]["magpie"]["turns"]
+    assert [sorted(t) for t in turns] == [["assistant", "user"], ["assistant", "user"]]
+    conform(df.drop("drop_reason"))
+
+
+def test_respond_requires_a_trailing_user_turn():
+    df = magpie.plan(1, seed=0)
+    with pytest.raises(ValueError, match="row 0 .* does not end with a user turn"):
+        magpie.respond(df, engine=engine())
+
+
+def test_respond_uses_the_chat_template_and_greedy_default():
+    e = engine()
+    df = magpie.synthesize(magpie.plan(1, seed=0), engine=e)
+    magpie.respond(df, engine=e)
+    assert e.calls[-1][1].temperature == 0.0
+    assert isinstance(df, pl.DataFrame)

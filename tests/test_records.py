@@ -1,0 +1,51 @@
+import json
+
+import polars as pl
+import pytest
+
+from pipeline.io import append_manifest, read_manifest, read_records, write_shard
+from pipeline.records import RecordError, conform
+
+
+def frame(**overrides):
+    data = {"id": ["a", "b"], "source": ["magpie"] * 2,
+            "messages": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]],
+            "meta": ["{}", '{"seed": 1}']}
+    data.update(overrides)
+    return pl.DataFrame(data)
+
+
+def test_conform_fills_optional_columns_and_orders_them():
+    table = conform(frame())
+    assert table.column_names == ["id", "parent_id", "source", "messages", "chosen", "rejected", "drop_reason", "meta"]
+    assert table.column("chosen").null_count == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"score": [1, 2]}, "unknown column(s) ['score']"),
+    ({"id": ["a", None]}, "row 1 (id=None) field 'id' is null"),
+    ({"id": ["a", "a"]}, "row 0 (id='a') field 'id' is duplicated"),
+    ({"meta": ["{}", "[1]"]}, "row 1 (id='b') field 'meta' is not a JSON object"),
+    ({"messages": [[{"role": "user", "content": "x"}], [{"role": "robot", "content": "x"}]]}, "row 1 (id='b') field 'messages' has a role"),
+])
+def test_conform_names_place_row_and_field(overrides, message):
+    with pytest.raises(RecordError, match="^in.parquet: " + message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        conform(frame(**overrides), where="in.parquet")
+
+
+def test_write_shard_is_atomic_and_round_trips(tmp_path):
+    path = write_shard(frame(), tmp_path / "s" / "shard-00000.parquet")
+    assert [p.name for p in path.parent.iterdir()] == ["shard-00000.parquet"]  # no temp file left behind
+    assert read_records(path)["id"].to_list() == ["a", "b"]
+    with pytest.raises(RecordError):
+        write_shard(frame(extra=[1, 2]), tmp_path / "s" / "shard-00001.parquet")
+    assert not (tmp_path / "s" / "shard-00001.parquet").exists()
+
+
+def test_manifest_appends_and_skips_a_torn_line(tmp_path):
+    append_manifest(tmp_path, {"stage": "a", "rows_in": 1})
+    with open(tmp_path / "manifest.jsonl", "a") as f:
+        f.write('{"stage": "b", "rows')  # a crash mid-write
+    entries = read_manifest(tmp_path)
+    assert [e["stage"] for e in entries] == ["a"] and "time" in entries[0]
+    assert json.loads((tmp_path / "manifest.jsonl").read_text().splitlines()[0])["rows_in"] == 1
