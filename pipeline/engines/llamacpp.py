@@ -1,7 +1,7 @@
 """In-process llama.cpp on a GGUF file (the CPU backend).
 
 Options: n_ctx (2048), n_threads (all cores), n_batch (512). The high-level llama-cpp-python API
-decodes one sequence at a time, so requests run sequentially.
+decodes one sequence at a time, so requests run sequentially, each from a fresh context.
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ class LlamaCppEngine:
         return regroup(prompts, sampling, flat)
 
     def _one(self, prompt: str, sampling: Sampling, seed: int | None) -> Completion:
+        # Reusing the KV cache of the previous request shifts the logits slightly, so the same seed would
+        # give different text depending on what ran before; a fresh context keeps every request reproducible.
+        self.llm.reset()
         try:
             out = self.llm.create_completion(
                 prompt, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,

