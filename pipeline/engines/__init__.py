@@ -6,8 +6,10 @@ small and JSON-serialisable so it can cross task boundaries; `load_engine(spec)`
 once per process.
 
 Seeding contract, identical on every backend: completion j of prompt i is sampled with seed
-`seeds[i] + j`, as its own request. Per-request seeds make a row's text independent of how rows are
-batched, so a resumed shard reproduces what a finished one would have written.
+`seeds[i] + j`, as its own request, so no two rows share a random stream. On llama.cpp (a fresh context
+per request) the same seed gives the same text whatever ran before; vLLM and servers are not
+batch-invariant (prefix-cache state and batch composition shift the logits), so there the same seed
+reproduces text only for the same batch. Resume never depends on it: finished shards are kept as written.
 """
 from __future__ import annotations
 
@@ -72,14 +74,14 @@ class EngineSpec:
     `options["api_key_env"]` when the engine is built.
     """
 
-    backend: str = "llamacpp"
+    backend: str = "vllm"
     model: str = "smollm2"
     base_url: str | None = None
     template: str | None = None  # where to read the chat template when the backend cannot (openai)
     options: tuple[tuple[str, object], ...] = ()
 
     @classmethod
-    def make(cls, backend: str = "llamacpp", model: str = "smollm2", **kwargs) -> "EngineSpec":
+    def make(cls, backend: str = "vllm", model: str = "smollm2", **kwargs) -> "EngineSpec":
         options = kwargs.pop("options", {}) or {}
         return cls(backend=backend, model=model, options=tuple(sorted(options.items())), **kwargs)
 

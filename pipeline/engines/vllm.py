@@ -27,6 +27,7 @@ class VLLMEngine:
         cpu = not _has_cuda()
         if cpu:  # in-process engine: 3 s start instead of 24 s, no spawn pitfalls
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # CPU builds warn about thread binding on every call
         from vllm import LLM
 
         self.spec = spec

@@ -1,0 +1,1 @@
+"""Prefect flows: thin tasks over pipeline.jobs steps (pipeline/ never imports Prefect)."""

@@ -1,0 +1,33 @@
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+def test_unknown_engine_lists_the_valid_ones(tmp_path):
+    result = runner.invoke(app, ["magpie", "--out", str(tmp_path), "--engine", "ollama"])
+    assert result.exit_code == 2 and "valid: llamacpp, openai, vllm" in result.output
+
+
+@pytest.mark.real_llm
+@pytest.mark.vllm
+def test_magpie_command_on_the_offline_default_model_and_resume(tmp_path):
+    args = ["magpie", "--out", str(tmp_path), "--n", "4", "--shard-size", "2", "--response-max-tokens", "64",
+            "--response-temperature", "0.6"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(tmp_path / "export" / "data.parquet")
+    manifest = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert {e["stage"] for e in manifest} == {"instructions", "responses", "filtered", "export"}
+    assert all(e["engine"]["backend"] == "vllm" for e in manifest if e["stage"] in ("instructions", "responses"))
+    assert df.height == sum(e["rows_out"] for e in manifest if e["stage"] == "filtered")
+    # run again: every shard is finished, so nothing new is computed and the export is identical
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert [json.loads(line)["stage"] for line in (tmp_path / "manifest.jsonl").read_text().splitlines()][len(manifest):] == ["export"]
+    assert pl.read_parquet(tmp_path / "export" / "data.parquet").equals(df)
