@@ -1,0 +1,3 @@
+"""aligndata's library: records, run directories, chat templates, engines and one module per method.
+
+Never imports Prefect (flows/ does)."""
