@@ -62,14 +62,22 @@ def write_plan(out: Path, *, n: int, seed: int) -> Path:
 
 def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None = None,
                  instruction_temperature: float | None = None, instruction_max_tokens: int = 256,
-                 response_temperature: float = 0.0, response_top_p: float = 1.0, response_max_tokens: int = 512, filter_spec: list | None = None,
+                 response_temperature: float = 0.0, response_top_p: float = 1.0, response_max_tokens: int = 512,
+                 instruction_filter_spec: list | None = None, filter_spec: list | None = None,
                  shard_size: int = 32) -> list[Step]:
-    """Instructions → responses (→ follow-up + response per extra turn) → filters."""
+    """Instructions → instruction filters → responses (→ follow-up + response per extra turn) → filters.
+
+    Instructions are filtered before any response is generated so no engine time goes to rows that would
+    be dropped; the final filters check every turn again.
+    """
     responses = {"temperature": response_temperature, "top_p": response_top_p, "max_tokens": response_max_tokens}
     steps = [
         Step("instructions", "pipeline.magpie:synthesize", magpie.VERSION, {
             "task": task, "system": system, "temperature": instruction_temperature, "max_tokens": instruction_max_tokens},
             shard_size=shard_size),
+        Step("instructions-filtered", "filters:mark", FILTER_VERSION,
+             {"spec": filters.MAGPIE_INSTRUCTION if instruction_filter_spec is None else instruction_filter_spec},
+             uses_engine=False, shard_size=None),
         Step("responses", "pipeline.magpie:respond", magpie.VERSION, responses, shard_size=shard_size),
     ]
     for turn in range(2, turns + 1):

@@ -23,7 +23,7 @@ def test_magpie_command_on_the_offline_default_model_and_resume(tmp_path):
     assert result.exit_code == 0, result.output
     df = pl.read_parquet(tmp_path / "export" / "data.parquet")
     manifest = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
-    assert {e["stage"] for e in manifest} == {"instructions", "responses", "filtered", "export"}
+    assert {e["stage"] for e in manifest} == {"instructions", "instructions-filtered", "responses", "filtered", "export"}
     assert all(e["engine"]["backend"] == "vllm" for e in manifest if e["stage"] in ("instructions", "responses"))
     assert df.height == sum(e["rows_out"] for e in manifest if e["stage"] == "filtered")
     # run again: every shard is finished, so nothing new is computed and the export is identical

@@ -88,9 +88,9 @@ def test_magpie_two_turns_end_to_end(backend, tmp_path, request):
     summary = magpie_job(tmp_path, n=4, seed=3, engine=spec, turns=2, shard_size=4, response_max_tokens=96,
                          response_temperature=0.7, filter_spec=["instruction_complete", "unique_instruction"])
     df = read_shards(tmp_path / "responses-2")
-    assert df.height == 4
+    assert df.height == summary["stages"]["instructions-filtered"]["rows_out"] >= 3
     for conversation in df["messages"].to_list():
         assert [m["role"] for m in conversation] == ["user", "assistant", "user", "assistant"]
         assert all(m["content"].strip() for m in conversation)
-    assert summary["stages"]["filtered"]["rows_in"] == 4
+    assert summary["stages"]["filtered"]["rows_in"] == df.height
     assert summary["stages"]["instructions"]["drops"] == {}

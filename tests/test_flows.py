@@ -19,7 +19,7 @@ def harness(tmp_path_factory):
 def test_magpie_flow_runs_each_step_as_a_task(tmp_path):
     engine = {"backend": "fake", "model": "flow-model", "options": {"script": {"<|im_start|>assistant\n": "An answer."}}}
     summary = magpie_flow(out=str(tmp_path), n=6, seed=0, engine=engine, turns=2, shard_size=4)
-    assert list(summary["stages"]) == ["instructions", "responses", "followups-2", "responses-2", "filtered"]
+    assert list(summary["stages"]) == ["instructions", "instructions-filtered", "responses", "followups-2", "responses-2", "filtered"]
     assert summary["stages"]["instructions"]["rows_in"] == 6
     exported = pl.read_parquet(tmp_path / "export" / "data.parquet")
     assert exported.height == summary["stages"]["filtered"]["rows_out"] == read_shards(tmp_path / "filtered").height > 0
