@@ -22,6 +22,14 @@ SCHEMA = pa.schema(
         pa.field("messages", CONVERSATION),
         pa.field("chosen", CONVERSATION),
         pa.field("rejected", CONVERSATION),
+        # deita: per-turn complexity and quality (expected score over "1".."6"), and sum_t c_t * q_t.
+        pa.field("complexity", pa.list_(pa.float64())),
+        pa.field("quality", pa.list_(pa.float64())),
+        pa.field("deita_score", pa.float64()),
+        # Instruction-following difficulty s(A|Q)/s(A) (Cherry LLM), first turn.
+        pa.field("ifd", pa.float64()),
+        # Unit-norm float32 vector (sentence-transformers or a causal LM's last hidden state).
+        pa.field("embedding", pa.list_(pa.float32())),
         # Why the row was dropped (a filter's name, or "engine_error:<kind>"); null in kept shards.
         pa.field("drop_reason", pa.string()),
         # JSON object: provenance (model, engine, sampling, seed, template, finish reasons, ...).

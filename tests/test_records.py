@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from pipeline.io import append_manifest, read_manifest, read_records, write_shard
-from pipeline.records import RecordError, conform
+from pipeline.records import SCHEMA, RecordError, conform
 
 
 def frame(**overrides):
@@ -17,7 +17,8 @@ def frame(**overrides):
 
 def test_conform_fills_optional_columns_and_orders_them():
     table = conform(frame())
-    assert table.column_names == ["id", "parent_id", "source", "messages", "chosen", "rejected", "drop_reason", "meta"]
+    assert table.column_names[:6] == ["id", "parent_id", "source", "messages", "chosen", "rejected"]
+    assert table.column_names == SCHEMA.names and table.column_names[-2:] == ["drop_reason", "meta"]
     assert table.column("chosen").null_count == 2
 
 

