@@ -67,3 +67,28 @@ def unique_instruction() -> pl.Expr:
     """Keep the first row of each group of identical first instructions (case and whitespace folded)."""
     key = first_instruction().str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
     return key.is_first_distinct()
+
+
+@register
+def not_contaminated(max_similarity: float = 0.95, max_ngram_overlap: float = 0.5) -> pl.Expr:
+    """Keep rows below both overlap thresholds with the reference set (rows never compared are kept)."""
+    return ((pl.col("ref_similarity").fill_null(-1.0) < max_similarity)
+            & (pl.col("ref_ngram_overlap").fill_null(0.0) < max_ngram_overlap))
+
+
+@register
+def ifd_at_most(limit: float = 1.0) -> pl.Expr:
+    """Keep rows whose IFD is at most `limit` (Cherry drops IFD > 1: the instruction does not help)."""
+    return pl.col("ifd") <= limit
+
+
+@register
+def min_neighbor_distance_above(threshold: float = 0.0) -> pl.Expr:
+    """Keep rows whose embedding is farther than `threshold` from every other row (Magpie: > 0)."""
+    return pl.col("min_neighbor_distance") > threshold
+
+
+@register
+def first_of_repeats() -> pl.Expr:
+    """Keep rows that are not a later copy in a near-duplicate group (Magpie's dedup rule)."""
+    return pl.col("dup_of").is_null()

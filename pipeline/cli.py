@@ -32,7 +32,7 @@ def _engine(engine: str, model: str, base_url: Optional[str], template: Optional
     return EngineSpec.make(engine, model, base_url=base_url, template=template, options=options)
 
 
-def _run_magpie(out: Path, **kwargs) -> None:
+def _run_job(job: str, out: Path, **kwargs) -> None:
     with Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         tasks: dict[str, int] = {}
@@ -42,11 +42,13 @@ def _run_magpie(out: Path, **kwargs) -> None:
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done)
 
-        from pipeline.jobs import magpie_job
+        from pipeline import jobs
+        from pipeline.imports import InputError
+        from pipeline.records import RecordError
 
         try:
-            summary = magpie_job(out, on_progress=on_progress, **kwargs)
-        except (EngineFailures, StageMismatch) as exc:
+            summary = getattr(jobs, job)(out, on_progress=on_progress, **kwargs)
+        except (EngineFailures, StageMismatch, InputError, RecordError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
     for stage, s in summary["stages"].items():
@@ -78,7 +80,7 @@ def magpie(
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
 ) -> None:
     """Magpie self-synthesis: instructions, responses, optional extra turns, basic filters, Parquet export."""
-    _run_magpie(out, n=n, seed=seed, engine=_engine(engine, model, base_url, template, option), turns=turns, task=task,
+    _run_job("magpie_job", out, n=n, seed=seed, engine=_engine(engine, model, base_url, template, option), turns=turns, task=task,
                 system=system, instruction_temperature=temperature, response_temperature=response_temperature,
                 response_max_tokens=response_max_tokens, shard_size=shard_size, max_failure_rate=max_failure_rate)
 
@@ -97,8 +99,53 @@ def run(
     Responses are sampled at T=0.6, top_p=0.9 (the official Llama-3.1 response setting) rather than the
     paper's greedy decoding: greedy SmolLM2-135M loops until the token limit on most prompts.
     """
-    _run_magpie(out, n=n, seed=seed, engine=_engine(engine, model, base_url, None, []), turns=1, response_max_tokens=384,
+    _run_job("magpie_job", out, n=n, seed=seed, engine=_engine(engine, model, base_url, None, []), turns=1, response_max_tokens=384,
                 response_temperature=0.6, response_top_p=0.9, shard_size=8)
+
+
+@app.command()
+def curate(
+    input: Path = typer.Option(..., help="Your data: Parquet, JSONL/JSON or an HF datasets directory (messages, ShareGPT or Alpaca)."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    k: int = typer.Option(1000, help="Rows to select."),
+    tau: float = typer.Option(0.9, help="Repr Filter: keep a row iff its cosine to every selected row is <= tau."),
+    dedup: str = typer.Option("exact,minhash,semantic", help="Dedup methods, in order (comma list; '' for none)."),
+    selector: str = typer.Option("diverse", help="diverse (deita Repr Filter) or isa (information-theoretic subsampling)."),
+    isa_fraction: float = typer.Option(0.1, help="Share of rows ISA keeps."),
+    engine: str = typer.Option("vllm", help="Engine for the deita scorer: " + ENGINE_HELP),
+    model: str = typer.Option("smollm2", help="Scorer model (hkust-nlp/deita-*-scorer on GPU; any instruct model as judge)."),
+    base_url: Optional[str] = typer.Option(None),
+    score_mode: str = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
+) -> None:
+    """deita curation of existing data: dedup, embeddings, complexity x quality scores, diverse selection."""
+    _run_job("curate_job", out, input_path=input, fmt=fmt, engine=_engine(engine, model, base_url, None, []), k=k, tau=tau,
+             dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
+             score_mode=score_mode)
+
+
+@app.command()
+def select(
+    input: Path = typer.Option(..., help="Parquet with `id`, `embedding` and a score column (or `complexity` and `quality`)."),
+    out: Path = typer.Option(..., help="Output Parquet: the selected rows, in selection order."),
+    k: int = typer.Option(..., help="Rows to select."),
+    tau: float = typer.Option(0.9, help="Keep a row iff its cosine to every selected row is <= tau."),
+    score: Optional[str] = typer.Option(None, help="Score column (default: deita_score, or complexity x quality)."),
+) -> None:
+    """deita's Repr Filter on any Parquet: the k best rows by score whose embeddings are not within tau of each other."""
+    import polars as pl
+
+    from pipeline.io import write_atomic
+    from pipeline.selection import select_table
+
+    try:
+        table = pl.read_parquet(input)
+        selected = select_table(table, k=k, tau=tau, score=score, where=str(input))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    write_atomic(out, lambda tmp: selected.write_parquet(tmp))
+    console.print(f"selected {selected.height} of {table.height} rows → {out}")
 
 
 def main() -> None:

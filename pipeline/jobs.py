@@ -123,3 +123,59 @@ def summarize(run_dir: Path) -> dict:
         for reason, count in entry["drops"].items():
             s["drops"][reason] = s["drops"].get(reason, 0) + count
     return {"stages": stages}
+
+
+DEDUP_METHODS = ("exact", "minhash", "semantic")
+SELECTORS = ("diverse", "isa")
+
+
+def write_input(out: Path, path: Path, fmt: str | None = None) -> Path:
+    """DIR/input/shard-00000.parquet: the user's data as records (written once; a re-run reuses it)."""
+    from pipeline.imports import load
+
+    input_dir = Path(out) / "input"
+    if not (input_dir / "shard-00000.parquet").exists():
+        write_shard(load(path, fmt), input_dir / "shard-00000.parquet")
+    return input_dir
+
+
+def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
+                 isa_fraction: float = 0.1, score_mode: str = "scorer", top_logprobs: int = 20,
+                 embed_field: str = "instruction", shard_size: int = 64) -> list[Step]:
+    """Exact/MinHash dedup → embeddings → semantic dedup → deita scores → selection (Repr Filter or ISA)."""
+    from pipeline import deita, embed, selection, subsample
+
+    unknown = set(dedup) - set(DEDUP_METHODS)
+    if unknown or selector not in SELECTORS:
+        raise ValueError(f"dedup methods must be in {list(DEDUP_METHODS)} and selector in {list(SELECTORS)}; "
+                         f"got {sorted(unknown)} and {selector!r}")
+
+    def dedup_step(method):
+        return Step(f"dedup-{method}", "pipeline.selection:dedup", selection.VERSION, {"method": method},
+                    uses_engine=False, shard_size=None)
+
+    steps = [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
+    steps.append(Step("embedded", "pipeline.embed:embed", embed.VERSION, {"field": embed_field}, uses_engine=False,
+                      shard_size=4096))
+    steps += [dedup_step("semantic")] if "semantic" in dedup else []
+    steps.append(Step("scored", "pipeline.deita:score", deita.VERSION, {"mode": score_mode, "top_logprobs": top_logprobs},
+                      shard_size=shard_size))
+    if selector == "diverse":
+        steps.append(Step("selected", "pipeline.selection:diverse_top_k", selection.VERSION, {"k": k, "tau": tau},
+                          uses_engine=False, shard_size=None))
+    else:
+        steps.append(Step("selected", "pipeline.subsample:isa", subsample.VERSION, {"fraction": isa_fraction},
+                          uses_engine=False, shard_size=None))
+    return steps
+
+
+def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | None = None, max_failure_rate: float = 0.1,
+               on_progress: Callable[[str, int, int], None] | None = None, **step_options) -> dict:
+    """Curate the user's data into `out`: import, curate_steps(**step_options), Parquet export (selection order)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    last = run_steps(out, curate_steps(**step_options), write_input(out, input_path, fmt), engine=engine,
+                     max_failure_rate=max_failure_rate, on_progress=on_progress)
+    path = export_parquet(out, last)
+    return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}

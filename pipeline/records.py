@@ -28,6 +28,13 @@ SCHEMA = pa.schema(
         pa.field("deita_score", pa.float64()),
         # Instruction-following difficulty s(A|Q)/s(A) (Cherry LLM), first turn.
         pa.field("ifd", pa.float64()),
+        # Magpie repetition: squared L2 distance to the nearest other row (unit vectors).
+        pa.field("min_neighbor_distance", pa.float64()),
+        # Dedup: the id of the earlier kept row this one duplicates.
+        pa.field("dup_of", pa.string()),
+        # Overlap with a reference set (decontamination): max cosine, and share of word n-grams found there.
+        pa.field("ref_similarity", pa.float64()),
+        pa.field("ref_ngram_overlap", pa.float64()),
         # Unit-norm float32 vector (sentence-transformers or a causal LM's last hidden state).
         pa.field("embedding", pa.list_(pa.float32())),
         # Why the row was dropped (a filter's name, or "engine_error:<kind>"); null in kept shards.

@@ -1,0 +1,45 @@
+"""Instruction-Following Difficulty (Li et al., Cherry LLM; arXiv 2308.12032): IFD = s(A|Q) / s(A), the
+answer's mean token loss with the instruction over without it. IFD > 1 means the instruction does not
+help predict the answer (a misaligned pair); higher IFD below 1 marks harder, more useful samples.
+
+From `engine.prompt_logprobs` in one batched call per shard: the answer's tokens are those the full text
+has beyond its prefix (conditioned: the chat-template rendering of Q; unconditioned: Cherry's
+"### Response:" header).
+"""
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.deita import turns
+from pipeline.engines import Engine
+from pipeline.records import messages_of
+
+VERSION = "1"
+RESPONSE_HEADER = "### Response:"
+
+
+def _answer_loss(full: list[float] | None, prefix: list[float] | None) -> float | None:
+    if full is None or prefix is None:
+        return None
+    n_answer = len(full) - len(prefix)
+    if n_answer <= 0:
+        return None
+    return -sum(full[-n_answer:]) / n_answer
+
+
+def score(df: pl.DataFrame, *, engine: Engine) -> pl.DataFrame:
+    """Add `ifd` for each row's first (instruction, answer) turn; null where it cannot be computed."""
+    if df.is_empty():
+        return df.with_columns(pl.lit(None, dtype=pl.Float64).alias("ifd"))
+    firsts = [(turns(c) or [("", "")])[0] for c in messages_of(df)]
+    prompts = []
+    for question, answer in firsts:
+        conditioned = engine.template.render([{"role": "user", "content": question}], add_generation_prompt=True)
+        prompts += [conditioned + answer, conditioned, RESPONSE_HEADER + answer, RESPONSE_HEADER]
+    logprobs = engine.prompt_logprobs(prompts)
+    values = []
+    for i, (_, answer) in enumerate(firsts):
+        full_c, pre_c, full_u, pre_u = logprobs[4 * i:4 * i + 4]
+        conditioned, alone = _answer_loss(full_c, pre_c), _answer_loss(full_u, pre_u)
+        values.append(conditioned / alone if answer and conditioned is not None and alone else None)
+    return df.with_columns(pl.Series("ifd", values, dtype=pl.Float64))

@@ -1,0 +1,259 @@
+"""Selection and dedup over embeddings: deita's Repr Filter, Magpie's min-neighbour distance, exact /
+MinHash / semantic dedup, and information-theoretic subsampling (ISA, reconstructed).
+
+Array functions take unit-norm float32 vectors and return row indices; the stage functions around them
+mark dropped rows with `drop_reason` and keep kept rows in selection order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipeline.embed import matrix
+
+VERSION = "1"
+
+
+def _index(dim: int):
+    import faiss
+
+    return faiss.IndexFlatIP(dim)
+
+
+def repr_filter(vectors: np.ndarray, scores: np.ndarray, *, k: int, tau: float = 0.9, block: int = 2048) -> np.ndarray:
+    """deita's Repr Filter: row indices, in selection order, of up to `k` rows taken greedily by score.
+
+    Rows are visited by descending score (stable: ties keep row order; NaN scores come last); a row is
+    kept iff its cosine similarity to every row already kept is <= tau. Identical in effect to the
+    official one-candidate-at-a-time loop (batch_size=1), computed in blocks: a block's candidates are
+    first checked against the kept set with one exact faiss search (similarity only grows with the kept
+    set, so a rejection then is final), and the survivors are resolved in order with the block's own
+    Gram matrix.
+    """
+    n = len(vectors)
+    if n == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf), kind="stable")
+    index, selected = _index(vectors.shape[1]), []
+    for start in range(0, n, block):
+        candidates = order[start:start + block]
+        block_vectors = vectors[candidates]
+        if index.ntotal:
+            nearest, _ = index.search(block_vectors, 1)
+            alive = nearest[:, 0] <= tau
+            candidates, block_vectors = candidates[alive], block_vectors[alive]
+        gram = block_vectors @ block_vectors.T
+        kept: list[int] = []
+        for i in range(len(candidates)):
+            if kept and gram[i, kept].max() > tau:
+                continue
+            kept.append(i)
+            if len(selected) + len(kept) >= k:
+                break
+        selected.extend(candidates[kept].tolist())
+        index.add(block_vectors[kept])
+        if len(selected) >= k:
+            break
+    return np.asarray(selected[:k], dtype=np.int64)
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, *, block: int = 4096, approximate: bool | None = None):
+    """For each row, the other rows with cosine >= threshold: (lims, labels) as faiss range_search gives.
+
+    Exact (flat) up to 200k rows; above that an IVF index (nprobe 16) unless `approximate=False`.
+    """
+    import faiss
+
+    n, dim = vectors.shape
+    approximate = n > 200_000 if approximate is None else approximate
+    if approximate:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)])
+        index.nprobe = 16
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    counts, labels = [], []
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # range_search keeps sim > radius
+    for start in range(0, n, block):
+        block_lims, _, block_labels = index.range_search(vectors[start:start + block], radius)
+        counts.append(np.diff(block_lims))
+        labels.append(block_labels)
+    lims = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    return lims, np.concatenate(labels).astype(np.int64)
+
+
+def keep_first(n: int, lims: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """For each row, -1 if kept, else the index of the earlier kept row it duplicates (row order wins)."""
+    dup_of = np.full(n, -1, dtype=np.int64)
+    for i in np.flatnonzero(np.diff(lims) > 1):  # rows with a neighbour besides themselves
+        for j in sorted(labels[lims[i]:lims[i + 1]]):
+            if j >= i:
+                break
+            if dup_of[j] == -1:
+                dup_of[i] = j
+                break
+    return dup_of
+
+
+def min_neighbor_distance(vectors: np.ndarray, *, repeat_threshold: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Magpie's repetition metrics, exact L2 over unit vectors (squared distances, as faiss IndexFlat).
+
+    Returns (min squared distance to another row, repeat count = rows within `repeat_threshold`,
+    index of the lowest-index row of that set if lower than the row itself, else -1).
+    """
+    import faiss
+
+    n, dim = vectors.shape
+    index = faiss.IndexFlatL2(dim)
+    index.add(vectors)
+    distances, neighbours = index.search(vectors, min(2, n))
+    own = np.arange(n)
+    # The nearest hit is normally the row itself; exact duplicates may come first instead.
+    nearest = np.where(neighbours[:, 0] == own, distances[:, -1], distances[:, 0]) if n > 1 else np.full(n, np.nan)
+    lims, labels = similar_pairs(vectors, 1.0 - repeat_threshold / 2.0, approximate=False)  # d^2 < t  <=>  cos > 1 - t/2
+    counts = np.diff(lims) - 1
+    first = np.full(n, -1, dtype=np.int64)
+    for i in np.flatnonzero(counts > 0):
+        lowest = labels[lims[i]:lims[i + 1]].min()
+        first[i] = lowest if lowest < i else -1
+    return np.maximum(nearest, 0.0), counts, first
+
+
+# --- stages -------------------------------------------------------------------------------------------
+
+
+def _mark(df: pl.DataFrame, dropped: np.ndarray, reason: str) -> pl.Series:
+    existing = df["drop_reason"] if "drop_reason" in df.columns else pl.Series([None] * df.height, dtype=pl.String)
+    return existing.zip_with(pl.Series(~dropped), pl.Series([reason] * df.height, dtype=pl.String)).alias("drop_reason")
+
+
+def diverse_top_k(df: pl.DataFrame, *, k: int, tau: float = 0.9, score: str = "deita_score") -> pl.DataFrame:
+    """Stage: keep the Repr Filter's `k` rows (by `score`, descending), in selection order; mark the rest."""
+    if score not in df.columns:
+        raise ValueError(f"diverse_top_k: no {score!r} column; valid score columns: "
+                         f"{[c for c, t in df.schema.items() if t.is_numeric()]}")
+    picked = repr_filter(matrix(df), df[score].cast(pl.Float64).to_numpy(), k=k, tau=tau)
+    rank = np.full(df.height, np.iinfo(np.int64).max, dtype=np.int64)
+    rank[picked] = np.arange(len(picked))
+    marked = df.with_columns(_mark(df, rank == np.iinfo(np.int64).max, "not_selected"), pl.Series("_rank", rank))
+    return marked.sort("_rank", maintain_order=True).drop("_rank")
+
+
+def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFrame:
+    """Stage: Magpie's `min_neighbor_distance` and `dup_of` (first row of its near-duplicate group)."""
+    distance, _, first = min_neighbor_distance(matrix(df), repeat_threshold=repeat_threshold)
+    ids = df["id"].to_numpy()
+    return df.with_columns(pl.Series("min_neighbor_distance", distance.astype(np.float64)),
+                           pl.Series("dup_of", np.where(first >= 0, ids[np.maximum(first, 0)], None), dtype=pl.String))
+
+
+def normalized_text(df: pl.DataFrame, field: str = "instruction") -> pl.Series:
+    """Case- and whitespace-folded text used by exact and MinHash dedup."""
+    from pipeline.embed import texts
+
+    return pl.Series(texts(df, field)).str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def dedup(df: pl.DataFrame, *, method: str = "exact", field: str = "instruction", threshold: float | None = None,
+          num_perm: int = 128, ngram: int = 5) -> pl.DataFrame:
+    """Stage: mark every row that duplicates an earlier kept row (`drop_reason = "dup_<method>"`, `dup_of` = its id).
+
+    exact: identical normalized text; minhash: estimated Jaccard of word n-grams >= threshold (default 0.7,
+    datasketch MinHashLSH); semantic: embedding cosine >= threshold (default 0.95).
+    """
+    n = df.height
+    if method == "exact":
+        key = normalized_text(df, field)
+        first = pl.DataFrame({"key": key, "row": np.arange(n)}).select(pl.col("row").first().over("key"))["row"].to_numpy()
+        dup_of = np.where(first < np.arange(n), first, -1)
+    elif method == "minhash":
+        dup_of = _minhash_dups(normalized_text(df, field).to_list(), threshold or 0.7, num_perm, ngram)
+    elif method == "semantic":
+        lims, labels = similar_pairs(matrix(df), threshold or 0.95)
+        dup_of = keep_first(n, lims, labels)
+    else:
+        raise ValueError(f"unknown dedup method {method!r}; valid: ['exact', 'minhash', 'semantic']")
+    ids = df["id"].to_numpy()
+    return df.with_columns(_mark(df, dup_of >= 0, f"dup_{method}"),
+                           pl.Series("dup_of", np.where(dup_of >= 0, ids[np.maximum(dup_of, 0)], None), dtype=pl.String))
+
+
+def _minhash_dups(texts: list[str], threshold: float, num_perm: int, ngram: int) -> np.ndarray:
+    from datasketch import MinHash, MinHashLSH
+
+    def shingles(text):
+        words = text.split()
+        grams = {" ".join(words[i:i + ngram]) for i in range(max(len(words) - ngram + 1, 1))}
+        return [g.encode() for g in grams]
+
+    hashes = MinHash.bulk([shingles(t) for t in texts], num_perm=num_perm, seed=1)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    dup_of = np.full(len(texts), -1, dtype=np.int64)
+    for i, h in enumerate(hashes):
+        matches = lsh.query(h)
+        if matches:
+            dup_of[i] = min(matches)
+        else:
+            lsh.insert(i, h)
+    return dup_of
+
+
+def top_k(df: pl.DataFrame, *, k: int, column: str, descending: bool = True) -> pl.DataFrame:
+    """Stage: keep the `k` rows with the highest (or lowest) `column`, stable, nulls last; mark the rest."""
+    order = df.with_row_index("_row").sort(column, descending=descending, nulls_last=True, maintain_order=True)["_row"]
+    rank = np.empty(df.height, dtype=np.int64)
+    rank[order.to_numpy()] = np.arange(df.height)
+    dropped = (rank >= k) | df[column].is_null().to_numpy()
+    return df.with_columns(_mark(df, dropped, "not_selected"), pl.Series("_rank", rank)).sort("_rank").drop("_rank")
+
+
+def word_ngrams(text: str, n: int) -> set[str]:
+    """Lower-cased word n-grams of a text (all of it when shorter than n).
+
+    >>> sorted(word_ngrams("The cat sat", 2))
+    ['cat sat', 'the cat']
+    """
+    words = text.lower().split()
+    return {" ".join(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))} if words else set()
+
+
+def reference_overlap(df: pl.DataFrame, *, reference: list[str], reference_vectors: np.ndarray | None = None,
+                      field: str = "instruction", ngram: int = 8) -> pl.DataFrame:
+    """Stage: `ref_similarity` (max embedding cosine to any reference text) and `ref_ngram_overlap` (share
+    of the row's word n-grams found in the reference set), for decontamination against eval sets."""
+    from pipeline.embed import encode, texts
+
+    rows = texts(df, field)
+    reference_grams = set().union(*(word_ngrams(t, ngram) for t in reference)) if reference else set()
+    overlap = [len(g & reference_grams) / len(g) if (g := word_ngrams(t, ngram)) else 0.0 for t in rows]
+    ref = encode(reference) if reference_vectors is None else reference_vectors
+    index = _index(ref.shape[1])
+    index.add(np.ascontiguousarray(ref, dtype=np.float32))
+    similarity, _ = index.search(matrix(df) if "embedding" in df.columns else encode(rows), 1)
+    return df.with_columns(pl.Series("ref_similarity", similarity[:, 0].astype(np.float64)),
+                           pl.Series("ref_ngram_overlap", overlap, dtype=pl.Float64))
+
+
+def select_table(table: pl.DataFrame, *, k: int, tau: float = 0.9, score: str | None = None, where: str = "input") -> pl.DataFrame:
+    """Repr Filter over any table with `id`, `embedding` and a score: the selected rows in selection order.
+
+    The score is `score`, else `deita_score`, else complexity x quality (summed over turns when they are lists).
+    """
+    missing = [c for c in ("id", "embedding") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; `select` needs id, embedding and a score")
+    if score is None and "deita_score" not in table.columns:
+        if not {"complexity", "quality"} <= set(table.columns):
+            raise ValueError(f"{where}: no score column; pass --score, or provide deita_score, or complexity and quality")
+        c, q = table["complexity"], table["quality"]
+        values = (c * q).list.sum() if c.dtype == pl.List(pl.Float64) or isinstance(c.dtype, pl.List) else c * q
+    else:
+        name = score or "deita_score"
+        if name not in table.columns:
+            raise ValueError(f"{where}: no column {name!r}; columns are {table.columns}")
+        values = table[name]
+    picked = repr_filter(matrix(table), values.cast(pl.Float64).to_numpy(), k=k, tau=tau)
+    return table[picked]
