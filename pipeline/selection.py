@@ -130,6 +130,12 @@ def _mark(df: pl.DataFrame, dropped: np.ndarray, reason: str) -> pl.Series:
     return existing.zip_with(pl.Series(~dropped), pl.Series([reason] * df.height, dtype=pl.String)).alias("drop_reason")
 
 
+def _ids_at(df: pl.DataFrame, rows: np.ndarray, name: str = "dup_of") -> pl.Series:
+    """The id of row `rows[i]` for each i, null where rows[i] < 0."""
+    ids = df["id"].gather(np.maximum(rows, 0))
+    return pl.select(pl.when(pl.Series(rows >= 0)).then(ids).otherwise(None).alias(name)).to_series()
+
+
 def diverse_top_k(df: pl.DataFrame, *, k: int, tau: float = 0.9, score: str = "deita_score") -> pl.DataFrame:
     """Stage: keep the Repr Filter's `k` rows (by `score`, descending), in selection order; mark the rest."""
     if score not in df.columns:
@@ -145,9 +151,7 @@ def diverse_top_k(df: pl.DataFrame, *, k: int, tau: float = 0.9, score: str = "d
 def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFrame:
     """Stage: Magpie's `min_neighbor_distance` and `dup_of` (first row of its near-duplicate group)."""
     distance, _, first = min_neighbor_distance(matrix(df), repeat_threshold=repeat_threshold)
-    ids = df["id"].to_numpy()
-    return df.with_columns(pl.Series("min_neighbor_distance", distance.astype(np.float64)),
-                           pl.Series("dup_of", np.where(first >= 0, ids[np.maximum(first, 0)], None), dtype=pl.String))
+    return df.with_columns(pl.Series("min_neighbor_distance", distance.astype(np.float64)), _ids_at(df, first))
 
 
 def normalized_text(df: pl.DataFrame, field: str = "instruction") -> pl.Series:
@@ -176,9 +180,7 @@ def dedup(df: pl.DataFrame, *, method: str = "exact", field: str = "instruction"
         dup_of = keep_first(n, lims, labels)
     else:
         raise ValueError(f"unknown dedup method {method!r}; valid: ['exact', 'minhash', 'semantic']")
-    ids = df["id"].to_numpy()
-    return df.with_columns(_mark(df, dup_of >= 0, f"dup_{method}"),
-                           pl.Series("dup_of", np.where(dup_of >= 0, ids[np.maximum(dup_of, 0)], None), dtype=pl.String))
+    return df.with_columns(_mark(df, dup_of >= 0, f"dup_{method}"), _ids_at(df, dup_of))
 
 
 def _minhash_dups(texts: list[str], threshold: float, num_perm: int, ngram: int) -> np.ndarray:

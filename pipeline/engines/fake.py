@@ -6,11 +6,14 @@ Options:
             the reply is "fake <sha of prompt+seed>?".
     fail_every: make every k-th request fail with an "http_503" error.
     finish_reason: reported finish reason (default "stop").
+    top_logprobs: {prompt substring: {token: logprob}} — the top-k returned at each generated position of
+            a prompt containing the substring, when logprobs are asked for (else digits "1".."6" at 0.0).
+    prompt_logprob: {prompt substring: value} — each prompt token's logprob (tokens = words) for prompts
+            containing the substring; else -1.0.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Sequence
 
 from pipeline.chat import ChatTemplate, load_template
@@ -28,6 +31,8 @@ class FakeEngine:
         self.script: dict[str, str] = dict(opts.get("script", {}))
         self.fail_every = int(opts.get("fail_every", 0))
         self.finish_reason = opts.get("finish_reason", "stop")
+        self.top_logprobs: dict[str, dict[str, float]] = dict(opts.get("top_logprobs", {}))
+        self.prompt_logprob: dict[str, float] = dict(opts.get("prompt_logprob", {}))
         self.calls: list[tuple[int, Sampling]] = []  # (number of prompts, sampling) per generate call
         self.requests = 0
 
@@ -53,11 +58,13 @@ class FakeEngine:
             text = " ".join(words[: sampling.max_tokens]) if truncated else text
             logprobs = None
             if sampling.logprobs:
-                logprobs = [{w: -math.log(1 + k) for k, w in enumerate(words[:1] + ["1", "2", "3", "4", "5", "6"][: sampling.logprobs])}
-                            for _ in words[: sampling.max_tokens] or [""]]
+                top = next((v for k, v in self.top_logprobs.items() if k in prompt), {d: 0.0 for d in "123456"})
+                logprobs = [dict(list(top.items())[: sampling.logprobs]) for _ in words[: sampling.max_tokens] or [""]]
             flat.append(Completion(text=text, finish_reason="length" if truncated else self.finish_reason,
                                    n_tokens=len(words), logprobs=logprobs))
         return regroup(prompts, sampling, flat)
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
-        return [[-1.0] * max(len(p.split()) - 1, 0) for p in prompts]
+        self.calls.append((len(prompts), None))
+        values = [next((v for k, v in self.prompt_logprob.items() if k in p), -1.0) for p in prompts]
+        return [[value] * max(len(p.split()) - 1, 0) for p, value in zip(prompts, values)]

@@ -1,0 +1,63 @@
+"""Curation stages on the real models: MiniLM embeddings from the wheel, SmolLM2 for IFD and the causal-LM embedding."""
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import embed, ifd, selection
+from pipeline.engines import EngineSpec
+from pipeline.jobs import curate_job
+
+pytestmark = pytest.mark.real_llm
+
+
+def frame(pairs):
+    return pl.DataFrame({"id": [f"r{i}" for i in range(len(pairs))], "source": ["t"] * len(pairs),
+                         "messages": [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs],
+                         "meta": ["{}"] * len(pairs)})
+
+
+PAIRS = [("How do I boil an egg?", "Put it in boiling water for 9 minutes, then cool it in cold water."),
+         ("What is the best way to boil an egg?", "Simmer it for nine minutes and cool it in ice water."),
+         ("Write a haiku about autumn leaves.", "Red leaves drift and fall / the wind hums a quiet song / the branches stand bare."),
+         ("Explain what a hash table is.", "A hash table maps keys to slots with a hash function so lookups take constant time on average.")]
+
+
+def test_minilm_embeddings_are_unit_norm_and_semantic():
+    out = embed.embed(frame(PAIRS))
+    vectors = embed.matrix(out)
+    assert vectors.shape == (4, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > 0.7 > vectors[0] @ vectors[2]
+
+
+def test_causal_lm_embedding_is_padding_independent():
+    from pipeline.models import smollm2_hf_dir
+
+    together = embed.matrix(embed.embed_causal_lm(frame(PAIRS[:2]), model=str(smollm2_hf_dir()), batch_size=2))
+    alone = embed.matrix(embed.embed_causal_lm(frame(PAIRS[1:2]), model=str(smollm2_hf_dir()), batch_size=1))
+    assert together.shape == (2, 576) and np.allclose(together[1], alone[0], atol=1e-4)
+
+
+def test_reference_overlap_catches_a_paraphrase_with_changed_numbers():
+    df = embed.embed(frame([("What is 17 times 23? Show your steps.", "391"), ("Write a haiku about autumn leaves.", "...")]))
+    reference = ["What is 19 times 21? Show your steps.", "Name the largest planet in the solar system."]
+    out = selection.reference_overlap(df, reference=reference, ngram=3)
+    assert out["ref_similarity"][0] > 0.75 > out["ref_similarity"][1]
+    assert out["ref_ngram_overlap"][0] > 0.0 and out["ref_ngram_overlap"][1] == 0.0
+
+
+def test_ifd_on_smollm2(llamacpp):
+    out = ifd.score(frame(PAIRS[:2]), engine=llamacpp)
+    assert all(v is not None and 0.0 < v < 2.0 for v in out["ifd"].to_list())
+
+
+def test_curate_job_on_real_models(tmp_path):
+    source = tmp_path / "mine.jsonl"
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in PAIRS] + [{"instruction": PAIRS[0][0], "input": "", "output": "dup"}]
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    summary = curate_job(tmp_path / "run", input_path=source, engine=EngineSpec.make("llamacpp"), k=3, tau=0.9)
+    assert summary["stages"]["dedup-exact"]["drops"] == {"dup_exact": 1}
+    out = pl.read_parquet(summary["export"])
+    assert out.height <= 3 and out["deita_score"].null_count() == 0
+    assert out["deita_score"].to_list() == sorted(out["deita_score"].to_list(), reverse=True)  # selection order

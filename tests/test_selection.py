@@ -1,0 +1,94 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import selection
+from pipeline.embed import as_column
+from pipeline.selection import keep_first, min_neighbor_distance, repr_filter, similar_pairs
+
+
+def unit(rows):
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def official_loop(vectors, scores, k, tau):
+    """The official algorithm, one candidate at a time against the selected set (deita batch_size=1)."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    chosen = []
+    for i in order:
+        if chosen and (vectors[chosen] @ vectors[i]).max() > tau:
+            continue
+        chosen.append(i)
+        if len(chosen) == k:
+            break
+    return np.asarray(chosen)
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 4096])
+def test_repr_filter_equals_the_official_loop(block):
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(40, 24))
+    vectors = unit(centres[rng.integers(0, 40, 600)] + 0.2 * rng.normal(size=(600, 24)))
+    scores = rng.integers(0, 20, 600)  # many ties
+    assert np.array_equal(repr_filter(vectors, scores, k=80, tau=0.9, block=block), official_loop(vectors, scores, 80, 0.9))
+
+
+def test_cosine_exactly_tau_is_kept_and_duplicates_are_rejected():
+    tau = 0.75
+    vectors = unit([[1.0, 0.0], [tau, np.sqrt(1 - tau**2)], [1.0, 0.0]])  # cos(0,1) = 0.75 exactly; row 2 = row 0
+    assert (vectors[0] @ vectors[1]) == np.float32(tau)
+    assert repr_filter(vectors, [3.0, 2.0, 1.0], k=3, tau=tau).tolist() == [0, 1]
+
+
+def test_ties_keep_row_order_nan_scores_last_and_k_caps():
+    vectors = np.eye(4, dtype=np.float32)
+    assert repr_filter(vectors, [1.0, np.nan, 1.0, 2.0], k=4, tau=0.9).tolist() == [3, 0, 2, 1]
+    assert repr_filter(vectors, [1.0, np.nan, 1.0, 2.0], k=2, tau=0.9).tolist() == [3, 0]
+
+
+def frame(texts, vectors=None, **columns):
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "source": ["t"] * len(texts),
+                       "messages": [[{"role": "user", "content": t}] for t in texts], "meta": ["{}"] * len(texts), **columns})
+    return df.with_columns(as_column(vectors)) if vectors is not None else df
+
+
+def test_diverse_top_k_orders_kept_rows_by_selection_and_marks_the_rest():
+    vectors = unit([[1, 0], [1, 0.01], [0, 1], [1, 1]])
+    df = frame(["a", "b", "c", "d"], vectors, deita_score=[1.0, 5.0, 3.0, 2.0])
+    out = selection.diverse_top_k(df, k=3, tau=0.9)
+    assert out["id"].to_list() == ["r1", "r2", "r3", "r0"]
+    assert out["drop_reason"].to_list() == [None, None, None, "not_selected"]
+
+
+def test_exact_and_minhash_dedup_keep_the_first_copy():
+    texts = ["How do I bake sourdough bread at home with a starter?", "how do I  bake sourdough bread at home with a starter?",
+             "How do I bake sourdough bread at home with a new starter?", "Explain the theory of relativity in simple words."]
+    exact = selection.dedup(frame(texts), method="exact")
+    assert exact["drop_reason"].to_list() == [None, "dup_exact", None, None] and exact["dup_of"].to_list()[1] == "r0"
+    fuzzy = selection.dedup(frame(texts), method="minhash", threshold=0.5, ngram=2)
+    assert fuzzy["drop_reason"].to_list() == [None, "dup_minhash", "dup_minhash", None]
+    with pytest.raises(ValueError, match="valid: \\['exact', 'minhash', 'semantic'\\]"):
+        selection.dedup(frame(texts), method="fuzzy")
+
+
+def test_semantic_dedup_and_min_neighbor_distance():
+    vectors = unit([[1, 0, 0], [0.999, 0.04, 0], [0, 1, 0], [1, 0, 0]])
+    out = selection.dedup(frame(["a", "b", "c", "d"], vectors), method="semantic", threshold=0.95)
+    assert out["drop_reason"].to_list() == [None, "dup_semantic", None, "dup_semantic"]
+    distance, repeats, first = min_neighbor_distance(vectors)
+    assert distance[3] == 0.0 and distance[2] == pytest.approx(2 - 2 * float(vectors[2] @ vectors[1]), abs=1e-5)  # d^2 = 2 - 2 cos
+    assert repeats.tolist() == [2, 2, 0, 2] and first.tolist() == [-1, 0, -1, 0]
+    lims, labels = similar_pairs(vectors, 0.95)
+    assert keep_first(4, lims, labels).tolist() == [-1, 0, -1, 0]
+
+
+def test_top_k_and_select_table():
+    df = frame(["a", "b", "c"], unit([[1, 0], [0, 1], [1, 1]]), ifd=[0.2, None, 0.9])
+    assert selection.top_k(df, k=1, column="ifd")["drop_reason"].to_list() == [None, "not_selected", "not_selected"]
+    table = pl.DataFrame({"id": ["x", "y", "z"], "complexity": [[2.0], [3.0], [1.0]], "quality": [[2.0], [1.0], [5.0]]}).with_columns(
+        as_column(unit([[1, 0], [0, 1], [1, 0.001]])))
+    picked = selection.select_table(table, k=3, tau=0.9)["id"].to_list()
+    assert picked == ["z", "y"]  # z (5.0) first; x (4.0) is a near-copy of z; y (3.0)
+    with pytest.raises(ValueError, match="missing column\\(s\\) \\['embedding'\\]"):
+        selection.select_table(table.drop("embedding"), k=1)
