@@ -92,3 +92,19 @@ def test_top_k_and_select_table():
     assert picked == ["z", "y"]  # z (5.0) first; x (4.0) is a near-copy of z; y (3.0)
     with pytest.raises(ValueError, match="missing column\\(s\\) \\['embedding'\\]"):
         selection.select_table(table.drop("embedding"), k=1)
+
+
+def test_pairs_inside_the_bf16_margin_are_decided_in_fp32():
+    # Every candidate's cosine to the first row lies within +-0.005 of tau, where bf16 alone cannot tell.
+    rng = np.random.default_rng(7)
+    tau, base = 0.9, np.zeros(64)
+    base[0] = 1.0
+    rows = [base]
+    for c in rng.uniform(tau - 0.005, tau + 0.005, 300):
+        other = rng.normal(size=64)
+        other[0] = 0.0
+        other /= np.linalg.norm(other)
+        rows.append(c * base + np.sqrt(1 - c * c) * other)
+    vectors = unit(rows)
+    scores = np.r_[10.0, rng.random(300)]
+    assert np.array_equal(repr_filter(vectors, scores, k=301, tau=tau, block=32), official_loop(vectors, scores, 301, tau))
