@@ -85,20 +85,21 @@ def _greedy_within(conflict, limit: int) -> np.ndarray:
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, *, block: int = 4096, approximate: bool | None = None):
-    """For each row, the other rows with cosine >= threshold: (lims, labels) as faiss range_search gives.
+    """For each row, the rows (itself included) with cosine >= threshold: (lims, labels) as faiss range_search.
 
-    Exact (flat) up to 200k rows; above that an IVF index (nprobe 16) unless `approximate=False`.
+    Exact (flat) up to 200k rows; above that an IVF index (sqrt(N) lists, nprobe 8) unless
+    `approximate=False`: near-duplicates almost always share a list, but recall is not guaranteed.
     """
     import faiss
 
     n, dim = vectors.shape
     approximate = n > 200_000 if approximate is None else approximate
     if approximate:
-        nlist = int(4 * np.sqrt(n))
+        nlist = int(np.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        index.train(vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)])
-        index.nprobe = 16
+        index.train(vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))])
+        index.nprobe = 8
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(vectors)
