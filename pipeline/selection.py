@@ -287,3 +287,16 @@ def select_table(table: pl.DataFrame, *, k: int, tau: float = 0.9, score: str | 
         values = table[name]
     picked = repr_filter(matrix(table), values.cast(pl.Float64).to_numpy(), k=k, tau=tau)
     return table[picked]
+
+
+def decontaminate(df: pl.DataFrame, *, reference: str, field: str = "instruction", max_similarity: float = 0.95,
+                  max_ngram_overlap: float = 0.5, ngram: int = 8) -> pl.DataFrame:
+    """Stage: overlap with a reference set (any file `pipeline.imports` reads; its first user turns); rows at
+    or above either threshold are dropped by the `not_contaminated` filter (their drop_reason)."""
+    import filters
+    from pipeline.embed import texts
+    from pipeline.imports import load
+
+    scored = reference_overlap(df, reference=texts(load(reference), field), field=field, ngram=ngram)
+    return filters.mark(scored, [{"name": "not_contaminated", "max_similarity": max_similarity,
+                                  "max_ngram_overlap": max_ngram_overlap}])

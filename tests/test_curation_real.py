@@ -56,8 +56,12 @@ def test_curate_job_on_real_models(tmp_path):
     source = tmp_path / "mine.jsonl"
     rows = [{"instruction": q, "input": "", "output": a} for q, a in PAIRS] + [{"instruction": PAIRS[0][0], "input": "", "output": "dup"}]
     source.write_text("\n".join(json.dumps(r) for r in rows))
-    summary = curate_job(tmp_path / "run", input_path=source, engine=EngineSpec.make("llamacpp"), k=3, tau=0.9)
+    evals = tmp_path / "evals.jsonl"  # an eval set holding a rephrasing of one of our instructions
+    evals.write_text(json.dumps({"instruction": "Could you explain what a hash table is?", "output": "-"}))
+    summary = curate_job(tmp_path / "run", input_path=source, engine=EngineSpec.make("llamacpp"), k=3, tau=0.9,
+                         reference=str(evals))
     assert summary["stages"]["dedup-exact"]["drops"] == {"dup_exact": 1}
+    assert summary["stages"]["decontaminated"]["drops"] == {"not_contaminated": 1}
     out = pl.read_parquet(summary["export"])
     assert out.height <= 3 and out["deita_score"].null_count() == 0
     assert out["deita_score"].to_list() == sorted(out["deita_score"].to_list(), reverse=True)  # selection order
