@@ -24,6 +24,7 @@ def plan_task(out: str, n: int, seed: int) -> str:
 @task(cache_policy=NO_CACHE, task_run_name="{step[name]}")
 def step_task(out: str, step: dict, source: str, engine: str | None, max_failure_rate: float) -> str:
     spec = EngineSpec.from_json(engine) if engine else None
+    step = {**step, "computes": tuple(step.get("computes", ()))}
     return str(jobs.run_step(Path(out), jobs.Step(**step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
 
 

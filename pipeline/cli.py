@@ -126,6 +126,93 @@ def curate(
              score_mode=score_mode, reference=str(reference) if reference else None)
 
 
+INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
+
+
+@app.command()
+def tag(
+    input: Path = typer.Option(..., help=INPUT_HELP),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    tags: str = typer.Option("quality,difficulty,category", help="LLM tags to add (comma list)."),
+    language: bool = typer.Option(True, help="Add the instruction's language (lingua)."),
+    reward: bool = typer.Option(True, help="Add instruct_reward."),
+    reward_model: Optional[str] = typer.Option(None, help="Sequence-classification reward model (GPU); default: the engine as judge."),
+    base_model: Optional[str] = typer.Option(None, help="Base model for the reward difference (URIAL-prompted), on --engine's backend."),
+    engine: str = typer.Option("vllm", help="Tagger engine: " + ENGINE_HELP),
+    model: str = typer.Option("smollm2"),
+    base_url: Optional[str] = typer.Option(None),
+) -> None:
+    """Magpie's tags: input quality, difficulty, task category, language, reward, min-neighbour distance."""
+    from pipeline.jobs import tag_steps
+
+    spec = _engine(engine, model, base_url, None, [])
+    base = EngineSpec.make(engine, base_model, base_url=base_url) if base_model else None
+    steps = tag_steps(tags=tuple(t for t in tags.split(",") if t), language=language, reward=reward,
+                      reward_model_path=reward_model, base=base)
+    _run_job("input_job", out, input_path=input, steps=steps, engine=spec)
+
+
+@app.command("magpie-filter")
+def magpie_filter(
+    input: Path = typer.Option(..., help="Tagged records (the export of `aligndata tag`)."),
+    out: Path = typer.Option(..., help="Run directory."),
+    preset: str = typer.Option("pro", help="air, pro, pro2 ... pro6 (paper Table 5) or notebook (the repository's)."),
+    k: int = typer.Option(300_000, help="How many of the longest responses to keep."),
+    reward_threshold: Optional[float] = typer.Option(None, help="Replace the preset's reward threshold (paper: -12)."),
+    reward_difference_threshold: Optional[float] = typer.Option(None, help="Replace the reward-difference threshold (paper: 0)."),
+) -> None:
+    """Magpie's filter presets; the funnel (drops per filter) is in the manifest."""
+    from pipeline import magpie_curate
+    from pipeline.jobs import Step
+
+    step = Step(f"filtered-{preset}", "pipeline.magpie_curate:magpie_filter", magpie_curate.VERSION,
+                {"preset": preset, "k": k, "reward_threshold": reward_threshold,
+                 "reward_difference_threshold": reward_difference_threshold}, uses_engine=False, shard_size=None)
+    _run_job("input_job", out, input_path=input, steps=[step], engine=None)
+
+
+@app.command("magpie-dpo")
+def magpie_dpo(
+    input: Path = typer.Option(..., help=INPUT_HELP),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    k: int = typer.Option(5, help="Responses sampled per instruction."),
+    temperature: float = typer.Option(0.8),
+    max_tokens: int = typer.Option(1024),
+    reward_model: Optional[str] = typer.Option(None, help="Reward model (GPU); default: the engine as judge."),
+    engine: str = typer.Option("vllm", help=ENGINE_HELP),
+    model: str = typer.Option("smollm2"),
+    base_url: Optional[str] = typer.Option(None),
+) -> None:
+    """Magpie preference pairs: k responses, best = chosen, worst = rejected."""
+    from pipeline import magpie_curate
+    from pipeline.jobs import Step
+
+    step = Step("pairs", "pipeline.magpie_curate:preference_pairs", magpie_curate.VERSION,
+                {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model}, shard_size=32)
+    _run_job("input_job", out, input_path=input, steps=[step], engine=_engine(engine, model, base_url, None, []))
+
+
+@app.command("magpie-extend")
+def magpie_extend(
+    input: Path = typer.Option(..., help="Tagged, selected records."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    turns: int = typer.Option(2, help="Total turns per conversation."),
+    min_difficulty: str = typer.Option("medium", help="Extend only instructions at least this difficult ('very easy' for all)."),
+    engine: str = typer.Option("vllm", help=ENGINE_HELP),
+    model: str = typer.Option("smollm2"),
+    base_url: Optional[str] = typer.Option(None),
+) -> None:
+    """Extend selected difficult instructions to multi-turn conversations (Magpie-MT)."""
+    from pipeline import magpie_curate
+    from pipeline.jobs import Step, magpie_steps
+
+    steps = [Step("difficult", "pipeline.magpie_curate:select_difficult", magpie_curate.VERSION,
+                  {"min_difficulty": min_difficulty}, uses_engine=False, shard_size=None)]
+    steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
+    steps.append(magpie_steps()[-1])  # the final filters
+    _run_job("input_job", out, input_path=input, steps=steps, engine=_engine(engine, model, base_url, None, []))
+
+
 @app.command()
 def select(
     input: Path = typer.Option(..., help="Parquet with `id`, `embedding` and a score column (or `complexity` and `quality`)."),

@@ -29,6 +29,7 @@ class Step:
     params: dict = field(default_factory=dict)
     uses_engine: bool = True
     shard_size: int | None = 32  # None: the whole input as one shard (filters that compare rows)
+    computes: tuple[str, ...] = ()  # columns the stage fills; their nulls are counted in the manifest
 
     def function(self) -> Callable:
         module, _, name = self.stage.partition(":")
@@ -40,7 +41,7 @@ def run_step(out: Path, step: Step, source: Path, *, engine: EngineSpec | None, 
     """Run one step on the stage directory `source`; returns the step's stage directory."""
     return run_stage(out, step.name, step.function(), source=source, version=step.version, params=step.params,
                      engine=engine if step.uses_engine else None, shard_size=step.shard_size,
-                     max_failure_rate=max_failure_rate, on_shard=on_shard)
+                     max_failure_rate=max_failure_rate, computes=tuple(step.computes), on_shard=on_shard)
 
 
 def run_steps(out: Path, steps: list[Step], source: Path, *, engine: EngineSpec | None, max_failure_rate: float = 0.1,
@@ -132,13 +133,55 @@ SELECTORS = ("diverse", "isa")
 
 
 def write_input(out: Path, path: Path, fmt: str | None = None) -> Path:
-    """DIR/input/shard-00000.parquet: the user's data as records (written once; a re-run reuses it)."""
-    from pipeline.imports import load
+    """DIR/input/shard-00000.parquet: the input as records (written once; a re-run reuses it).
+
+    Records written by aligndata (a run's export or a stage directory) keep all their columns; other
+    data is imported from the messages, ShareGPT or Alpaca form.
+    """
+    from pipeline.imports import load, read_table
 
     input_dir = Path(out) / "input"
     if not (input_dir / "shard-00000.parquet").exists():
-        write_shard(load(path, fmt), input_dir / "shard-00000.parquet")
+        table = read_table(Path(path))
+        records = table.drop("drop_reason", strict=False) if {"id", "source", "meta"} <= set(table.columns) else load(path, fmt)
+        write_shard(records, input_dir / "shard-00000.parquet")
     return input_dir
+
+
+def input_job(out: Path, *, input_path: Path, steps: list[Step], engine: EngineSpec | None, fmt: str | None = None,
+              max_failure_rate: float = 0.1, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Run `steps` over the input at `input_path` into `out` and export; returns summarize()."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    last = run_steps(out, steps, write_input(out, input_path, fmt), engine=engine, max_failure_rate=max_failure_rate,
+                     on_progress=on_progress)
+    path = export_parquet(out, last)
+    return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def tag_steps(*, tags: tuple[str, ...] = ("quality", "difficulty", "category"), language: bool = True,
+              reward: bool = True, neighbors: bool = True, reward_model_path: str | None = None,
+              base: EngineSpec | None = None, shard_size: int = 64) -> list[Step]:
+    """Magpie's tags, language, reward (and reward difference with a base model), min-neighbour distance."""
+    from pipeline import embed, reward as reward_module, selection, tags as tags_module
+
+    tag_columns = {"quality": ("input_quality",), "difficulty": ("difficulty",), "category": ("task_category",)}
+    steps = [Step("tagged", "pipeline.tags:tag", tags_module.VERSION, {"tags": list(tags)}, shard_size=shard_size,
+                  computes=tuple(c for t in tags for c in tag_columns.get(t, ())))]
+    if language:
+        steps.append(Step("language", "pipeline.tags:language", tags_module.VERSION, {}, uses_engine=False, shard_size=4096))
+    if reward and base is None:
+        steps.append(Step("rewarded", "pipeline.reward:score_rewards", reward_module.VERSION,
+                          {"reward_model_path": reward_model_path}, shard_size=shard_size, computes=("instruct_reward",)))
+    elif reward:
+        steps.append(Step("rewarded", "pipeline.reward:reward_difference", reward_module.VERSION,
+                          {"reward_model_path": reward_model_path, "base": base.to_json()}, shard_size=shard_size,
+                          computes=("instruct_reward", "base_reward")))
+    if neighbors:
+        steps += [Step("embedded", "pipeline.embed:embed", embed.VERSION, {}, uses_engine=False, shard_size=4096),
+                  Step("neighbors", "pipeline.selection:neighbors", selection.VERSION, {}, uses_engine=False, shard_size=None)]
+    return steps
 
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
@@ -165,7 +208,7 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
         steps.append(Step("decontaminated", "pipeline.selection:decontaminate", selection.VERSION,
                           {"reference": str(Path(reference).resolve()), "field": embed_field}, uses_engine=False, shard_size=None))
     steps.append(Step("scored", "pipeline.deita:score", deita.VERSION, {"mode": score_mode, "top_logprobs": top_logprobs},
-                      shard_size=shard_size))
+                      shard_size=shard_size, computes=("deita_score",)))
     if selector == "diverse":
         steps.append(Step("selected", "pipeline.selection:diverse_top_k", selection.VERSION, {"k": k, "tau": tau},
                           uses_engine=False, shard_size=None))
@@ -178,10 +221,5 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
 def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | None = None, max_failure_rate: float = 0.1,
                on_progress: Callable[[str, int, int], None] | None = None, **step_options) -> dict:
     """Curate the user's data into `out`: import, curate_steps(**step_options), Parquet export (selection order)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    last = run_steps(out, curate_steps(**step_options), write_input(out, input_path, fmt), engine=engine,
+    return input_job(out, input_path=input_path, steps=curate_steps(**step_options), engine=engine, fmt=fmt,
                      max_failure_rate=max_failure_rate, on_progress=on_progress)
-    path = export_parquet(out, last)
-    return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}

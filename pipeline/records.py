@@ -35,6 +35,14 @@ SCHEMA = pa.schema(
         # Overlap with a reference set (decontamination): max cosine, and share of word n-grams found there.
         pa.field("ref_similarity", pa.float64()),
         pa.field("ref_ngram_overlap", pa.float64()),
+        # Magpie tags (LLM tagger) and language; reward-model scores.
+        pa.field("input_quality", pa.string()),
+        pa.field("difficulty", pa.string()),
+        pa.field("task_category", pa.string()),
+        pa.field("other_task_categories", pa.list_(pa.string())),
+        pa.field("language", pa.string()),
+        pa.field("instruct_reward", pa.float64()),
+        pa.field("base_reward", pa.float64()),
         # Unit-norm float32 vector (sentence-transformers or a causal LM's last hidden state).
         pa.field("embedding", pa.list_(pa.float32())),
         # Why the row was dropped (a filter's name, or "engine_error:<kind>"); null in kept shards.

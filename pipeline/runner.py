@@ -19,8 +19,6 @@ from pipeline.engines import EngineSpec, load_engine
 from pipeline.io import append_manifest, read_shards, write_json, write_shard
 
 ENGINE_ERROR = "engine_error:"
-# Scores a stage may fail to compute: their nulls among kept rows are counted in the manifest.
-SCORE_COLUMNS = ("deita_score", "ifd")
 
 
 class EngineFailures(RuntimeError):
@@ -45,11 +43,13 @@ def fingerprint(source: Path | pl.DataFrame) -> str:
 
 def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, source: Path | pl.DataFrame,
               version: str, params: dict | None = None, engine: EngineSpec | None = None,
-              shard_size: int | None = 64, max_failure_rate: float = 0.1,
+              shard_size: int | None = 64, max_failure_rate: float = 0.1, computes: tuple[str, ...] = (),
               on_shard: Callable[[int, int], None] | None = None) -> Path:
     """Apply `stage(df, [engine=...], **params)` to `source` shard by shard; returns the stage directory.
 
     `shard_size=None` runs the whole input as one shard (stages that compare rows, such as dedup).
+    `computes` names the columns the stage fills: their nulls among kept rows (a parse failure, a digit
+    missing from the logprobs) are counted in the manifest.
     """
     run_dir, params = Path(run_dir), dict(params or {})
     stage_dir = run_dir / name
@@ -64,7 +64,7 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
         shard_path = stage_dir / f"shard-{index:05d}.parquet"
         if not shard_path.exists():
             _run_shard(run_dir, stage_dir, shard_path, index, frame.slice(index * size, size), stage, identity,
-                       params, engine, max_failure_rate)
+                       params, engine, max_failure_rate, computes)
         if on_shard:
             on_shard(index + 1, total)
     return stage_dir
@@ -82,7 +82,7 @@ def _check_identity(stage_dir: Path, identity: dict) -> None:
         write_json(identity, path)
 
 
-def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, params, engine, max_failure_rate):
+def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, params, engine, max_failure_rate, computes):
     started = time.perf_counter()
     kwargs = dict(params, engine=load_engine(engine)) if engine else params
     out = stage(shard, **kwargs)
@@ -92,7 +92,7 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, pa
     drops = dict(sorted(dropped.group_by("drop_reason").len().iter_rows()))
     failures = sum(n for reason, n in drops.items() if reason.startswith(ENGINE_ERROR))
     kept = out.filter(pl.col("drop_reason").is_null())
-    nulls = {c: kept[c].null_count() for c in SCORE_COLUMNS if c in kept.columns and kept[c].null_count()}
+    nulls = {c: kept[c].null_count() for c in computes if c in kept.columns and kept[c].null_count()}
     entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
              "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
              "engine": identity["engine"], "params": identity["params"]}

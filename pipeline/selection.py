@@ -87,19 +87,21 @@ def _greedy_within(conflict, limit: int) -> np.ndarray:
 def similar_pairs(vectors: np.ndarray, threshold: float, *, block: int = 4096, approximate: bool | None = None):
     """For each row, the rows (itself included) with cosine >= threshold: (lims, labels) as faiss range_search.
 
-    Exact (flat) up to 200k rows; above that an IVF index (sqrt(N) lists, nprobe 8) unless
-    `approximate=False`: near-duplicates almost always share a list, but recall is not guaranteed.
+    Exact (flat) up to 200k rows; above that an IVF index (4 sqrt(N) lists, nprobe 4) unless
+    `approximate=False`: a near-duplicate almost always falls in one of the 4 lists nearest its twin,
+    but recall is not guaranteed.
     """
     import faiss
 
     n, dim = vectors.shape
     approximate = n > 200_000 if approximate is None else approximate
     if approximate:
-        nlist = int(np.sqrt(n))
+        nlist = int(4 * np.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.min_points_per_centroid = 10, 1
         rng = np.random.default_rng(0)
-        index.train(vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))])
-        index.nprobe = 8
+        index.train(vectors[np.sort(rng.choice(n, size=min(n, 16 * nlist), replace=False))])
+        index.nprobe = 4
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(vectors)
@@ -211,24 +213,59 @@ def dedup(df: pl.DataFrame, *, method: str = "exact", field: str = "instruction"
     return df.with_columns(_mark(df, dup_of >= 0, f"dup_{method}"), _ids_at(df, dup_of))
 
 
-def _minhash_dups(texts: list[str], threshold: float, num_perm: int, ngram: int) -> np.ndarray:
-    from datasketch import MinHash, MinHashLSH
+def minhash_signatures(texts: list[str], *, num_perm: int = 128, ngram: int = 5, chunk: int = 20_000) -> np.ndarray:
+    """(rows, num_perm) uint64 MinHash signatures of word n-gram shingles (datasketch), built in chunks so
+    that no more than `chunk` MinHash objects are alive at once."""
+    from datasketch import MinHash
 
     def shingles(text):
         words = text.split()
-        grams = {" ".join(words[i:i + ngram]) for i in range(max(len(words) - ngram + 1, 1))}
-        return [g.encode() for g in grams]
+        return [" ".join(words[i:i + ngram]).encode() for i in range(max(len(words) - ngram + 1, 1))]
 
-    hashes = MinHash.bulk([shingles(t) for t in texts], num_perm=num_perm, seed=1)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    dup_of = np.full(len(texts), -1, dtype=np.int64)
-    for i, h in enumerate(hashes):
-        matches = lsh.query(h)
-        if matches:
-            dup_of[i] = min(matches)
-        else:
-            lsh.insert(i, h)
-    return dup_of
+    signatures = np.empty((len(texts), num_perm), dtype=np.uint64)
+    for start in range(0, len(texts), chunk):
+        batch = MinHash.bulk([shingles(t) for t in texts[start:start + chunk]], num_perm=num_perm, seed=1)
+        signatures[start:start + len(batch)] = np.stack([m.hashvalues for m in batch])
+    return signatures
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) minimising false positives + false negatives at `threshold` (datasketch's rule)."""
+    from datasketch.lsh import _optimal_param
+
+    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+def _minhash_dups(texts: list[str], threshold: float, num_perm: int, ngram: int) -> np.ndarray:
+    """keep_first over MinHash-LSH candidates (rows sharing a band bucket) whose signatures agree on at least
+    `threshold` of their slots, i.e. whose estimated Jaccard similarity reaches it."""
+    signatures = minhash_signatures(texts, num_perm=num_perm, ngram=ngram)
+    bands, width = lsh_bands(threshold, num_perm)
+    n = len(texts)
+    rows, cols = [], []
+    for band in range(bands):
+        block = np.ascontiguousarray(signatures[:, band * width:(band + 1) * width])
+        key = block.view(np.dtype((np.void, block.dtype.itemsize * width))).ravel()
+        _, bucket = np.unique(key, return_inverse=True)
+        order = np.argsort(bucket, kind="stable")  # rows by bucket, in row order within a bucket
+        sorted_buckets = bucket[order]
+        starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+            members = order[start:start + size]
+            later, earlier = np.triu_indices(size, k=1)[::-1]  # every (later, earlier) member pair
+            rows.append(members[later])
+            cols.append(members[earlier])
+    if not rows:
+        return np.full(n, -1, dtype=np.int64)
+    pairs = np.unique(np.column_stack([np.concatenate(rows), np.concatenate(cols)]), axis=0)
+    agree = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(1) >= threshold
+    pairs = pairs[agree]
+    self_pairs = np.column_stack([np.arange(n), np.arange(n)])
+    pairs = np.concatenate([pairs, self_pairs])
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    lims = np.r_[0, np.cumsum(np.bincount(pairs[:, 0], minlength=n))].astype(np.int64)
+    return keep_first(n, lims, pairs[:, 1].astype(np.int64))
 
 
 def top_k(df: pl.DataFrame, *, k: int, column: str, descending: bool = True) -> pl.DataFrame:

@@ -38,9 +38,24 @@ class Sampling:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # top-k alternatives per generated token
+    # Constrain the output to this JSON schema where the backend can (vLLM structured outputs, llama.cpp
+    # grammars); other backends ignore it, so callers still parse defensively.
+    json_schema: tuple[tuple[str, object], ...] | None = None
+
+    @staticmethod
+    def schema(schema: dict) -> tuple:
+        """A JSON schema in the hashable form `json_schema` holds."""
+        import json as _json
+
+        return (("json", _json.dumps(schema, sort_keys=True)),)
+
+    @property
+    def json_schema_text(self) -> str | None:
+        return dict(self.json_schema)["json"] if self.json_schema else None
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "json_schema"}
+        return d | ({"json_schema": json.loads(self.json_schema_text)} if self.json_schema else {})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class LlamaCppEngine:
                          n_threads=int(opts.get("n_threads", os.cpu_count() or 1)), logits_all=True, verbose=False)
         self.template = load_template(spec.template or path)
         self.model_name = os.path.basename(path)
+        self._grammars: dict = {}
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         flat = [self._one(prompt, sampling, seed) for _, prompt, seed in expand_requests(prompts, sampling, seeds)]
@@ -35,11 +36,12 @@ class LlamaCppEngine:
         # Reusing the KV cache of the previous request shifts the logits slightly, so the same seed would
         # give different text depending on what ran before; a fresh context keeps every request reproducible.
         self.llm.reset()
+        grammar = self._grammar(sampling.json_schema_text) if sampling.json_schema else None
         try:
             out = self.llm.create_completion(
                 prompt, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                 top_k=0, min_p=0.0, repeat_penalty=1.0, stop=list(sampling.stop) or None,
-                seed=seed if seed is not None else np.random.randint(2**31), logprobs=sampling.logprobs,
+                seed=seed if seed is not None else np.random.randint(2**31), logprobs=sampling.logprobs, grammar=grammar,
             )
         except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context window
             return failed(f"engine: {exc}")
@@ -49,6 +51,13 @@ class LlamaCppEngine:
             logprobs = [{tok: float(lp) for tok, lp in (top or {}).items()} for top in choice["logprobs"]["top_logprobs"]]
         return Completion(text=choice["text"], finish_reason=choice.get("finish_reason") or "stop",
                           n_tokens=out["usage"]["completion_tokens"], logprobs=logprobs)
+
+    def _grammar(self, schema: str):
+        from llama_cpp import LlamaGrammar
+
+        if schema not in self._grammars:
+            self._grammars[schema] = LlamaGrammar.from_json_schema(schema, verbose=False)
+        return self._grammars[schema]
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         results = []

@@ -44,9 +44,14 @@ class VLLMEngine:
     def _params(self, sampling: Sampling, seed: int | None):
         from vllm import SamplingParams
 
+        extra = {}
+        if sampling.json_schema:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema_text)
         return SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                               max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, seed=seed,
-                              logprobs=sampling.logprobs, skip_special_tokens=True)
+                              logprobs=sampling.logprobs, skip_special_tokens=True, **extra)
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         requests = expand_requests(prompts, sampling, seeds)

@@ -1,0 +1,223 @@
+"""Magpie's tags (magpie-align/magpie exp/unitag.py): input quality, difficulty and task category from an LLM
+tagger, and the language of the instruction.
+
+Each tag is one batched engine call per shard at temperature 0. Where the backend supports it (vLLM,
+llama.cpp) the output is constrained to a JSON schema whose enums are the official value sets;
+otherwise the reference's way is used: the assistant turn is prefilled with "{", generation stops at
+"}", and the JSON is parsed defensively. A failed parse or an out-of-set value is null (counted in the
+manifest), with the raw text kept in `meta["tags"]`.
+
+"Other" vs "Others": the official prompt lists "Others" while its concatenation notebook validates
+against "Other", so every "Others" became null there. Here the canonical value is "Others" (the prompt's
+word) and "Other" is accepted as the same category.
+"""
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from pipeline.engines import Engine, Sampling
+from pipeline.records import dump_meta, meta_dicts, messages_of
+
+VERSION = "1"
+QUALITY_LEVELS = ("very poor", "poor", "average", "good", "excellent")
+DIFFICULTY_LEVELS = ("very easy", "easy", "medium", "hard", "very hard")
+CATEGORIES = ("Information seeking", "Reasoning", "Planning", "Editing", "Coding & Debugging", "Math", "Role playing",
+              "Data analysis", "Creative writing", "Advice seeking", "Brainstorming", "Others")
+CATEGORY_ALIASES = {c.lower(): c for c in CATEGORIES} | {"other": "Others"}
+
+# The official prompts, byte for byte ({input} is replaced, not str.format-ted: the text holds braces).
+DIFFICULTY_PROMPT = '''
+# Instruction 
+
+You first need to identify the given user intent and then label the difficulty level of the user query based on the content of the user query.
+
+## User Query
+```
+{input}
+```
+
+## Output Format
+Given the user query, in your output, you first need to identify the user intent and the knowledge needed to solve the task in the user query.
+Then, rate the difficulty level of the user query as `very easy`, `easy`, `medium`, `hard`, or `very hard`.
+
+Now, please output the user intent and difficulty level below in a json format by filling in the placeholders in []:
+```
+{   
+    "intent": "The user wants to [....]",
+    "knowledge": "To solve this problem, the models need to know [....]",
+    "difficulty": "[very easy/easy/medium/hard/very hard]"
+}
+```
+'''
+CATEGORY_PROMPT = '''
+# Instruction
+
+Please label the task tags for the user query.
+
+## User Query
+```
+{input}
+```
+
+## Tagging the user input
+Please label the task tags for the user query. You will need to analyze the user query and select the most relevant task tag from the list below.
+
+all_task_tags = [
+    "Information seeking",  # Users ask for specific information or facts about various topics.
+    "Reasoning",  # Queries require logical thinking, problem-solving, or processing of complex ideas.
+    "Planning",  # Users need assistance in creating plans or strategies for activities and projects.
+    "Editing",  # Involves editing, rephrasing, proofreading, or other tasks related to the composition of general written content.
+    "Coding & Debugging",  # Users seek help with writing, reviewing, or fixing code in programming.
+    "Math",  # Queries related to mathematical concepts, problems, and calculations.
+    "Role playing",  # Users engage in scenarios requiring ChatGPT to adopt a character or persona.
+    "Data analysis",  # Requests involve interpreting data, statistics, or performing analytical tasks.
+    "Creative writing",  # Users seek assistance with crafting stories, poems, or other creative texts. 
+    "Advice seeking",  # Users ask for recommendations or guidance on various personal or professional issues.
+    "Brainstorming",  # Involves generating ideas, creative thinking, or exploring possibilities. 
+    "Others"  # Any queries that do not fit into the above categories or are of a miscellaneous nature.
+]
+
+## Output Format:
+Note that you can only select a single primary tag. Other applicable tags can be added to the list of other tags.
+Now, please output your tags below in a json format by filling in the placeholders in <...>:
+```
+{ 
+    "primary_tag": "<primary tag>",
+    "other_tags": ["<tag 1>", "<tag 2>", ... ]
+}
+```
+'''
+QUALITY_PROMPT = '''
+# Instruction
+
+You need to rate the quality of the user query based on its clarity, specificity, and coherence.
+
+The rating scale is as follows:
+
+- very poor: The query is unclear, vague, or incoherent. It lacks essential information and context.
+- poor: The query is somewhat unclear or lacks important details. It requires significant clarification.
+- average: The query is moderately clear and specific. It may require some additional information for a complete understanding.
+- good: The query is clear, specific, and mostly well-formed. It provides sufficient context for understanding the user's intent.
+- excellent: The query is very clear, specific, and well-articulated. It contains all the necessary information and context for providing a comprehensive response.
+
+## User Query
+```
+{input}
+```
+
+## Output Format
+Given the user query, you first need to give an assesement, highlighting the strengths and/or weaknesses of the user query.
+Then, you need to output a rating from very poor to excellent by filling in the placeholders in [...]:
+```
+{   
+    "explanation": "[...]",
+    "input_quality": "[very poor/poor/average/good/excellent]"
+}
+```
+'''
+
+
+def _schema(properties: dict, required: list[str]) -> dict:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+TAGS = {
+    # tag: (prompt, JSON schema, {json key: column})
+    "quality": (QUALITY_PROMPT, _schema({"explanation": {"type": "string"}, "input_quality": {"enum": list(QUALITY_LEVELS)}},
+                                        ["explanation", "input_quality"]), {"input_quality": "input_quality"}),
+    "difficulty": (DIFFICULTY_PROMPT, _schema({"intent": {"type": "string"}, "knowledge": {"type": "string"},
+                                               "difficulty": {"enum": list(DIFFICULTY_LEVELS)}},
+                                              ["intent", "knowledge", "difficulty"]), {"difficulty": "difficulty"}),
+    "category": (CATEGORY_PROMPT, _schema({"primary_tag": {"enum": list(CATEGORIES)},
+                                           "other_tags": {"type": "array", "items": {"enum": list(CATEGORIES)}}},
+                                          ["primary_tag", "other_tags"]),
+                 {"primary_tag": "task_category", "other_tags": "other_task_categories"}),
+}
+STRUCTURED_BACKENDS = ("vllm", "llamacpp")
+
+
+def parse_json_object(text: str | None) -> dict | None:
+    """The JSON object in a tagger's reply: from its first "{" to its last "}"; None if there is none.
+
+    >>> parse_json_object('{"difficulty": "easy"} and then some chatter')
+    {'difficulty': 'easy'}
+    >>> parse_json_object('"difficulty": "easy"')  # no braces at all
+    """
+    if not text:
+        return None
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        return None
+    try:
+        value = json.loads(text[start:end + 1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def normalize(tag: str, key: str, value):
+    """A parsed value mapped onto the official value set; None if it is not in it."""
+    if tag == "category":
+        if key == "other_tags":
+            if not isinstance(value, list):
+                return None
+            return [CATEGORY_ALIASES[v.strip().lower()] for v in value if isinstance(v, str) and v.strip().lower() in CATEGORY_ALIASES]
+        return CATEGORY_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
+    levels = QUALITY_LEVELS if tag == "quality" else DIFFICULTY_LEVELS
+    text = value.strip().lower() if isinstance(value, str) else None
+    return text if text in levels else None
+
+
+def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS), structured: bool | None = None,
+        max_tokens: int = 256) -> pl.DataFrame:
+    """Add the tag columns for each row's first instruction; one engine call per tag."""
+    unknown = set(tags) - set(TAGS)
+    if unknown:
+        raise ValueError(f"unknown tags {sorted(unknown)}; valid: {list(TAGS)}")
+    structured = engine.spec.backend in STRUCTURED_BACKENDS if structured is None else structured
+    instructions = [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]
+    metas = meta_dicts(df)
+    columns: dict[str, list] = {}
+    for name in tags:
+        prompt, schema, fields = TAGS[name]
+        opening = "" if structured else "{"
+        prompts = [engine.template.render([{"role": "user", "content": prompt.replace("{input}", text)}]) + opening
+                   for text in instructions]
+        sampling = Sampling(temperature=0.0, max_tokens=max_tokens, stop=() if structured else ("}",),
+                            json_schema=Sampling.schema(schema) if structured else None)
+        replies = [c[0] for c in engine.generate(prompts, sampling)]
+        for key, column in fields.items():
+            columns.setdefault(column, [])
+        for meta, reply in zip(metas, replies):
+            raw = None if reply.text is None else (reply.text if structured else "{" + reply.text + "}")
+            parsed = parse_json_object(raw)
+            values = {column: normalize(name, key, parsed.get(key)) if parsed else None for key, column in fields.items()}
+            for column, value in values.items():
+                columns[column].append(value)
+            extra = {k: v for k, v in (parsed or {}).items() if k not in fields}
+            meta.setdefault("tags", {})[name] = {"raw": raw, "structured": structured, "parsed": parsed is not None,
+                                                 "error": reply.error, **extra}
+    types = {"other_task_categories": pl.List(pl.String)}
+    return df.with_columns(*(pl.Series(c, v, dtype=types.get(c, pl.String)) for c, v in columns.items()), dump_meta(metas))
+
+
+def language(df: pl.DataFrame) -> pl.DataFrame:
+    """Add `language` (ISO 639-1, upper case, as the official code) of each first instruction, with lingua."""
+    from lingua import LanguageDetectorBuilder
+
+    detector = _detector(LanguageDetectorBuilder)
+    instructions = [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]
+    found = detector.detect_languages_in_parallel_of(instructions)
+    return df.with_columns(pl.Series("language", [l.iso_code_639_1.name if (l and t.strip()) else None
+                                                  for l, t in zip(found, instructions)], dtype=pl.String))
+
+
+_DETECTORS: list = []
+
+
+def _detector(builder):
+    if not _DETECTORS:  # building the all-languages detector takes a second: once per process
+        _DETECTORS.append(builder.from_all_languages().build())
+    return _DETECTORS[0]
