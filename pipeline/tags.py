@@ -123,11 +123,16 @@ def _schema(properties: dict, required: list[str]) -> dict:
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
+# Free-text fields are capped: a small tagger otherwise loops inside the string until the token limit and
+# never reaches the rating.
+TEXT = {"type": "string", "maxLength": 400}
+
+
 TAGS = {
     # tag: (prompt, JSON schema, {json key: column})
-    "quality": (QUALITY_PROMPT, _schema({"explanation": {"type": "string"}, "input_quality": {"enum": list(QUALITY_LEVELS)}},
+    "quality": (QUALITY_PROMPT, _schema({"explanation": TEXT, "input_quality": {"enum": list(QUALITY_LEVELS)}},
                                         ["explanation", "input_quality"]), {"input_quality": "input_quality"}),
-    "difficulty": (DIFFICULTY_PROMPT, _schema({"intent": {"type": "string"}, "knowledge": {"type": "string"},
+    "difficulty": (DIFFICULTY_PROMPT, _schema({"intent": TEXT, "knowledge": TEXT,
                                                "difficulty": {"enum": list(DIFFICULTY_LEVELS)}},
                                               ["intent", "knowledge", "difficulty"]), {"difficulty": "difficulty"}),
     "category": (CATEGORY_PROMPT, _schema({"primary_tag": {"enum": list(CATEGORIES)},
@@ -171,7 +176,7 @@ def normalize(tag: str, key: str, value):
 
 
 def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS), structured: bool | None = None,
-        max_tokens: int = 256) -> pl.DataFrame:
+        max_tokens: int = 512) -> pl.DataFrame:
     """Add the tag columns for each row's first instruction; one engine call per tag."""
     unknown = set(tags) - set(TAGS)
     if unknown:
