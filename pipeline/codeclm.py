@@ -1,0 +1,327 @@
+"""CodecLM (Wang et al., NAACL 2024 Findings; arXiv 2404.05875): encode seed instructions into metadata (use
+case + skills), decode new instructions from mixed-and-matched metadata, make them harder with
+Self-Rubrics, and keep those where a strong model clearly beats the target model (Contrastive Filtering).
+
+No official code exists; the prompts are our own wording of the paper's Figures 7-11. Paper settings:
+temperature 0.7 for encoding, decoding and rubrics; 4 rubrics per metadata and one random action per
+improvement; a position-swapped pairwise judge (1-10, averaged over both orders); gap threshold
+theta = 3; |gap| <= theta sends the instruction back to Self-Rubrics, up to 4 iterations counting the
+basic generation as iteration 1; a negative gap keeps the *target* model's response (regularisation).
+Instructions that never pass are dropped (the paper does not say; `keep_unresolved=True` keeps them).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.engines import Engine, EngineSpec, Sampling, load_engine
+from pipeline.records import dump_meta, empty, meta_dicts, messages_of, record_id
+
+VERSION = "1"
+TEMPERATURE = 0.7
+
+ENCODE_PROMPT = """Read the instruction and name its use case and the skills needed to respond to it. The use case is the kind of task the instruction asks for. Give at most 3 skills, each 2 or 3 words, that would transfer to other instructions, and do not use the words "skill" or "knowledge".
+
+Instruction: Pretend you are a commentator at a tennis final and describe the match point.
+Use case: creative writing
+Skills: role-play, sports
+
+Instruction: How can I read a 2 TB text file in Python without running out of memory?
+Use case: code generation
+Skills: python
+
+Instruction: Help me write the method section of my paper on pruning transformer models.
+Use case: general knowledge question answering
+Skills: academic writing, machine learning
+
+Instruction: {instruction}
+"""
+DECODE_PROMPT = """You are an instruction writer. Write {n} instructions that a person could reasonably ask and that people can understand and answer. Make them diverse. Every instruction must fit this use case and need these skills:
+Use case: {use_case}
+Skills: {skills}
+Number the instructions from 1 to {n}, one per line, and do not answer them."""
+RUBRICS_PROMPT = """You are an expert in {use_case} who knows {skills}. Write 4 rubrics for judging how difficult and complex an instruction of this kind is, and for each rubric one action that would make such an instruction more challenging. Use exactly this format:
+Rubric 1: ...
+Action 1: ...
+Rubric 2: ...
+Action 2: ...
+Rubric 3: ...
+Action 3: ...
+Rubric 4: ...
+Action 4: ..."""
+IMPROVE_PROMPT = """You are an instruction improver with expertise in {use_case}. Rewrite the instruction below to make it more challenging by following this action: {action}
+The new instruction must stay reasonable, self-consistent and answerable, and must not copy words from the action.
+
+Instruction: {instruction}
+
+Write only the new instruction."""
+JUDGE_PROMPT = """[Question]
+{question}
+
+[The Start of Assistant 1's Answer]
+{first}
+[The End of Assistant 1's Answer]
+
+[The Start of Assistant 2's Answer]
+{second}
+[The End of Assistant 2's Answer]
+
+[System]
+We would like your feedback on the two AI assistants' answers to the question above. Rate their helpfulness, relevance, accuracy and level of detail. Give each assistant an overall score from 1 to 10, where a higher score means better performance. Output one line with only the two scores, for Assistant 1 and Assistant 2, separated by a space."""
+
+
+# --- parsers (model output is data: parsed defensively, never evaluated) -------------------------------
+
+def parse_metadata(text: str | None) -> tuple[str, list[str]] | None:
+    """(use case, up to 3 skills) from lines "Use case: ..." (or "Task: ...") and "Skills: a, b".
+
+    >>> parse_metadata("Task: code generation\\nSkills: python, data structures; testing, extra")
+    ('code generation', ['python', 'data structures', 'testing'])
+    """
+    if not text:
+        return None
+    use_case = re.search(r"^[ \t*]*(?:use case|task)[ \t*]*:[ \t*]*(\S.*)$", text, re.I | re.M)
+    skills = re.search(r"^[ \t*]*skills?[ \t*]*:[ \t*]*(\S.*)$", text, re.I | re.M)
+    if not use_case or not skills:
+        return None
+    names = [s.strip(" .") for s in re.split(r"[,;]", skills.group(1)) if s.strip(" .")]
+    return (use_case.group(1).strip(" ."), names[:3]) if names else None
+
+
+def parse_numbered(text: str | None) -> list[str]:
+    """The items of a numbered list ("1. x", "2) y").
+
+    >>> parse_numbered("Here you go:\\n1. Write a poem.\\n2) Sum a list in Go.\\nThanks")
+    ['Write a poem.', 'Sum a list in Go.']
+    """
+    return [m.group(1).strip() for m in re.finditer(r"^\s*\d+\s*[.)]\s+(.+)$", text or "", re.M) if m.group(1).strip()]
+
+
+def parse_rubrics(text: str | None) -> list[tuple[str, str]]:
+    """(rubric, action) pairs from "Rubric N: ... / Action N: ..." lines, in order.
+
+    >>> parse_rubrics("Rubric 1: depth\\nAction 1: add a constraint\\nRubric 2: scope\\nAction 2: widen it")
+    [('depth', 'add a constraint'), ('scope', 'widen it')]
+    """
+    rubrics = re.findall(r"^[ \t*]*rubric[ \t]*\d*[ \t*]*[:.][ \t*]*(\S.*)$", text or "", re.I | re.M)
+    actions = re.findall(r"^[ \t*]*action[ \t]*\d*[ \t*]*[:.][ \t*]*(\S.*)$", text or "", re.I | re.M)
+    return [(r.strip(), a.strip()) for r, a in zip(rubrics, actions) if r.strip() and a.strip()]
+
+
+def parse_scores(text: str | None) -> tuple[float, float] | None:
+    """The two 1-10 scores of a pairwise judgment ("8 6"); None if absent or out of range.
+
+    >>> parse_scores("8 6\\nAssistant 1 was more detailed."), parse_scores("Scores: 11 3"), parse_scores("good")
+    ((8.0, 6.0), None, None)
+    """
+    match = re.search(r"(\d+(?:\.\d+)?)\s*[ ,/]\s*(\d+(?:\.\d+)?)", text or "")
+    if not match:
+        return None
+    first, second = float(match.group(1)), float(match.group(2))
+    return (first, second) if 1 <= first <= 10 and 1 <= second <= 10 else None
+
+
+def parse_instruction(text: str | None) -> str | None:
+    if not text:
+        return None
+    text = re.sub(r"^\s*(?:new|improved)?\s*instruction\s*:\s*", "", text.strip(), flags=re.I).strip().strip('"').strip()
+    return text or None
+
+
+# --- stages ----------------------------------------------------------------------------------------------
+
+def _chat(engine: Engine, prompt: str, opening: str = "") -> str:
+    """The prompt as a user turn, with the assistant's reply opened by `opening` (a format's first words keep
+    small models in the format instead of answering the instruction itself)."""
+    return engine.template.render([{"role": "user", "content": prompt}]) + opening
+
+
+ENCODE_OPENING, DECODE_OPENING, RUBRICS_OPENING = "Use case:", "1.", "Rubric 1:"
+
+
+def _text(reply, opening: str) -> str | None:
+    return None if reply.failed or reply.text is None else opening + reply.text
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def encode(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 128) -> pl.DataFrame:
+    """Stage: `meta.codeclm.metadata` = {use_case, skills} per seed instruction; unparsable -> drop "metadata_unparsed"."""
+    instructions = [next(m["content"] for m in c if m["role"] == "user") for c in messages_of(df)]
+    replies = engine.generate([_chat(engine, ENCODE_PROMPT.format(instruction=q), ENCODE_OPENING) for q in instructions],
+                              Sampling(temperature=TEMPERATURE, max_tokens=max_tokens,
+                                       stop=tuple(engine.template.stop_strings())),
+                              [_seed(rid, "encode") for rid in df["id"].to_list()])
+    metas, reasons = meta_dicts(df), []
+    for meta, reply in zip(metas, replies):
+        raw = _text(reply[0], ENCODE_OPENING)
+        parsed = parse_metadata(raw)
+        meta["codeclm"] = {"encode_raw": raw,
+                           "metadata": {"use_case": parsed[0], "skills": parsed[1]} if parsed else None}
+        reasons.append(f"engine_error:{reply[0].error_kind}" if reply[0].failed else (None if parsed else "metadata_unparsed"))
+    return df.with_columns(dump_meta(metas), pl.Series("drop_reason", reasons, dtype=pl.String))
+
+
+def augment(metadata: list[dict], n: int, *, seed: int = 0) -> list[dict]:
+    """Mix and match: `n` distinct (use case, 1-3 skills) pairs, a use case from the seeds' use cases and
+    skills sampled without replacement from all their skills; the seeds' own pairs come first."""
+    use_cases = list(dict.fromkeys(m["use_case"] for m in metadata))
+    skills = list(dict.fromkeys(s for m in metadata for s in m["skills"]))
+    if not use_cases or not skills:
+        return []
+    rng = random.Random(seed)
+    out = {(m["use_case"], tuple(m["skills"])): None for m in metadata}
+    for _ in range(50 * n):
+        if len(out) >= n:
+            break
+        chosen = rng.sample(skills, rng.randint(1, min(3, len(skills))))
+        out.setdefault((rng.choice(use_cases), tuple(chosen)), None)
+    return [{"use_case": u, "skills": list(s)} for u, s in list(out)[:n]]
+
+
+def decode(df: pl.DataFrame, *, engine: Engine, n_metadata: int = 200, per_metadata: int = 1, seed: int = 0,
+           max_tokens: int = 512) -> pl.DataFrame:
+    """Stage (whole frame): augment the seeds' metadata to `n_metadata` pairs and write `per_metadata` basic
+    instructions for each; returns one record per instruction (iteration 1)."""
+    metadata = [m["codeclm"]["metadata"] for m in meta_dicts(df) if (m.get("codeclm") or {}).get("metadata")]
+    pairs = augment(metadata, n_metadata, seed=seed)
+    prompts = [_chat(engine, DECODE_PROMPT.format(n=per_metadata, use_case=p["use_case"], skills=", ".join(p["skills"])),
+                     DECODE_OPENING) for p in pairs]
+    replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=max_tokens,
+                                                stop=tuple(engine.template.stop_strings())),
+                              [_seed(seed, i, "decode") for i in range(len(prompts))])
+    ids, messages, metas = [], [], []
+    for i, (pair, reply) in enumerate(zip(pairs, replies)):
+        for j, text in enumerate(parse_numbered(_text(reply[0], DECODE_OPENING + " "))[:per_metadata]):
+            ids.append(record_id("codeclm", seed, i, j))
+            messages.append([{"role": "user", "content": text}])
+            metas.append({"codeclm": {"metadata": pair, "iteration": 1, "history": [text]}})
+    frame = pl.DataFrame({"id": ids, "source": ["codeclm"] * len(ids), "messages": messages},
+                         schema_overrides={"messages": empty().schema["messages"], "id": pl.String})
+    return frame.with_columns(dump_meta(metas))
+
+
+@dataclass
+class Judged:
+    strong: str
+    target: str
+    strong_score: float | None
+    target_score: float | None
+
+    @property
+    def gap(self) -> float | None:
+        return None if self.strong_score is None or self.target_score is None else self.strong_score - self.target_score
+
+
+def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, max_tokens: int = 16) -> list[tuple[float | None, float | None]]:
+    """Position-swapped pairwise judging: for each (question, strong answer, target answer) the judge scores
+    both orders and each model's score is the mean of its two; a failed parse in either order -> None."""
+    prompts = []
+    for question, strong, target in items:
+        prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=strong, second=target)))
+        prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=target, second=strong)))
+    replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(judge.template.stop_strings())))
+    out = []
+    for i in range(len(items)):
+        forward, swapped = parse_scores(replies[2 * i][0].text), parse_scores(replies[2 * i + 1][0].text)
+        if forward is None or swapped is None:
+            out.append((None, None))
+        else:
+            out.append(((forward[0] + swapped[1]) / 2, (forward[1] + swapped[0]) / 2))
+    return out
+
+
+def contrastive(df: pl.DataFrame, *, engine: Engine, target: str | None = None, theta: float = 3.0, max_iterations: int = 4,
+                keep_unresolved: bool = False, response_max_tokens: int = 512, seed: int = 0) -> pl.DataFrame:
+    """Stage: Self-Rubrics + Contrastive Filtering, all rows in lockstep (each iteration: one call for the
+    strong responses, one for the target's, one for the judge, one for improvements).
+
+    `engine` is the strong model (and the judge); `target` the target model's EngineSpec JSON.
+    Kept rows get messages [user, chosen response]; others a drop_reason ("unresolved", "judge_failed").
+    """
+    target_engine = load_engine(EngineSpec.from_json(target)) if target else engine
+    metas = meta_dicts(df)
+    instructions = [next(m["content"] for m in c if m["role"] == "user") for c in messages_of(df)]
+    rubrics = _rubrics(engine, [m["codeclm"]["metadata"] for m in metas], seed)
+    done: dict[int, tuple[str | None, str | None]] = {}  # row -> (response or None, drop reason or None)
+    pending = list(range(df.height))
+    while pending:
+        questions = [instructions[i] for i in pending]
+        strong = _respond(engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "s") for i in pending], response_max_tokens)
+        weak = _respond(target_engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "t") for i in pending], response_max_tokens)
+        scores = judge_pairs(engine, [(q, s or "", w or "") for q, s, w in zip(questions, strong, weak)])
+        improve = []
+        for i, s, w, (s_score, w_score) in zip(pending, strong, weak, scores):
+            record = metas[i]["codeclm"]
+            judged = Judged(s or "", w or "", s_score, w_score)
+            record.setdefault("judgments", []).append({"iteration": record["iteration"], "strong_score": s_score,
+                                                       "target_score": w_score, "gap": judged.gap})
+            if judged.gap is None:
+                done[i] = (None, "judge_failed")
+            elif abs(judged.gap) > theta:
+                record["kept"] = "strong" if judged.gap > 0 else "target"
+                done[i] = (judged.strong if judged.gap > 0 else judged.target, None)
+            elif record["iteration"] >= max_iterations:
+                record["kept"] = "strong (unresolved)" if keep_unresolved else None
+                done[i] = (judged.strong, None) if keep_unresolved else (None, "unresolved")
+            else:
+                improve.append(i)
+        if improve:
+            actions = []
+            for i in improve:
+                options = rubrics[i] or [("", "Add a realistic constraint that makes the task harder.")]
+                actions.append(random.Random(_seed(seed, i, metas[i]["codeclm"]["iteration"], "a")).choice(options)[1])
+            prompts = [_chat(engine, IMPROVE_PROMPT.format(use_case=metas[i]["codeclm"]["metadata"]["use_case"], action=a,
+                                                           instruction=instructions[i])) for i, a in zip(improve, actions)]
+            replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=256,
+                                                        stop=tuple(engine.template.stop_strings())),
+                                      [_seed(seed, i, metas[i]["codeclm"]["iteration"], "i") for i in improve])
+            for i, action, reply in zip(improve, actions, replies):
+                new = parse_instruction(reply[0].text)
+                metas[i]["codeclm"]["iteration"] += 1  # an unparsable improvement keeps the text but spends the iteration
+                if new:
+                    instructions[i] = new
+                    metas[i]["codeclm"]["history"].append(new)
+                metas[i]["codeclm"].setdefault("actions", []).append(action)
+        pending = improve
+    messages = [[{"role": "user", "content": q}] + ([{"role": "assistant", "content": done[i][0]}] if done[i][0] else [])
+                for i, q in enumerate(instructions)]
+    return df.with_columns(pl.Series("messages", messages, dtype=df.schema["messages"]), dump_meta(metas),
+                           pl.Series("drop_reason", [done[i][1] for i in range(df.height)], dtype=pl.String))
+
+
+def _respond(engine: Engine, questions: list[str], seeds: list[int], max_tokens: int) -> list[str | None]:
+    replies = engine.generate([engine.template.render([{"role": "user", "content": q}]) for q in questions],
+                              Sampling(temperature=TEMPERATURE, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings())), seeds)
+    return [None if c[0].failed else c[0].text.strip() for c in replies]
+
+
+def _rubrics(engine: Engine, metadata: list[dict], seed: int) -> list[list[tuple[str, str]]]:
+    """Self-Rubrics: 4 (rubric, action) pairs per distinct metadata, one batched call."""
+    keys = list(dict.fromkeys((m["use_case"], tuple(m["skills"])) for m in metadata))
+    replies = engine.generate([_chat(engine, RUBRICS_PROMPT.format(use_case=u, skills=", ".join(s)), RUBRICS_OPENING)
+                               for u, s in keys],
+                              Sampling(temperature=TEMPERATURE, max_tokens=512, stop=tuple(engine.template.stop_strings())),
+                              [_seed(seed, u, s, "rubrics") for u, s in keys])
+    table = {key: parse_rubrics(_text(reply[0], RUBRICS_OPENING))[:4] for key, reply in zip(keys, replies)}
+    return [table[(m["use_case"], tuple(m["skills"]))] for m in metadata]
+
+
+def capacity_recovery_ratio(outcomes: list[tuple[str, str]]) -> float:
+    """CRR = (wins + ties) / total for the target vs the strong model. Each item is judged in both orders
+    ("win" | "tie" | "loss" for the target each time); it is a win only if it wins both, a loss only if it
+    loses both, otherwise a tie.
+
+    >>> capacity_recovery_ratio([("win", "win"), ("win", "loss"), ("loss", "loss"), ("tie", "tie")])
+    0.75
+    """
+    if not outcomes:
+        raise ValueError("no outcomes to compute a CRR from")
+    losses = sum(1 for a, b in outcomes if a == b == "loss")
+    return (len(outcomes) - losses) / len(outcomes)
