@@ -250,6 +250,7 @@ def codeclm(
     max_iterations: int = typer.Option(4, help="Self-Rubrics iterations, counting the basic generation as 1."),
     target_model: Optional[str] = typer.Option(None, help="The target model (default: --model, which only exercises the plumbing)."),
     keep_unresolved: bool = typer.Option(False, help="Keep instructions that never pass, with the strong response."),
+    judge_mode: str = typer.Option("text", help="text (the paper's 's1 s2' line) or logprobs (expected digit; for small judges)."),
     engine: str = typer.Option("vllm", help="Strong model and judge: " + ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
@@ -259,7 +260,7 @@ def codeclm(
 
     target = EngineSpec.make(engine, target_model, base_url=base_url) if target_model else None
     steps = codeclm_steps(n_metadata=n_metadata, per_metadata=per_metadata, theta=theta, max_iterations=max_iterations,
-                          target=target, keep_unresolved=keep_unresolved)
+                          target=target, keep_unresolved=keep_unresolved, judge_mode=judge_mode)
     _run_job("input_job", out, input_path=seeds, steps=steps, engine=_engine(engine, model, base_url, None, []))
 
 

@@ -219,17 +219,41 @@ class Judged:
         return None if self.strong_score is None or self.target_score is None else self.strong_score - self.target_score
 
 
-def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, max_tokens: int = 16) -> list[tuple[float | None, float | None]]:
+JUDGE_MODES = ("text", "logprobs")
+
+
+def _order_scores(judge: Engine, prompts: list[str], mode: str, max_tokens: int) -> list[tuple[float, float] | None]:
+    """(score of assistant 1, score of assistant 2) per judge prompt, or None.
+
+    text: the paper's way, one generated line "s1 s2". logprobs: for judges too small to write that line,
+    each assistant's score is the expected digit 1-9 after "Assistant k: ", rescaled to 1-10.
+    """
+    if mode == "text":
+        replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(judge.template.stop_strings())))
+        return [parse_scores(c[0].text) for c in replies]
+    from pipeline.reward import expected_rating
+
+    openings = [p + f"Assistant {k}: " for p in prompts for k in (1, 2)]
+    replies = judge.generate(openings, Sampling(temperature=0.0, max_tokens=1, logprobs=20))
+    ratings = [expected_rating(c[0].logprobs[0] if c[0].logprobs else None) for c in replies]
+    scaled = [None if r is None else 1.0 + (r - 1.0) * 9.0 / 8.0 for r in ratings]
+    return [None if None in scaled[2 * i:2 * i + 2] else (scaled[2 * i], scaled[2 * i + 1]) for i in range(len(prompts))]
+
+
+def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, mode: str = "text",
+                max_tokens: int = 16) -> list[tuple[float | None, float | None]]:
     """Position-swapped pairwise judging: for each (question, strong answer, target answer) the judge scores
     both orders and each model's score is the mean of its two; a failed parse in either order -> None."""
+    if mode not in JUDGE_MODES:
+        raise ValueError(f"unknown judge mode {mode!r}; valid: {list(JUDGE_MODES)}")
     prompts = []
     for question, strong, target in items:
         prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=strong, second=target)))
         prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=target, second=strong)))
-    replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(judge.template.stop_strings())))
+    scores = _order_scores(judge, prompts, mode, max_tokens)
     out = []
     for i in range(len(items)):
-        forward, swapped = parse_scores(replies[2 * i][0].text), parse_scores(replies[2 * i + 1][0].text)
+        forward, swapped = scores[2 * i], scores[2 * i + 1]
         if forward is None or swapped is None:
             out.append((None, None))
         else:
@@ -238,7 +262,8 @@ def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, max_tokens:
 
 
 def contrastive(df: pl.DataFrame, *, engine: Engine, target: str | None = None, theta: float = 3.0, max_iterations: int = 4,
-                keep_unresolved: bool = False, response_max_tokens: int = 512, seed: int = 0) -> pl.DataFrame:
+                keep_unresolved: bool = False, response_max_tokens: int = 512, judge_mode: str = "text",
+                seed: int = 0) -> pl.DataFrame:
     """Stage: Self-Rubrics + Contrastive Filtering, all rows in lockstep (each iteration: one call for the
     strong responses, one for the target's, one for the judge, one for improvements).
 
@@ -255,7 +280,7 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: str | None = None, 
         questions = [instructions[i] for i in pending]
         strong = _respond(engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "s") for i in pending], response_max_tokens)
         weak = _respond(target_engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "t") for i in pending], response_max_tokens)
-        scores = judge_pairs(engine, [(q, s or "", w or "") for q, s, w in zip(questions, strong, weak)])
+        scores = judge_pairs(engine, [(q, s or "", w or "") for q, s, w in zip(questions, strong, weak)], mode=judge_mode)
         improve = []
         for i, s, w, (s_score, w_score) in zip(pending, strong, weak, scores):
             record = metas[i]["codeclm"]

@@ -254,8 +254,8 @@ def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, iterations: int
 
 
 def codeclm_steps(*, n_metadata: int = 200, per_metadata: int = 1, theta: float = 3.0, max_iterations: int = 4,
-                  target: EngineSpec | None = None, keep_unresolved: bool = False, seed: int = 0,
-                  shard_size: int = 32) -> list[Step]:
+                  target: EngineSpec | None = None, keep_unresolved: bool = False, judge_mode: str = "text",
+                  response_max_tokens: int = 512, seed: int = 0, shard_size: int = 32) -> list[Step]:
     """Encode seeds → mix-and-match + decode → Self-Rubrics and Contrastive Filtering."""
     from pipeline import codeclm
 
@@ -265,5 +265,6 @@ def codeclm_steps(*, n_metadata: int = 200, per_metadata: int = 1, theta: float 
              {"n_metadata": n_metadata, "per_metadata": per_metadata, "seed": seed}, shard_size=None),
         Step("filtered", "pipeline.codeclm:contrastive", codeclm.VERSION,
              {"target": target.to_json() if target else None, "theta": theta, "max_iterations": max_iterations,
-              "keep_unresolved": keep_unresolved, "seed": seed}, shard_size=shard_size),
+              "keep_unresolved": keep_unresolved, "judge_mode": judge_mode, "response_max_tokens": response_max_tokens,
+              "seed": seed}, shard_size=shard_size),
     ]

@@ -129,3 +129,19 @@ def test_encode_and_decode_with_the_fake_engine():
     decoded = codeclm.decode(encoded.filter(pl.col("drop_reason").is_null()), engine=engine, n_metadata=4, per_metadata=2)
     assert decoded.height == 8 and decoded["messages"][0].to_list() == [{"role": "user", "content": "Write a Rust function."}]
     assert json.loads(decoded["meta"][0])["codeclm"]["iteration"] == 1
+
+
+def test_logprob_judge_scores_each_assistant_in_both_orders():
+    class PositionBiasedJudge(Scripted):
+        """Gives Assistant 1 a 9 and Assistant 2 a 1 whatever they wrote: a pure position bias."""
+
+        def generate(self, prompts, sampling, seeds=None):
+            digits = ["9" if p.endswith("Assistant 1: ") else "1" for p in prompts]
+            return [[Completion(text=d, finish_reason="stop", logprobs=[{k: (0.0 if k == d else -1e4) for k in "123456789"}])]
+                    for d in digits]
+
+    judge = PositionBiasedJudge("judge", {})
+    [(strong, target)] = codeclm.judge_pairs(judge, [("q", "s", "t")], mode="logprobs")
+    assert strong == target == 5.5  # each got 10 in one order and 1 in the other: the bias cancels
+    with pytest.raises(ValueError, match="valid: \\['text', 'logprobs'\\]"):
+        codeclm.judge_pairs(judge, [("q", "s", "t")], mode="vibes")

@@ -41,14 +41,18 @@ def test_mcts_job_on_smollm2(tmp_path):
 
 
 def test_codeclm_on_smollm2(tmp_path):
-    steps = codeclm_steps(n_metadata=4, per_metadata=1, max_iterations=2, keep_unresolved=True)
+    # SmolLM2 cannot write the paper's "s1 s2" judgment line; its digit logprobs can judge
+    steps = codeclm_steps(n_metadata=4, per_metadata=1, max_iterations=2, keep_unresolved=True, judge_mode="logprobs", theta=0.5,
+                          response_max_tokens=64)
     summary = input_job(tmp_path / "run", input_path=write_seeds(tmp_path / "seeds.jsonl"), steps=steps,
                         engine=EngineSpec.make("llamacpp"))
     encoded = read_shards(tmp_path / "run" / "encoded")
     assert encoded.height >= 2  # SmolLM2 follows the few-shot format for most seeds
     out = pl.read_parquet(summary["export"])
+    assert out.height == summary["stages"]["decoded"]["rows_out"] > 0  # judged (kept, or kept unresolved), none failed
     for row in out.iter_rows(named=True):
         record = json.loads(row["meta"])["codeclm"]
         assert 1 <= record["iteration"] <= 2 and record["metadata"]["use_case"]
+        assert all(j["gap"] is not None for j in record["judgments"])
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     assert summary["stages"]["filtered"]["rows_in"] == summary["stages"]["decoded"]["rows_out"]
