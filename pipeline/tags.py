@@ -123,8 +123,8 @@ def _schema(properties: dict, required: list[str]) -> dict:
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
-# Free-text fields are capped: a small tagger otherwise loops inside the string until the token limit and
-# never reaches the rating.
+# Free text and lists are capped: a small tagger otherwise loops inside a string or an array until the
+# token limit and never closes the object.
 TEXT = {"type": "string", "maxLength": 400}
 
 
@@ -136,7 +136,8 @@ TAGS = {
                                                "difficulty": {"enum": list(DIFFICULTY_LEVELS)}},
                                               ["intent", "knowledge", "difficulty"]), {"difficulty": "difficulty"}),
     "category": (CATEGORY_PROMPT, _schema({"primary_tag": {"enum": list(CATEGORIES)},
-                                           "other_tags": {"type": "array", "items": {"enum": list(CATEGORIES)}}},
+                                           "other_tags": {"type": "array", "items": {"enum": list(CATEGORIES)},
+                                                          "maxItems": 3}},  # uniqueItems: vLLM cannot compile it
                                           ["primary_tag", "other_tags"]),
                  {"primary_tag": "task_category", "other_tags": "other_task_categories"}),
 }
