@@ -107,3 +107,19 @@ def test_failed_judging_is_counted_not_defaulted():
     out = magpie_curate.preference_pairs(pairs_frame(), engine=engine, k=2)
     assert out["drop_reason"].to_list() == ["reward_null"]
     assert json.loads(out["meta"][0])["dpo"]["rewards"][0] is None
+
+
+def test_extend_difficult_instructions_to_two_turns(tmp_path):
+    from pipeline.jobs import Step, input_job, magpie_steps
+
+    df = frame().with_columns(pl.Series("meta", [json.dumps({"magpie": {"row_seed": i}}) for i in range(len(ROWS))]))
+    path = tmp_path / "tagged.parquet"
+    df.write_parquet(path)
+    steps = [Step("difficult", "pipeline.magpie_curate:select_difficult", magpie_curate.VERSION, {"min_difficulty": "medium"},
+                  uses_engine=False, shard_size=None)]
+    steps += [s for s in magpie_steps(turns=2) if s.name.startswith(("followups", "responses-"))]
+    spec = EngineSpec.make("fake", "extend", options={"script": {"<|im_start|>assistant\n": "A good answer."}})
+    summary = input_job(tmp_path / "run", input_path=path, steps=steps, engine=spec)
+    out = pl.read_parquet(summary["export"])
+    assert sorted(out["id"].to_list()) == ["colon", "copy", "long_good", "low_reward", "poor", "short_good"]  # >= medium
+    assert all([m["role"] for m in c] == ["user", "assistant", "user", "assistant"] for c in out["messages"].to_list())
