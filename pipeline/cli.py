@@ -234,7 +234,10 @@ def mcts(
 ) -> None:
     """UltraPrompt-style MCTS instruction search; writes SFT, DPO and step datasets from the trees."""
     spec = _engine(engine, model, base_url, None, [])
-    role = lambda name: EngineSpec.make(engine, name, base_url=base_url) if name else None  # noqa: E731
+
+    def role(name: Optional[str]) -> Optional[EngineSpec]:
+        return EngineSpec.make(engine, name, base_url=base_url) if name else None
+
     _run_job("mcts_job", out, input_path=seeds, engine=spec, iterations=iterations, exploration=exploration,
              responses=responses, reward_model_path=reward_model, optimizer=role(optimizer_model),
              responder=role(responder_model), responder_format=responder_format)

@@ -15,7 +15,7 @@ VERSION = "1"
 
 
 def _index(dim: int):
-    """An exact inner-product faiss index (faiss-gpu's when installed on a GPU host)."""
+    """An exact inner-product faiss index (on the CPU; the Repr Filter itself runs on CUDA when available)."""
     import faiss
 
     return faiss.IndexFlatIP(dim)

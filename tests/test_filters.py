@@ -43,3 +43,10 @@ def test_unknown_filter_lists_valid_names():
         filters.apply(pl.DataFrame([row("a", "x")]), ["nope"])
     with pytest.raises(ValueError, match="bad parameters"):
         filters.apply(pl.DataFrame([row("a", "x")]), [{"name": "instruction_length", "minimum": 3}])
+
+
+def test_score_filters_on_columns():
+    df = pl.DataFrame([row("a", "Question one here?"), row("b", "Question two here?"), row("c", "Question three here?")]).with_columns(
+        pl.Series("ifd", [0.4, 1.2, None]), pl.Series("ref_similarity", [0.2, 0.99, None]), pl.Series("ref_ngram_overlap", [0.0, 0.0, 0.9]))
+    assert filters.mark(df, [{"name": "ifd_at_most", "limit": 1.0}])["drop_reason"].to_list() == [None, "ifd_at_most", "ifd_at_most"]
+    assert filters.mark(df, ["not_contaminated"])["drop_reason"].to_list() == [None, "not_contaminated", "not_contaminated"]

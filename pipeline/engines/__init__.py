@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence
 
 from pipeline.chat import ChatTemplate
@@ -161,9 +161,6 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
     """Undo `expand_requests`: n consecutive completions per prompt."""
     return [flat[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
 
-
-def single_sample(sampling: Sampling) -> Sampling:
-    return replace(sampling, n=1)
 
 
 __all__ = ["Completion", "Engine", "EngineSpec", "Sampling", "failed", "load_engine"]
