@@ -267,6 +267,26 @@ def codeclm(
     _run_job("input_job", out, input_path=seeds, steps=steps, engine=_engine(engine, model, base_url, None, []))
 
 
+@app.command("export")
+def export_command(
+    input: Path = typer.Option(..., help="Records: a run's export/data.parquet or a stage directory."),
+    out: Path = typer.Option(..., help="Output directory."),
+    format: str = typer.Option("trl", help="trl (Parquet), hf (datasets directories), llamafactory (ShareGPT + dataset_info.json) or axolotl."),
+    name: str = typer.Option("aligndata", help="Dataset name in LLaMA-Factory's dataset_info.json."),
+) -> None:
+    """Trainer-ready files: SFT rows as `messages`, preference rows as prompt/chosen/rejected."""
+    from pipeline import export
+    from pipeline.io import read_records
+
+    try:
+        written = export.export(read_records(input), out, format, name=name)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    for what, path in written.items():
+        console.print(f"{what:>12}: {path}", soft_wrap=True)
+
+
 @app.command()
 def select(
     input: Path = typer.Option(..., help="Parquet with `id`, `embedding` and a score column (or `complexity` and `quality`)."),
