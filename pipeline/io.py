@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.records import SCHEMA, conform, empty
+from pipeline.secrets import redact
 
 MANIFEST = "manifest.jsonl"
 
@@ -51,8 +52,9 @@ def write_shard(df: pl.DataFrame | pa.Table, path: Path) -> Path:
 
 
 def write_json(obj: object, path: Path) -> Path:
-    """Write a JSON document atomically."""
-    return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    """Write a JSON document atomically, secrets redacted."""
+    text = json.dumps(redact(obj), indent=2, sort_keys=True) + "\n"
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_shards(stage_dir: Path, pattern: str = "shard-*.parquet") -> pl.DataFrame:
@@ -72,8 +74,8 @@ def read_records(path: Path) -> pl.DataFrame:
 
 
 def append_manifest(run_dir: Path, entry: dict) -> None:
-    """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND)."""
-    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}, sort_keys=True, default=str)
+    """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND); secrets redacted."""
+    line = json.dumps(redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}), sort_keys=True, default=str)
     fd = os.open(Path(run_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())

@@ -89,11 +89,17 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
     return steps + [Step("filtered", "filters:mark", FILTER_VERSION, {"spec": spec}, uses_engine=False, shard_size=None)]
 
 
-def export_parquet(run_dir: Path, stage_dir: Path, name: str = "data") -> Path:
-    """Write the kept rows of `stage_dir` to DIR/export/<name>.parquet (atomically) and log it."""
+def export_parquet(run_dir: Path, stage_dir: Path, name: str = "data", card: str | None = None) -> Path:
+    """Write the kept rows of `stage_dir` to DIR/export/<name>.parquet (atomically) and log it; with `card`
+    (a title), also the dataset card DIR/export/README.md."""
+    from pipeline import card as cards
+
     df = read_shards(stage_dir)
     path = write_shard(df, Path(run_dir) / "export" / f"{name}.parquet")
     append_manifest(run_dir, {"stage": "export", "rows_in": df.height, "rows_out": df.height, "path": str(path)})
+    if card:
+        cards.write(run_dir, Path(run_dir) / "export" / "README.md", pretty_name=card,
+                    description=f"Made by aligndata from the run directory `{Path(run_dir).name}`.")
     return path
 
 
@@ -105,7 +111,7 @@ def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_
     started = time.perf_counter()
     last = run_steps(out, magpie_steps(**step_options), write_plan(out, n=n, seed=seed), engine=engine,
                      max_failure_rate=max_failure_rate, on_progress=on_progress)
-    path = export_parquet(out, last)
+    path = export_parquet(out, last, card="Magpie conversations")
     return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -156,7 +162,7 @@ def input_job(out: Path, *, input_path: Path, steps: list[Step], engine: EngineS
     started = time.perf_counter()
     last = run_steps(out, steps, write_input(out, input_path, fmt), engine=engine, max_failure_rate=max_failure_rate,
                      on_progress=on_progress)
-    path = export_parquet(out, last)
+    path = export_parquet(out, last, card="Curated alignment data")
     return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -17,6 +17,7 @@ import polars as pl
 
 from pipeline.engines import EngineSpec, load_engine
 from pipeline.io import append_manifest, read_shards, write_json, write_shard
+from pipeline.secrets import redact
 
 ENGINE_ERROR = "engine_error:"
 
@@ -74,8 +75,9 @@ def _check_identity(stage_dir: Path, identity: dict) -> None:
     path = stage_dir / "stage.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(identity, default=str)):
-            changed = sorted(k for k in identity if previous.get(k) != json.loads(json.dumps(identity[k], default=str)))
+        current = json.loads(json.dumps(redact(identity), default=str))  # stage.json is written redacted
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
             raise StageMismatch(f"{stage_dir} was made with different {changed}; use a new --out directory, "
                                 f"or delete {stage_dir} (and the stages after it) to recompute")
     else:

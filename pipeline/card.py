@@ -1,0 +1,112 @@
+"""Dataset cards: a run's funnel, models, sampling, seeds, lineage and citations, rendered from
+data_cards/dataset_card.md.jinja with huggingface_hub's DatasetCard (valid YAML metadata). Secrets are
+redacted from everything the card shows."""
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.io import read_manifest, write_atomic
+from pipeline.secrets import redact
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "dataset_card.md.jinja"
+METHOD_OF_MODULE = {"pipeline.magpie": "magpie", "pipeline.tags": "magpie", "pipeline.magpie_curate": "magpie",
+                    "pipeline.deita": "deita", "pipeline.selection": "deita", "pipeline.mcts": "p-aligner",
+                    "pipeline.codeclm": "codeclm", "pipeline.subsample": "isa", "pipeline.ifd": "ifd"}
+CITATIONS = {
+    "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
+              "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
+              "  booktitle={ICLR}, year={2025}}",
+    "deita": "@inproceedings{liu2024deita,\n  title={What Makes Good Data for Alignment? A Comprehensive Study of Automatic Data Selection in Instruction Tuning},\n"
+             "  author={Liu, Wei and Zeng, Weihao and He, Keqing and Jiang, Yong and He, Junxian},\n  booktitle={ICLR}, year={2024}}",
+    "p-aligner": "@article{song2025paligner,\n  title={P-Aligner: Enabling Pre-Alignment of Language Models via Principled Instruction Synthesis},\n"
+                 "  journal={arXiv preprint arXiv:2508.04626}, year={2025}}",
+    "codeclm": "@inproceedings{wang2024codeclm,\n  title={CodecLM: Aligning Language Models with Tailored Synthetic Data},\n"
+               "  booktitle={Findings of NAACL}, year={2024}}",
+    "isa": "@article{khera2024efficient,\n  title={Efficient Alignment of Large Language Models via Data Sampling},\n"
+           "  author={Khera, Amrit and Ghosh, Rajat and Dutta, Debojyoti},\n  journal={arXiv preprint arXiv:2411.10545}, year={2024}}",
+    "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
+           "  booktitle={NAACL}, year={2024}}",
+}
+
+
+def size_category(n: int) -> str:
+    """The Hub's size bucket.
+
+    >>> size_category(16), size_category(2500), size_category(300_000)
+    ('n<1K', '1K<n<10K', '100K<n<1M')
+    """
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                         (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return label
+    return "n>10M"
+
+
+def context(run_dir: Path, export: Path | None = None) -> dict:
+    """What a card shows, from the run's manifest, its stages' stage.json and its export."""
+    run_dir = Path(run_dir)
+    export = export or run_dir / "export" / "data.parquet"
+    funnel: dict[str, dict] = {}
+    for entry in read_manifest(run_dir):
+        if entry.get("status") != "done":
+            continue
+        s = funnel.setdefault(entry["stage"], {"stage": entry["stage"], "version": entry["version"], "rows_in": 0,
+                                               "rows_out": 0, "drops": {}, "shards": set()})
+        if entry["shard"] in s["shards"]:
+            continue
+        s["shards"].add(entry["shard"])
+        s["rows_in"] += entry["rows_in"]
+        s["rows_out"] += entry["rows_out"]
+        for reason, n in entry["drops"].items():
+            s["drops"][reason] = s["drops"].get(reason, 0) + n
+    stages = []
+    for name in funnel:
+        path = run_dir / name / "stage.json"
+        stages.append(json.loads(path.read_text()) if path.exists() else {"stage": name})
+    models = [{"stage": s["stage"], "backend": s["engine"]["backend"], "model": s["engine"]["model"],
+               "params": json.dumps(s.get("params", {}), sort_keys=True)} for s in stages if s.get("engine")]
+    methods = list(dict.fromkeys(METHOD_OF_MODULE[m] for s in stages
+                                 if (m := s.get("function", "").rsplit(".", 1)[0]) in METHOD_OF_MODULE))
+    df = pl.read_parquet(export)
+    languages = sorted(set(df["language"].drop_nulls().str.to_lowercase())) if "language" in df.columns else []
+    seeds = sorted({str(json.loads(m).get("magpie", {}).get("seed")) for m in df["meta"].head(1000)} - {"None"})
+    return {"funnel": [{**s, "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items())), "shards": len(s["shards"])}
+                       for s in funnel.values()],
+            "models": models, "methods": methods, "rows": df.height, "languages": languages or ["en"],
+            "seeds": ", ".join(seeds) if seeds else "see each row's meta"}
+
+
+def render(ctx: dict, *, pretty_name: str, description: str, license: str = "other") -> str:
+    """The card's text: YAML metadata (license, languages, task category, size, configs, tags) and the body."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        license=license, language=ctx["languages"], task_categories=["text-generation"],
+        size_categories=[size_category(ctx["rows"])], pretty_name=pretty_name,
+        tags=["synthetic", "alignment", "aligndata", *ctx["methods"]],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+    )
+    aligndata_version = ctx.get("aligndata_version") or _version()
+    card = DatasetCard.from_template(
+        data, template_path=str(TEMPLATE), pretty_name=pretty_name, description=description,
+        aligndata_version=aligndata_version, methods=ctx["methods"] or ["curation"], rows=ctx["rows"],
+        split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], seeds=ctx["seeds"],
+        citations=[CITATIONS[m] for m in ctx["methods"]])
+    return redact(str(card))
+
+
+def _version() -> str:
+    try:
+        return version("aligndata")
+    except PackageNotFoundError:
+        return "(source)"
+
+
+def write(run_dir: Path, out: Path, *, pretty_name: str, description: str = "", license: str = "other") -> Path:
+    """Render the card for `run_dir` and write it atomically to `out` (the export's README.md)."""
+    text = render(context(run_dir), pretty_name=pretty_name, description=description, license=license)
+    return write_atomic(Path(out), lambda tmp: Path(tmp).write_text(text))
