@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.io import read_manifest, write_atomic
+from pipeline.io import write_atomic
 from pipeline.secrets import redact
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "dataset_card.md.jinja"
@@ -48,25 +48,12 @@ def size_category(n: int) -> str:
 
 def context(run_dir: Path, export: Path | None = None) -> dict:
     """What a card shows, from the run's manifest, its stages' stage.json and its export."""
+    from pipeline.jobs import summarize
+
     run_dir = Path(run_dir)
     export = export or run_dir / "export" / "data.parquet"
-    funnel: dict[str, dict] = {}
-    for entry in read_manifest(run_dir):
-        if entry.get("status") != "done":
-            continue
-        s = funnel.setdefault(entry["stage"], {"stage": entry["stage"], "version": entry["version"], "rows_in": 0,
-                                               "rows_out": 0, "drops": {}, "shards": set()})
-        if entry["shard"] in s["shards"]:
-            continue
-        s["shards"].add(entry["shard"])
-        s["rows_in"] += entry["rows_in"]
-        s["rows_out"] += entry["rows_out"]
-        for reason, n in entry["drops"].items():
-            s["drops"][reason] = s["drops"].get(reason, 0) + n
-    stages = []
-    for name in funnel:
-        path = run_dir / name / "stage.json"
-        stages.append(json.loads(path.read_text()) if path.exists() else {"stage": name})
+    funnel = summarize(run_dir)["stages"]
+    stages = [json.loads((run_dir / name / "stage.json").read_text()) for name in funnel]
     models = [{"stage": s["stage"], "backend": s["engine"]["backend"], "model": s["engine"]["model"],
                "params": json.dumps(s.get("params", {}), sort_keys=True)} for s in stages if s.get("engine")]
     methods = list(dict.fromkeys(METHOD_OF_MODULE[m] for s in stages
@@ -74,8 +61,9 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     df = pl.read_parquet(export)
     languages = sorted(set(df["language"].drop_nulls().str.to_lowercase())) if "language" in df.columns else []
     seeds = sorted({str(json.loads(m).get("magpie", {}).get("seed")) for m in df["meta"].head(1000)} - {"None"})
-    return {"funnel": [{**s, "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items())), "shards": len(s["shards"])}
-                       for s in funnel.values()],
+    return {"funnel": [{"stage": stage["stage"], "version": stage["version"], "rows_in": s["rows_in"], "rows_out": s["rows_out"],
+                        "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
+                       for stage, s in zip(stages, funnel.values())],
             "models": models, "methods": methods, "rows": df.height, "languages": languages or ["en"],
             "seeds": ", ".join(seeds) if seeds else "see each row's meta"}
 

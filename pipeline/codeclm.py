@@ -11,7 +11,6 @@ Instructions that never pass are dropped (the paper does not say; `keep_unresolv
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.engines import Engine, EngineSpec, Sampling, load_engine
-from pipeline.records import dump_meta, empty, meta_dicts, messages_of, record_id
+from pipeline.records import dump_meta, empty, first_instructions, meta_dicts, record_id, seed_of as _seed
 
 VERSION = "1"
 TEMPERATURE = 0.7
@@ -147,13 +146,9 @@ def _text(reply, opening: str) -> str | None:
     return None if reply.failed or reply.text is None else opening + reply.text
 
 
-def _seed(*parts) -> int:
-    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def encode(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 128) -> pl.DataFrame:
     """Stage: `meta.codeclm.metadata` = {use_case, skills} per seed instruction; unparsable -> drop "metadata_unparsed"."""
-    instructions = [next(m["content"] for m in c if m["role"] == "user") for c in messages_of(df)]
+    instructions = first_instructions(df)
     replies = engine.generate([_chat(engine, ENCODE_PROMPT.format(instruction=q), ENCODE_OPENING) for q in instructions],
                               Sampling(temperature=TEMPERATURE, max_tokens=max_tokens,
                                        stop=tuple(engine.template.stop_strings())),
@@ -272,7 +267,7 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: str | None = None, 
     """
     target_engine = load_engine(EngineSpec.from_json(target)) if target else engine
     metas = meta_dicts(df)
-    instructions = [next(m["content"] for m in c if m["role"] == "user") for c in messages_of(df)]
+    instructions = first_instructions(df)
     rubrics = _rubrics(engine, [m["codeclm"]["metadata"] for m in metas], seed)
     done: dict[int, tuple[str | None, str | None]] = {}  # row -> (response or None, drop reason or None)
     pending = list(range(df.height))

@@ -12,12 +12,11 @@ instruct model used as a generic judge. On SmolLM2 both give all six digits in t
 """
 from __future__ import annotations
 
-import math
-
 import polars as pl
 
 from pipeline.engines import Engine, Sampling
 from pipeline.records import messages_of
+from pipeline.reward import expected_rating
 
 VERSION = "1"
 # Official strings (hkust-nlp/deita selection/scorer), spacing included: two spaces before "\n##Complexity",
@@ -37,12 +36,7 @@ def expected_score(top_logprobs: dict[str, float] | None) -> float | None:
     3.5
     >>> expected_score({"1": -1.0, "2": -1.0})  # digits 3..6 not returned
     """
-    if not top_logprobs or any(d not in top_logprobs for d in DIGITS):
-        return None
-    logits = [top_logprobs[d] for d in DIGITS]
-    peak = max(logits)
-    weights = [math.exp(z - peak) for z in logits]
-    return sum(k * w for k, w in zip(range(1, 7), weights)) / sum(weights)
+    return expected_rating(top_logprobs, DIGITS)
 
 
 def turns(conversation: list[dict]) -> list[tuple[str, str]]:

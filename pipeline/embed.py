@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.records import messages_of
+from pipeline.records import first_instructions, messages_of
 
 VERSION = "1"
 MINILM = "minilm"
@@ -42,10 +42,9 @@ def texts(df: pl.DataFrame, field: str) -> list[str]:
     """The text each row is embedded from: the first instruction, or the whole conversation."""
     if field not in FIELDS:
         raise ValueError(f"unknown embedding field {field!r}; valid: {list(FIELDS)}")
-    conversations = messages_of(df)
     if field == "instruction":
-        return [next((m["content"] for m in c if m["role"] == "user"), "") for c in conversations]
-    return ["\n".join(f"{m['role']}: {m['content']}" for m in c) for c in conversations]
+        return first_instructions(df)
+    return ["\n".join(f"{m['role']}: {m['content']}" for m in c) for c in messages_of(df)]
 
 
 def vicuna(conversation: list[dict]) -> str:

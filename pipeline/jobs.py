@@ -103,16 +103,22 @@ def export_parquet(run_dir: Path, stage_dir: Path, name: str = "data", card: str
     return path
 
 
-def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_rate: float = 0.1,
-               on_progress: Callable[[str, int, int], None] | None = None, **step_options) -> dict:
-    """Magpie end to end into `out`: plan, the magpie_steps(**step_options), Parquet export; returns summarize()."""
+def _job(out: Path, steps: list[Step], source: Callable[[Path], Path], *, engine: EngineSpec | None, card: str,
+         max_failure_rate: float, on_progress: Callable[[str, int, int], None] | None) -> dict:
+    """Write the source stage, run `steps` on it, export Parquet and the card; returns summarize()."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    last = run_steps(out, magpie_steps(**step_options), write_plan(out, n=n, seed=seed), engine=engine,
-                     max_failure_rate=max_failure_rate, on_progress=on_progress)
-    path = export_parquet(out, last, card="Magpie conversations")
+    last = run_steps(out, steps, source(out), engine=engine, max_failure_rate=max_failure_rate, on_progress=on_progress)
+    path = export_parquet(out, last, card=card)
     return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_rate: float = 0.1,
+               on_progress: Callable[[str, int, int], None] | None = None, **step_options) -> dict:
+    """Magpie end to end into `out`: plan, the magpie_steps(**step_options), Parquet export; returns summarize()."""
+    return _job(out, magpie_steps(**step_options), lambda d: write_plan(d, n=n, seed=seed), engine=engine,
+                card="Magpie conversations", max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
 def summarize(run_dir: Path) -> dict:
@@ -157,13 +163,8 @@ def write_input(out: Path, path: Path, fmt: str | None = None) -> Path:
 def input_job(out: Path, *, input_path: Path, steps: list[Step], engine: EngineSpec | None, fmt: str | None = None,
               max_failure_rate: float = 0.1, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run `steps` over the input at `input_path` into `out` and export; returns summarize()."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    last = run_steps(out, steps, write_input(out, input_path, fmt), engine=engine, max_failure_rate=max_failure_rate,
-                     on_progress=on_progress)
-    path = export_parquet(out, last, card="Curated alignment data")
-    return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
+    return _job(out, steps, lambda d: write_input(d, input_path, fmt), engine=engine, card="Curated alignment data",
+                max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
 def tag_steps(*, tags: tuple[str, ...] = ("quality", "difficulty", "category"), language: bool = True,

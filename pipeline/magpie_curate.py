@@ -12,7 +12,7 @@ import polars as pl
 
 import filters
 from pipeline.engines import Engine, Sampling
-from pipeline.records import dump_meta, meta_dicts
+from pipeline.records import dump_meta, meta_dicts, seed_of
 from pipeline.reward import first_pairs, reward_model
 
 VERSION = "1"
@@ -87,12 +87,6 @@ def magpie_filter(df: pl.DataFrame, *, preset: str = "pro", k: int = 300_000, re
     return pl.concat([chosen, rest.sort("_row")]).drop("_row", "_chars")
 
 
-def _seed(rid: str) -> int:
-    import hashlib
-
-    return int(hashlib.sha256(f"dpo|{rid}".encode()).hexdigest()[:8], 16)
-
-
 def preference_pairs(df: pl.DataFrame, *, engine: Engine, k: int = 5, temperature: float = 0.8, top_p: float = 1.0,
                      max_tokens: int = 1024, reward_model_path: str | None = None) -> pl.DataFrame:
     """Stage: Magpie-DPO pairs: k responses per instruction (each request seeded), scored by the reward;
@@ -105,7 +99,7 @@ def preference_pairs(df: pl.DataFrame, *, engine: Engine, k: int = 5, temperatur
     prompts = [engine.template.render([{"role": "user", "content": q}]) for q, _ in pairs]
     sampling = Sampling(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         stop=tuple(engine.template.stop_strings()))
-    groups = engine.generate(prompts, sampling, [_seed(rid) for rid in df["id"].to_list()])
+    groups = engine.generate(prompts, sampling, [seed_of("dpo", rid) for rid in df["id"].to_list()])
     flat = [(q, c.text.strip()) for (q, _), group in zip(pairs, groups) for c in group if not c.failed]
     scores = iter(reward_model(engine, reward_model_path).score(flat))
     metas, chosen, rejected, reasons = meta_dicts(df), [], [], []

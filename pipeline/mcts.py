@@ -18,7 +18,6 @@ resumes from them.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -30,7 +29,7 @@ import polars as pl
 
 from pipeline.engines import Engine, EngineSpec, Sampling, load_engine
 from pipeline.io import write_json
-from pipeline.records import dump_meta, meta_dicts, messages_of, record_id
+from pipeline.records import dump_meta, first_instructions, meta_dicts, record_id, seed_of as _seed
 from pipeline.reward import reward_model
 
 VERSION = "1"
@@ -194,10 +193,6 @@ class Search:
         return out
 
 
-def _seed(*parts) -> int:
-    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def _set_value(node: Node, responses: list, rewards: list) -> bool:
     valid = [r for r in rewards if r is not None]
     node.local_responses, node.local_rewards = responses, rewards
@@ -255,7 +250,7 @@ def search_stage(df: pl.DataFrame, *, engine: Engine, iterations: int = 20, expl
     """Stage: one MCTS tree per seed row (its first user turn; `meta.category` picks the actions); the tree
     goes to `meta.mcts.tree`. Trees are saved under `state_dir` after every iteration and resumed from there."""
     metas = meta_dicts(df)
-    seeds = [next(m["content"] for m in c if m["role"] == "user") for c in messages_of(df)]
+    seeds = first_instructions(df)
     path = Path(state_dir) / f"trees-{record_id(*df['id'].to_list())}.json"
     if path.exists():
         trees = [Tree.from_dict(t) for t in json.loads(path.read_text())]

@@ -67,6 +67,15 @@ def record_id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
+def seed_of(*parts: object) -> int:
+    """A stable 32-bit sampling seed from the parts that identify a request.
+
+    >>> seed_of("dpo", "q0") == seed_of("dpo", "q0") != seed_of("dpo", "q1")
+    True
+    """
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
 def empty() -> pl.DataFrame:
     """An empty frame in the record schema."""
     return pl.DataFrame(schema=POLARS_SCHEMA)
@@ -124,3 +133,8 @@ def dump_meta(metas: list[dict]) -> pl.Series:
 def messages_of(df: pl.DataFrame) -> list[list[dict]]:
     """The `messages` column as Python lists of {"role", "content"} dicts."""
     return [list(m or []) for m in df.get_column("messages").to_list()]
+
+
+def first_instructions(df: pl.DataFrame) -> list[str]:
+    """Each row's first user turn ("" when it has none)."""
+    return [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]

@@ -166,16 +166,20 @@ def _ids_at(df: pl.DataFrame, rows: np.ndarray, name: str = "dup_of") -> pl.Seri
     return pl.select(pl.when(pl.Series(rows >= 0)).then(ids).otherwise(None).alias(name)).to_series()
 
 
+def keep_in_order(df: pl.DataFrame, picked: np.ndarray) -> pl.DataFrame:
+    """Rows `picked` first, in that order, then the others in row order, marked "not_selected"."""
+    rank = np.full(df.height, df.height, dtype=np.int64)
+    rank[np.asarray(picked, dtype=np.int64)] = np.arange(len(picked))
+    marked = df.with_columns(_mark(df, rank == df.height, "not_selected"), pl.Series("_rank", rank))
+    return marked.sort("_rank", maintain_order=True).drop("_rank")
+
+
 def diverse_top_k(df: pl.DataFrame, *, k: int, tau: float = 0.9, score: str = "deita_score") -> pl.DataFrame:
     """Stage: keep the Repr Filter's `k` rows (by `score`, descending), in selection order; mark the rest."""
     if score not in df.columns:
         raise ValueError(f"diverse_top_k: no {score!r} column; valid score columns: "
                          f"{[c for c, t in df.schema.items() if t.is_numeric()]}")
-    picked = repr_filter(matrix(df), df[score].cast(pl.Float64).to_numpy(), k=k, tau=tau)
-    rank = np.full(df.height, np.iinfo(np.int64).max, dtype=np.int64)
-    rank[picked] = np.arange(len(picked))
-    marked = df.with_columns(_mark(df, rank == np.iinfo(np.int64).max, "not_selected"), pl.Series("_rank", rank))
-    return marked.sort("_rank", maintain_order=True).drop("_rank")
+    return keep_in_order(df, repr_filter(matrix(df), df[score].cast(pl.Float64).to_numpy(), k=k, tau=tau))
 
 
 def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFrame:
@@ -270,11 +274,8 @@ def _minhash_dups(texts: list[str], threshold: float, num_perm: int, ngram: int)
 
 def top_k(df: pl.DataFrame, *, k: int, column: str, descending: bool = True) -> pl.DataFrame:
     """Stage: keep the `k` rows with the highest (or lowest) `column`, stable, nulls last; mark the rest."""
-    order = df.with_row_index("_row").sort(column, descending=descending, nulls_last=True, maintain_order=True)["_row"]
-    rank = np.empty(df.height, dtype=np.int64)
-    rank[order.to_numpy()] = np.arange(df.height)
-    dropped = (rank >= k) | df[column].is_null().to_numpy()
-    return df.with_columns(_mark(df, dropped, "not_selected"), pl.Series("_rank", rank)).sort("_rank").drop("_rank")
+    ranked = df.with_row_index("_row").filter(pl.col(column).is_not_null())
+    return keep_in_order(df, ranked.sort(column, descending=descending, maintain_order=True)["_row"].head(k).to_numpy())
 
 
 def word_ngrams(text: str, n: int) -> set[str]:

@@ -59,12 +59,9 @@ def isa(df: pl.DataFrame, *, budget: int | None = None, fraction: float | None =
         seed: int = 0, measure: str = "surprisal") -> pl.DataFrame:
     """Stage: keep `budget` rows (or `fraction` of them) chosen by isa_select, in selection order; mark the rest."""
     size = budget if budget is not None else int(round((fraction or 0.0) * df.height))
-    picked = isa_select(features(df, score=score, seed=seed), size, seed=seed, measure=measure)
-    rank = np.full(df.height, df.height, dtype=np.int64)
-    rank[picked] = np.arange(len(picked))
-    drop = pl.when(pl.Series(rank) == df.height).then(pl.lit("not_selected")).otherwise(
-        pl.col("drop_reason") if "drop_reason" in df.columns else pl.lit(None, dtype=pl.String))
-    return df.with_columns(drop.alias("drop_reason"), pl.Series("_rank", rank)).sort("_rank", maintain_order=True).drop("_rank")
+    from pipeline.selection import keep_in_order
+
+    return keep_in_order(df, isa_select(features(df, score=score, seed=seed), size, seed=seed, measure=measure))
 
 
 def plateau(n: np.ndarray, p_max: float, p_0: float, k: float) -> np.ndarray:

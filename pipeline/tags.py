@@ -18,7 +18,7 @@ import json
 import polars as pl
 
 from pipeline.engines import Engine, Sampling
-from pipeline.records import dump_meta, meta_dicts, messages_of
+from pipeline.records import dump_meta, first_instructions, meta_dicts
 
 VERSION = "1"
 QUALITY_LEVELS = ("very poor", "poor", "average", "good", "excellent")
@@ -183,7 +183,7 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
     if unknown:
         raise ValueError(f"unknown tags {sorted(unknown)}; valid: {list(TAGS)}")
     structured = engine.spec.backend in STRUCTURED_BACKENDS if structured is None else structured
-    instructions = [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]
+    instructions = first_instructions(df)
     metas = meta_dicts(df)
     columns: dict[str, list] = {}
     for name in tags:
@@ -214,7 +214,7 @@ def language(df: pl.DataFrame) -> pl.DataFrame:
     from lingua import LanguageDetectorBuilder
 
     detector = _detector(LanguageDetectorBuilder)
-    instructions = [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]
+    instructions = first_instructions(df)
     found = detector.detect_languages_in_parallel_of(instructions)
     return df.with_columns(pl.Series("language", [l.iso_code_639_1.name if (l and t.strip()) else None
                                                   for l, t in zip(found, instructions)], dtype=pl.String))
