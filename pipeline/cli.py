@@ -32,6 +32,20 @@ def _engine(engine: str, model: str, base_url: Optional[str], template: Optional
     return EngineSpec.make(engine, model, base_url=base_url, template=template, options=options)
 
 
+def job_errors() -> tuple[type[Exception], ...]:
+    """The errors a job reports as a message (bad input, a changed run, a failing engine), not a traceback."""
+    from pipeline.imports import InputError
+    from pipeline.publish import PublishError
+    from pipeline.records import RecordError
+
+    return EngineFailures, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
+
+
+def fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2)
+
+
 def _run_job(job: str, out: Path, **kwargs) -> None:
     with Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -43,14 +57,16 @@ def _run_job(job: str, out: Path, **kwargs) -> None:
             progress.update(tasks[stage], completed=done)
 
         from pipeline import jobs
-        from pipeline.imports import InputError
-        from pipeline.records import RecordError
 
         try:
             summary = getattr(jobs, job)(out, on_progress=on_progress, **kwargs)
-        except (EngineFailures, StageMismatch, InputError, RecordError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+        except job_errors() as exc:
+            raise fail(exc) from exc
+    print_summary(summary, out)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """One line per stage (rows in → out, seconds, drops, nulls), then what was written."""
     for stage, s in summary["stages"].items():
         drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "-"
         nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
@@ -85,24 +101,6 @@ def magpie(
     _run_job("magpie_job", out, n=n, seed=seed, engine=_engine(engine, model, base_url, template, option), turns=turns, task=task,
                 system=system, instruction_temperature=temperature, response_temperature=response_temperature,
                 response_max_tokens=response_max_tokens, shard_size=shard_size, max_failure_rate=max_failure_rate)
-
-
-@app.command()
-def run(
-    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
-    n: int = typer.Option(24, help="Instructions to sample."),
-    seed: int = typer.Option(0),
-    engine: str = typer.Option("vllm", help=ENGINE_HELP),
-    model: str = typer.Option("smollm2"),
-    base_url: Optional[str] = typer.Option(None),
-) -> None:
-    """The main job: a small end-to-end dataset on the offline default model (SmolLM2-135M-Instruct).
-
-    Responses are sampled at T=0.6, top_p=0.9 (the official Llama-3.1 response setting) rather than the
-    paper's greedy decoding: greedy SmolLM2-135M loops until the token limit on most prompts.
-    """
-    _run_job("magpie_job", out, n=n, seed=seed, engine=_engine(engine, model, base_url, None, []), turns=1, response_max_tokens=384,
-                response_temperature=0.6, response_top_p=0.9, shard_size=8)
 
 
 @app.command()
@@ -281,8 +279,7 @@ def export_command(
     try:
         written = export.export(read_records(input), out, format, name=name)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail(exc) from exc
     for what, path in written.items():
         console.print(f"{what:>12}: {path}", soft_wrap=True)
 
@@ -305,10 +302,40 @@ def select(
         table = pl.read_parquet(input)
         selected = select_table(table, k=k, tau=tau, score=score, where=str(input))
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail(exc) from exc
     write_atomic(out, lambda tmp: selected.write_parquet(tmp))
     console.print(f"selected {selected.height} of {table.height} rows → {out}")
+
+
+@app.command()
+def publish(
+    run_dir: Path = typer.Argument(..., help="A run directory with export/data.parquet and export/README.md."),
+    repo_id: str = typer.Option(..., "--repo", help="Dataset repository, e.g. my-org/magpie-smollm2."),
+    token_env: str = typer.Option("HF_TOKEN", help="Environment variable holding the write token (never pass it on the command line)."),
+    private: bool = typer.Option(False, help="Create the repository private."),
+    message: Optional[str] = typer.Option(None, help="Commit message."),
+) -> None:
+    """Push the run's Parquet data, dataset card and manifest to the Hub (HF_ENDPOINT for another server).
+    Pushing an unchanged export again makes no new commit."""
+    from pipeline.publish import PublishError, push
+
+    try:
+        record = push(run_dir, repo_id, token_env=token_env, private=private, commit_message=message)
+    except PublishError as exc:
+        raise fail(exc) from exc
+    console.print(f"pushed {len(record['files'])} files to {record['endpoint']} {repo_id} @ {record['commit'][:12]}", soft_wrap=True)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Write RUN_DIR/report/index.html: the funnel, score histograms and selection coverage over embedding clusters."""
+    from pipeline import report as reports
+
+    try:
+        path = reports.write(run_dir)
+    except FileNotFoundError as exc:
+        raise fail(exc) from exc
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

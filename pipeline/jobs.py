@@ -232,31 +232,44 @@ def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | No
                      max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
-def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, iterations: int = 20, exploration: float = 1.0,
-             responses: int = 3, reward_model_path: str | None = None, optimizer: EngineSpec | None = None,
-             responder: EngineSpec | None = None, responder_format: str = "chat", response_max_tokens: int = 512,
-             shard_size: int = 16, max_failure_rate: float = 0.1,
-             on_progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """MCTS instruction search over the seeds at `input_path`, then SFT, DPO and step datasets from the trees,
-    exported as DIR/export/{sft,dpo,steps}.parquet. Trees are saved under DIR/trees-state/ every iteration."""
+def mcts_search_step(out: Path, *, iterations: int = 20, exploration: float = 1.0, responses: int = 3,
+                     reward_model_path: str | None = None, optimizer: EngineSpec | None = None,
+                     responder: EngineSpec | None = None, responder_format: str = "chat", response_max_tokens: int = 512,
+                     shard_size: int = 16) -> Step:
+    """MCTS instruction search over seed rows; trees are saved under DIR/trees-state/ every iteration."""
     from pipeline import mcts
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    search = Step("trees", "pipeline.mcts:search_stage", mcts.VERSION, {
-        "iterations": iterations, "exploration": exploration, "state_dir": str((out / "trees-state").resolve()),
+    return Step("trees", "pipeline.mcts:search_stage", mcts.VERSION, {
+        "iterations": iterations, "exploration": exploration, "state_dir": str((Path(out) / "trees-state").resolve()),
         "responses": responses, "reward_model_path": reward_model_path, "responder_format": responder_format,
         "response_max_tokens": response_max_tokens,
         "optimizer": optimizer.to_json() if optimizer else None, "responder": responder.to_json() if responder else None},
         shard_size=shard_size)
-    trees = run_steps(out, [search], write_input(out, input_path), engine=engine, max_failure_rate=max_failure_rate,
-                      on_progress=on_progress)
+
+
+MCTS_DATASETS = {"sft": "sft_rows", "dpo": "dpo_rows", "steps": "step_rows"}
+
+
+def mcts_dataset_step(name: str) -> Step:
+    """The step that builds one dataset (sft, dpo or steps) from the search's trees."""
+    from pipeline import mcts
+
+    return Step(f"mcts-{name}", f"pipeline.mcts:{MCTS_DATASETS[name]}", mcts.VERSION, uses_engine=False, shard_size=None)
+
+
+def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, max_failure_rate: float = 0.1,
+             on_progress: Callable[[str, int, int], None] | None = None, **search_options) -> dict:
+    """MCTS instruction search (mcts_search_step(**search_options)) over the seeds at `input_path`, then SFT, DPO
+    and step datasets from the trees, exported as DIR/export/{sft,dpo,steps}.parquet."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    trees = run_steps(out, [mcts_search_step(out, **search_options)], write_input(out, input_path), engine=engine,
+                      max_failure_rate=max_failure_rate, on_progress=on_progress)
     exports = {}
-    for name in ("sft", "dpo", "steps"):
-        builder = {"sft": "sft_rows", "dpo": "dpo_rows", "steps": "step_rows"}[name]
-        step = Step(f"mcts-{name}", f"pipeline.mcts:{builder}", mcts.VERSION, uses_engine=False, shard_size=None)
-        exports[name] = str(export_parquet(out, run_steps(out, [step], trees, engine=None, on_progress=on_progress), name))
+    for name in MCTS_DATASETS:
+        built = run_steps(out, [mcts_dataset_step(name)], trees, engine=None, on_progress=on_progress)
+        exports[name] = str(export_parquet(out, built, name))
     return summarize(out) | {"export": exports, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -275,3 +288,18 @@ def codeclm_steps(*, n_metadata: int = 200, per_metadata: int = 1, theta: float 
               "keep_unresolved": keep_unresolved, "judge_mode": judge_mode, "response_max_tokens": response_max_tokens,
               "seed": seed}, shard_size=shard_size),
     ]
+
+
+SYNTHESIS_METHODS = ("magpie", "codeclm", "mcts")
+
+
+def synthesis_steps(method: str, out: Path, **options) -> list[Step]:
+    """The steps of one synthesis method: magpie_steps, codeclm_steps, or the MCTS search followed by its
+    SFT rows (the DPO and step datasets are built by `aligndata mcts`)."""
+    if method == "magpie":
+        return magpie_steps(**options)
+    if method == "codeclm":
+        return codeclm_steps(**options)
+    if method == "mcts":
+        return [mcts_search_step(out, **options), mcts_dataset_step("sft")]
+    raise ValueError(f"unknown synthesis method {method!r}; valid: {list(SYNTHESIS_METHODS)}")

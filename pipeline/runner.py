@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -97,7 +99,8 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, pa
     nulls = {c: kept[c].null_count() for c in computes if c in kept.columns and kept[c].null_count()}
     entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
              "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
-             "engine": identity["engine"], "params": identity["params"]}
+             "engine": identity["engine"], "params": identity["params"],
+             "host": socket.gethostname(), "pid": os.getpid()}  # where it ran: a Ray worker, a Prefect worker
     if shard.height and failures > max_failure_rate * shard.height:
         append_manifest(run_dir, {**entry, "status": "failed"})
         raise EngineFailures(

@@ -1,28 +1,113 @@
-"""The Magpie flow under Prefect's test harness (an ephemeral API in a temporary home)."""
+"""The Prefect flows under Prefect's test harness (an ephemeral API in a temporary home): subflows, outputs,
+the cross-run cache keyed on input fingerprints, and the end-to-end flow on the real SmolLM2 engine."""
+import json
+
 import polars as pl
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.magpie import magpie_flow
+from flows.curate import curate_flow
+from flows.end_to_end import end_to_end_flow
+from flows.synthesize import synthesize_flow
+from pipeline import jobs
 from pipeline.io import read_shards
+
+FAKE = {"backend": "fake", "model": "flow-model", "options": {"script": {"<|im_start|>assistant\n": "An answer."}}}
+CURATE = {"k": 3, "dedup": ["exact", "minhash"], "shard_size": 4}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def harness(tmp_path_factory):
     import os
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
-def test_magpie_flow_runs_each_step_as_a_task(tmp_path):
-    engine = {"backend": "fake", "model": "flow-model", "options": {"script": {"<|im_start|>assistant\n": "An answer."}}}
-    summary = magpie_flow(out=str(tmp_path), n=6, seed=0, engine=engine, turns=2, shard_size=4)
-    assert list(summary["stages"]) == ["instructions", "instructions-filtered", "responses", "followups-2", "responses-2", "filtered"]
-    assert summary["stages"]["instructions"]["rows_in"] == 6
+@pytest.fixture
+def step_calls(monkeypatch):
+    """The names of the steps whose task body ran (a cache hit runs none)."""
+    calls = []
+    run_step = jobs.run_step
+
+    def counting(out, step, source, **kwargs):
+        calls.append(step.name)
+        return run_step(out, step, source, **kwargs)
+
+    monkeypatch.setattr(jobs, "run_step", counting)
+    return calls
+
+
+def test_synthesize_flow_runs_each_step_as_a_task(tmp_path, step_calls):
+    last = synthesize_flow(out=str(tmp_path), n=6, seed=0, engine=FAKE, options={"turns": 2, "shard_size": 4})
+    assert step_calls == ["instructions", "instructions-filtered", "responses", "followups-2", "responses-2", "filtered"]
+    assert last == str(tmp_path / "filtered") and read_shards(tmp_path / "filtered").height > 0
+
+
+def test_end_to_end_flow_writes_every_output_and_a_rerun_is_served_from_the_cache(tmp_path, step_calls):
+    summary = end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
+    steps = ["instructions", "instructions-filtered", "responses", "filtered", "dedup-exact", "dedup-minhash",
+             "embedded", "scored", "selected"]
+    assert step_calls == steps and list(summary["stages"]) == steps
     exported = pl.read_parquet(tmp_path / "export" / "data.parquet")
-    assert exported.height == summary["stages"]["filtered"]["rows_out"] == read_shards(tmp_path / "filtered").height > 0
-    # a second run of the same flow resumes: nothing is recomputed, nothing duplicated
-    again = magpie_flow(out=str(tmp_path), n=6, seed=0, engine=engine, turns=2, shard_size=4)
-    assert again == summary
+    assert exported.height == summary["stages"]["selected"]["rows_out"] == 3
+    assert exported["id"].to_list() == read_shards(tmp_path / "selected")["id"].to_list()
+    assert (tmp_path / "export" / "README.md").read_text().startswith("---\n")
+    assert set(summary["trainer"]) == {"trl", "hf", "llamafactory", "axolotl"}
+    assert (tmp_path / "export" / "llamafactory" / "dataset_info.json").exists()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["selected"] == 3 and report["pool"] == summary["stages"]["scored"]["rows_out"]
+    manifest = (tmp_path / "manifest.jsonl").read_text()
+
+    # the same flow again: every step task is a cache hit (no task body runs), nothing is appended but the export
+    step_calls.clear()
+    again = end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
+    assert step_calls == [] and again["stages"] == summary["stages"]
+    assert (tmp_path / "manifest.jsonl").read_text().startswith(manifest)
+    assert pl.read_parquet(tmp_path / "export" / "data.parquet").equals(exported)
+
+    # the cache record lives in the stage directory: deleting one stage recomputes that stage only (its
+    # output has the same content, so the stages after it are still cache hits)
+    import shutil
+    shutil.rmtree(tmp_path / "scored")
+    step_calls.clear()
+    end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
+    assert step_calls == ["scored"]
+
+
+def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
+    data = tmp_path / "data.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Question {i} about topic {i * 7}?"},
+                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first = curate_flow(out=str(tmp_path / "a"), input_path=str(data), engine=FAKE, options=CURATE)
+    assert read_shards(first).height == 3
+    # a second run directory is a separate cache (results live in the run): its steps run
+    step_calls.clear()
+    curate_flow(out=str(tmp_path / "b"), input_path=str(data), engine=FAKE, options=CURATE)
+    assert step_calls == ["dedup-exact", "dedup-minhash", "embedded", "scored", "selected"]
+    with pytest.raises(ValueError, match="exactly one of source"):
+        curate_flow(out=str(tmp_path / "c"), engine=FAKE, options=CURATE)
+
+
+@pytest.mark.real_llm
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_aligndata_run_is_the_end_to_end_flow_on_the_offline_default_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--out", str(out), "--n", "8", "--k", "4"])
+    assert result.exit_code == 0, result.output
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {e["engine"]["model"] for e in manifest if e.get("engine")} == {"smollm2"}
+    exported = pl.read_parquet(out / "export" / "data.parquet")
+    scored = read_shards(out / "scored")
+    assert 0 < exported.height <= 4 and scored["deita_score"].null_count() < scored.height
+    assert exported["deita_score"].is_not_null().all()
+    for path in ("export/README.md", "export/trl/sft.parquet", "export/hf/sft/dataset_info.json",
+                 "export/llamafactory/dataset_info.json", "export/axolotl/axolotl.yaml", "report/index.html"):
+        assert (out / path).exists(), path
+    assert "<svg" in (out / "report" / "index.html").read_text()

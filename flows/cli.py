@@ -1,0 +1,49 @@
+"""The `aligndata` command: pipeline.cli's commands plus `run`, which runs the end-to-end Prefect flow."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli import ENGINE_HELP, app, fail, job_errors, print_summary
+
+QUICKSTART_SYNTHESIS = {"response_max_tokens": 384, "response_temperature": 0.6, "response_top_p": 0.9, "shard_size": 8}
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    n: int = typer.Option(24, help="Instructions to sample."),
+    seed: int = typer.Option(0),
+    k: int = typer.Option(12, help="Rows to select after dedup and deita scoring."),
+    engine: str = typer.Option("vllm", help=ENGINE_HELP),
+    model: str = typer.Option("smollm2"),
+    base_url: Optional[str] = typer.Option(None),
+    repo: Optional[str] = typer.Option(None, help="Also push to this Hub dataset repository (token from HF_TOKEN)."),
+    ray: Optional[str] = typer.Option(None, help="Run synthesize and curate on Ray: 'local' or a cluster address."),
+) -> None:
+    """The main job, as the end-to-end Prefect flow: Magpie synthesis → dedup, deita scores, diverse selection →
+    Parquet, dataset card, trainer exports (TRL, HF, LLaMA-Factory, axolotl) → report, all in --out.
+
+    Runs on Prefect's ephemeral API unless PREFECT_API_URL names a server. Responses are sampled at T=0.6,
+    top_p=0.9 (the official Llama-3.1 response setting) rather than the paper's greedy decoding: greedy
+    SmolLM2-135M loops until the token limit on most prompts.
+    """
+    from flows.end_to_end import end_to_end_flow
+
+    started = time.perf_counter()
+    try:
+        summary = end_to_end_flow(out=str(out), n=n, seed=seed, engine={"backend": engine, "model": model, "base_url": base_url},
+                                  synthesize=QUICKSTART_SYNTHESIS, curate={"k": k}, title="Magpie conversations, deita-selected",
+                                  repo_id=repo, ray_address=ray)
+    except job_errors() as exc:
+        raise fail(exc) from exc
+    print_summary(summary | {"seconds": round(time.perf_counter() - started, 1)}, out)
+    typer.echo(f"trainer exports: {', '.join(str(Path(out) / 'export' / fmt) for fmt in summary['trainer'])}; "
+               f"report: {summary['report']}", err=True)
+
+
+def main() -> None:
+    app()

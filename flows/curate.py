@@ -1,0 +1,22 @@
+"""The curate flow: dedup, embeddings, deita scores, and diverse selection or information-theoretic subsampling."""
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.tasks import engine_json, input_task, run_steps
+from pipeline import jobs
+
+
+@flow(name="curate")
+def curate_flow(out: str, source: str | None = None, input_path: str | None = None, engine: dict | None = None,
+                options: dict | None = None, max_failure_rate: float = 0.1, gpus: float = 0.0) -> str:
+    """Curate the stage directory `source` (a previous flow's output) or the user's data at `input_path`;
+    returns the stage directory of the selected rows, in selection order.
+
+    `options` are jobs.curate_steps' keyword arguments (k, tau, dedup, selector, score_mode, ...).
+    """
+    if (source is None) == (input_path is None):
+        raise ValueError("pass exactly one of source (a stage directory) or input_path (your data)")
+    source = source or input_task(out, input_path)
+    steps = jobs.curate_steps(**(options or {}))
+    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

@@ -1,0 +1,41 @@
+"""The publish flow: Parquet export with its dataset card, trainer-ready exports, and an optional Hub push."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import export, jobs, publish
+from pipeline.io import read_records
+
+TRAINER_FORMATS = ("trl", "hf", "llamafactory", "axolotl")
+
+
+@task(cache_policy=NO_CACHE)
+def export_task(out: str, source: str, title: str) -> str:
+    return str(jobs.export_parquet(Path(out), Path(source), card=title))
+
+
+@task(cache_policy=NO_CACHE)
+def trainer_export_task(out: str, data: str, fmt: str) -> dict:
+    return {k: str(v) for k, v in export.export(read_records(Path(data)), Path(out) / "export" / fmt, fmt).items()}
+
+
+@task(cache_policy=NO_CACHE)
+def push_task(out: str, repo_id: str, token_env: str, private: bool) -> dict:
+    return publish.push(Path(out), repo_id, token_env=token_env, private=private)
+
+
+@flow(name="publish")
+def publish_flow(out: str, source: str | None = None, title: str = "Alignment data", formats: list[str] | None = None,
+                 repo_id: str | None = None, token_env: str = "HF_TOKEN", private: bool = False) -> dict:
+    """Export the stage directory `source` of run `out` (DIR/export: data.parquet, README.md card, one directory per
+    trainer format) and, with `repo_id`, push data + card + manifest to the Hub at HF_ENDPOINT. Without `source`,
+    the run's existing export is pushed as it is."""
+    written = {}
+    data = export_task(out, source, title) if source else str(Path(out) / "export" / "data.parquet")
+    if source:
+        written = {fmt: trainer_export_task(out, data, fmt) for fmt in (formats if formats is not None else TRAINER_FORMATS)}
+    pushed = push_task(out, repo_id, token_env, private) if repo_id else None
+    return {"data": data, "trainer": written, "push": pushed}

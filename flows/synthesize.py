@@ -1,0 +1,27 @@
+"""The synthesize flow: Magpie from nothing, or CodecLM / MCTS instruction search from seed rows, to conversations."""
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.tasks import engine_json, input_task, plan_task, run_steps
+from pipeline import jobs
+
+
+@flow(name="synthesize")
+def synthesize_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0, seeds: str | None = None,
+                    engine: dict | None = None, options: dict | None = None, max_failure_rate: float = 0.1,
+                    gpus: float = 0.0) -> str:
+    """Synthesize into the run directory `out`; returns the stage directory holding the conversations.
+
+    `method`: magpie (plans `n` rows from `seed`), codeclm or mcts (read the seed rows at `seeds`). `options` are
+    the keyword arguments of jobs.magpie_steps / codeclm_steps / mcts_search_step. `engine` is EngineSpec.make's
+    keyword arguments (default: SmolLM2 on vLLM).
+    """
+    steps = jobs.synthesis_steps(method, out, **(options or {}))
+    if method == "magpie":
+        source = plan_task(out, n, seed)
+    elif seeds is None:
+        raise ValueError(f"method {method!r} starts from seed rows: pass seeds=PATH (Parquet, JSONL or a datasets dir)")
+    else:
+        source = input_task(out, seeds)
+    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

@@ -1,0 +1,88 @@
+"""Thin Prefect tasks: a path in, one pipeline call, a path out. The library does the work and writes the manifest.
+
+A step task is cached across flow runs on its inputs (run directory, step with its VERSION and parameters,
+engine spec), its source code, and the content fingerprint of its input shards; the cache record and the
+result live in the step's own stage directory, so deleting that directory (or changing its input) recomputes it.
+Within a step, finished shards are skipped by the runner, which is what makes a killed run resume.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
+
+from pipeline import jobs
+from pipeline.engines import EngineSpec
+from pipeline.runner import fingerprint
+
+
+def _input_fingerprint(context, parameters: dict) -> str:
+    return fingerprint(Path(parameters["source"]))
+
+
+STEP_CACHE = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_input_fingerprint)
+
+
+@task(task_run_name="{step[name]}", cache_policy=STEP_CACHE, persist_result=True)
+def step_task(out: str, step: dict, source: str, engine: str | None, max_failure_rate: float) -> str:
+    """Run one pipeline step (a jobs.Step as a dict) on the stage directory `source`; returns its stage directory."""
+    spec = EngineSpec.from_json(engine) if engine else None
+    step = {**step, "computes": tuple(step.get("computes", ()))}
+    return str(jobs.run_step(Path(out), jobs.Step(**step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
+
+
+def run_steps(out: str, steps: list[jobs.Step], source: str, *, engine: str | None, max_failure_rate: float,
+              gpus: float = 0.0) -> str:
+    """Submit `steps` one after another (each reads the previous one's output) to the flow's task runner.
+
+    With `gpus` > 0 and a RayTaskRunner, steps that use the engine are placed on GPU workers through
+    `remote_options(num_gpus=gpus)`; the others take no GPU.
+    """
+    for step in steps:
+        cache_dir = Path(out) / step.name / ".prefect"
+        runnable = step_task.with_options(cache_policy=STEP_CACHE.configure(key_storage=cache_dir / "keys"),
+                                          result_storage=cache_dir / "results")
+        with _placement(gpus if step.uses_engine else 0.0):
+            future = runnable.submit(out, asdict(step), source, engine if step.uses_engine else None, max_failure_rate)
+        source = future.result()
+    return source
+
+
+def _placement(gpus: float):
+    if not gpus:
+        return contextlib.nullcontext()
+    from prefect_ray.context import remote_options
+
+    return remote_options(num_gpus=gpus)
+
+
+@task(cache_policy=NO_CACHE)
+def plan_task(out: str, n: int, seed: int) -> str:
+    """The Magpie plan: `n` empty records (rewritten identically on a resume)."""
+    return str(jobs.write_plan(Path(out), n=n, seed=seed))
+
+
+@task(cache_policy=NO_CACHE)
+def input_task(out: str, path: str, fmt: str | None = None) -> str:
+    """The user's seeds or data as records in DIR/input."""
+    return str(jobs.write_input(Path(out), Path(path), fmt))
+
+
+def engine_json(engine: dict | None) -> str:
+    """EngineSpec JSON from EngineSpec.make's keyword arguments (prefect.yaml's engine blocks); default SmolLM2 on vLLM."""
+    return EngineSpec.make(**(engine or {"backend": "vllm"})).to_json()
+
+
+def ray_runner(address: str | None = None, num_cpus: int | None = None):
+    """A RayTaskRunner: `address` of an existing Ray cluster ("auto", "ray://host:10001"), or None to start a local one."""
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError as exc:
+        raise ImportError("the Ray task runner needs prefect-ray: pip install 'aligndata[ray]'") from exc
+    init = {"include_dashboard": False} if address is None else {}
+    if num_cpus is not None and address is None:
+        init["num_cpus"] = num_cpus
+    return RayTaskRunner(address=address, init_kwargs=init)

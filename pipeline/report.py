@@ -1,0 +1,176 @@
+"""A run's report: one self-contained HTML file (DIR/report/index.html, plots inline as SVG) with the funnel,
+the drops by reason, score histograms of the pool and of the selected rows, and how the selection covers the
+pool's embedding clusters."""
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.io import read_shards, write_atomic
+
+SCORES = ("deita_score", "complexity", "quality", "ifd", "instruct_reward", "base_reward", "min_neighbor_distance",
+          "ref_similarity")
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()[buffer.getvalue().index("<svg"):]  # drop the XML prolog: it is inlined in HTML
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def funnel_plot(stages: dict) -> str:
+    """Rows out per stage (bars) with rows dropped stacked on top."""
+    plt = _pyplot()
+    names = list(stages)
+    kept = [s["rows_out"] for s in stages.values()]
+    dropped = [s["rows_in"] - s["rows_out"] for s in stages.values()]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, kept, color="#3b7dd8", label="kept")
+    ax.barh(y, dropped, left=kept, color="#e8a33d", label="dropped")
+    ax.set_yticks(y, names)
+    ax.set_xlabel("rows")
+    ax.legend(loc="lower right", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def score_plots(pool: pl.DataFrame, selected: pl.DataFrame) -> list[tuple[str, str]]:
+    """(column, svg) per score column present: a histogram of the pool with the selected rows on top."""
+    plt = _pyplot()
+    plots = []
+    for column in SCORES:
+        if column not in pool.columns or pool[column].drop_nulls().is_empty():
+            continue
+        values, chosen = _values(pool, column), _values(selected, column)
+        if not len(values):
+            continue
+        bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 4)))
+        fig, ax = plt.subplots(figsize=(4.2, 2.6))
+        ax.hist(values, bins=bins, color="#b8c7dc", label=f"pool ({len(values)})")
+        if len(chosen):
+            ax.hist(chosen, bins=bins, color="#3b7dd8", label=f"selected ({len(chosen)})")
+        ax.set_title(column, fontsize=10)
+        ax.legend(frameon=False, fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+        plots.append((column, _svg(fig)))
+    return plots
+
+
+def _values(df: pl.DataFrame, column: str) -> np.ndarray:
+    """A score column's values as floats; per-turn list columns (deita's complexity, quality) are flattened."""
+    if column not in df.columns:
+        return np.array([])
+    series = df[column].explode() if isinstance(df.schema[column], pl.List) else df[column]
+    return series.drop_nulls().cast(pl.Float64).to_numpy()
+
+
+def coverage(pool: pl.DataFrame, selected_ids: set[str], *, clusters: int | None = None, seed: int = 0) -> dict:
+    """k-means clusters of the pool's embeddings and the selected rows per cluster, plus a 2-D PCA projection.
+
+    k defaults to round(sqrt(n / 2)) clamped to [2, 20]. Returns {"clusters": [(size, selected), ...], "xy", "label",
+    "selected"} or {} when the pool has fewer than 4 embedded rows.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    rows = pool.filter(pl.col("embedding").is_not_null()) if "embedding" in pool.columns else pool.clear()
+    if rows.height < 4:
+        return {}
+    x = np.asarray(rows["embedding"].to_list(), dtype=np.float32)
+    k = clusters or int(np.clip(round(np.sqrt(rows.height / 2)), 2, 20))
+    labels = KMeans(n_clusters=min(k, rows.height), n_init=4, random_state=seed).fit_predict(x)
+    chosen = rows["id"].is_in(list(selected_ids)).to_numpy()
+    sizes = [(int((labels == c).sum()), int(((labels == c) & chosen).sum())) for c in range(labels.max() + 1)]
+    xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+    return {"clusters": sizes, "xy": xy, "label": labels, "selected": chosen}
+
+
+def coverage_plot(cov: dict) -> str:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    sizes = np.array(cov["clusters"])
+    order = np.argsort(-sizes[:, 0], kind="stable")
+    ids = np.arange(len(order))
+    left.bar(ids, sizes[order, 0], color="#b8c7dc", label="pool")
+    left.bar(ids, sizes[order, 1], color="#3b7dd8", label="selected")
+    left.set_xticks(ids, [str(i) for i in order], fontsize=7)
+    left.set_xlabel("embedding cluster (k-means)")
+    left.set_ylabel("rows")
+    left.legend(frameon=False, fontsize=8)
+    xy, chosen = cov["xy"], cov["selected"]
+    right.scatter(xy[~chosen, 0], xy[~chosen, 1], s=8, c=cov["label"][~chosen], cmap="tab20", alpha=0.35)
+    right.scatter(xy[chosen, 0], xy[chosen, 1], s=22, c=cov["label"][chosen], cmap="tab20", edgecolors="black", linewidths=0.6)
+    right.set_title("PCA of embeddings (outlined: selected)", fontsize=9)
+    right.set_xticks([])
+    right.set_yticks([])
+    for ax in (left, right):
+        ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def _pool(run_dir: Path, stages: list[str]) -> pl.DataFrame:
+    """The input of the last stage: the rows the final selection (or filter) chose from."""
+    for name in reversed(stages[:-1]):
+        frame = read_shards(run_dir / name)
+        if frame.height:
+            return frame
+    return read_shards(run_dir / stages[-1]) if stages else pl.DataFrame()
+
+
+def write(run_dir: Path) -> Path:
+    """Render DIR/report/index.html from the run's manifest, stages and export; returns its path."""
+    from pipeline.jobs import summarize
+
+    run_dir = Path(run_dir)
+    funnel = {k: v for k, v in summarize(run_dir)["stages"].items() if (run_dir / k / "stage.json").exists()}
+    if not funnel:
+        raise FileNotFoundError(f"{run_dir} has no finished stages (no manifest.jsonl lines); is it a run directory?")
+    export = run_dir / "export" / "data.parquet"
+    selected = pl.read_parquet(export) if export.exists() else read_shards(run_dir / list(funnel)[-1])
+    pool = _pool(run_dir, list(funnel))
+    cov = coverage(pool, set(selected["id"].to_list()))
+    parts = [f"<h1>aligndata run report: {html.escape(run_dir.name)}</h1>",
+             f"<p>{selected.height} rows exported from a pool of {pool.height}; {len(funnel)} stages.</p>",
+             "<h2>Funnel</h2>", funnel_plot(funnel), _drops_table(funnel)]
+    scores = score_plots(pool, selected)
+    parts += ["<h2>Scores</h2>", "<div class=grid>" + "".join(svg for _, svg in scores) + "</div>"] if scores else []
+    if cov:
+        covered = sum(1 for size, chosen in cov["clusters"] if chosen)
+        parts += ["<h2>Selection coverage</h2>",
+                  f"<p>The selection has rows from {covered} of {len(cov['clusters'])} embedding clusters of the pool.</p>",
+                  coverage_plot(cov)]
+    page = ("<!doctype html><meta charset=utf-8><title>aligndata report</title><style>body{font-family:sans-serif;"
+            "max-width:1000px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+            ".grid{display:flex;flex-wrap:wrap;gap:8px}</style>" + "\n".join(parts))
+    path = run_dir / "report" / "index.html"
+    write_atomic(path, lambda tmp: Path(tmp).write_text(page))
+    write_atomic(path.with_name("report.json"), lambda tmp: Path(tmp).write_text(json.dumps(
+        {"funnel": funnel, "pool": pool.height, "selected": selected.height, "scores": [c for c, _ in scores],
+         "clusters": cov.get("clusters", [])}, indent=1)))
+    return path
+
+
+def _drops_table(funnel: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(stage)}</td><td>{s['rows_in']}</td><td>{s['rows_out']}</td>"
+                   f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in s['drops'].items()) or '-')}</td>"
+                   f"<td>{s['seconds']}</td></tr>" for stage, s in funnel.items())
+    return ("<table><tr><th>stage</th><th>rows in</th><th>rows out</th><th>dropped (reason: rows)</th><th>seconds</th></tr>"
+            f"{rows}</table>")
