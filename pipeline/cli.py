@@ -42,7 +42,8 @@ def job_errors() -> tuple[type[Exception], ...]:
 
 
 def fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    """Print the error (unwrapped, so it can be grepped) and return the exit to raise."""
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
     return typer.Exit(2)
 
 

@@ -35,7 +35,7 @@ def files(run_dir: Path) -> dict[str, Path]:
 def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: bool = False,
          commit_message: str | None = None) -> dict:
     """Create the dataset repository `repo_id` if needed and commit the export to it; returns the push's record."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     run_dir = Path(run_dir)
@@ -44,6 +44,9 @@ def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: b
     if not token:
         raise PublishError(f"no Hub token: set the environment variable {token_env} to a write token "
                            "(https://huggingface.co/settings/tokens); aligndata reads it only from the environment")
+    if constants.HF_HUB_OFFLINE:
+        raise PublishError("huggingface_hub is in offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): "
+                           "unset both to push")
     api = HfApi(token=token)
     try:
         user = api.whoami()["name"]

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -74,13 +74,19 @@ def test_deployments_on_a_prefect_server_with_a_process_worker(tmp_path):
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "cpu", "--type", "process"], cwd=ROOT, env=env,
                                   stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
+        smoke = next(d["id"] for d in deployments if d["name"] == "cpu-smoke")
+
         def finished():
-            runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"parent_task_run_id": {"is_null_": True}}}).json()
-            states = [r["state"]["type"] for r in runs if r["deployment_id"]]
+            runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [smoke]}}}).json()
+            states = [r["state"]["type"] for r in runs]
             assert "FAILED" not in states and "CRASHED" not in states, (logs / "worker.log").read_text()[-4000:]
             return states == ["COMPLETED"]
 
         _wait(finished, 540, "the cpu-smoke flow run")
+        # the scheduler (which SQLAlchemy 2.1 breaks) has created the nightly deployment's cron runs
+        scheduled = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}}).json()
+        assert scheduled and {r["state"]["type"] for r in scheduled} == {"SCHEDULED"}
+        assert all(r["expected_start_time"].endswith("T02:00:00Z") for r in scheduled)
     finally:
         for process in (worker, server):
             if process is not None:

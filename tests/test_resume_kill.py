@@ -14,29 +14,30 @@ import pytest
 from pipeline.io import read_shards
 
 pytestmark = pytest.mark.real_llm
-ARGS = ["magpie", "--engine", "llamacpp", "--n", "12", "--seed", "5", "--shard-size", "2", "--response-max-tokens", "48",
-        "--response-temperature", "0.6"]
+MAGPIE = ["pipeline.cli", "magpie", "--engine", "llamacpp", "--n", "12", "--seed", "5", "--shard-size", "2",
+          "--response-max-tokens", "48", "--response-temperature", "0.6"]
+END_TO_END = ["flows.cli", "run", "--engine", "llamacpp", "--n", "16", "--seed", "5", "--k", "6"]  # 2 response shards of 8
 
 
-def command(out):
-    return [sys.executable, "-m", "pipeline.cli", *ARGS, "--out", str(out)]
-
-
-def test_sigkill_mid_stage_then_resume(tmp_path):
+@pytest.mark.parametrize("args, kill_after, shards", [(MAGPIE, 2, 6), pytest.param(END_TO_END, 1, 2, marks=pytest.mark.slow)],
+                         ids=["aligndata-magpie", "aligndata-run-flow"])
+def test_sigkill_mid_stage_then_resume(tmp_path, args, kill_after, shards):
     out = tmp_path / "run"
-    process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    command = [sys.executable, "-m", *args, "--out", str(out)]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home")}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "responses").glob("shard-*.parquet"))) < 2:
+    while time.time() < deadline and len(list((out / "responses").glob("shard-*.parquet"))) < kill_after:
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)  # in the middle of the responses stage
     process.wait()
     finished_before = {p.name for p in (out / "responses").glob("shard-*.parquet")}
-    assert 2 <= len(finished_before) < 6
+    assert kill_after <= len(finished_before) < shards
     assert not list((out / "responses").glob(".*.tmp"))  # a killed write leaves no half shard under a real name
     before = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
 
-    subprocess.run(command(out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, env=env)
 
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
     done = collections.Counter((e["stage"], e["shard"]) for e in entries if e.get("status") == "done")
@@ -45,6 +46,6 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     responses = read_shards(out / "responses")
     instructions = read_shards(out / "instructions-filtered")
     assert responses["id"].n_unique() == responses.height == instructions.height  # every row exactly once
-    assert read_shards(out / "instructions")["id"].n_unique() == 12
+    assert read_shards(out / "instructions")["id"].n_unique() == int(args[args.index("--n") + 1])
     exported = pl.read_parquet(out / "export" / "data.parquet")
     assert exported["id"].n_unique() == exported.height

@@ -1,0 +1,85 @@
+"""`aligndata publish` end to end: the real huggingface_hub client, in a subprocess, against a loopback Hub
+(tests/fakehub.py) on 127.0.0.1. What arrives is checked byte for byte; the token appears in no output or file."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import DatasetCard
+
+from fakehub import FakeHub
+from pipeline.engines import EngineSpec
+from pipeline.jobs import magpie_job
+
+GOOD = "hf_GOODtokenForTheLoopbackHub0123"
+BAD = "hf_BADtokenTheHubRefuses456789abc"
+REPO = "datasets/tester/magpie-demo"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    spec = EngineSpec.make("fake", "fake-model", options={"script": {"<|im_start|>assistant\n": "An answer."}})
+    magpie_job(tmp_path / "run", n=6, seed=0, engine=spec, shard_size=3)
+    return tmp_path / "run"
+
+
+def publish(run_dir: Path, hub: FakeHub, token: str | None, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN")}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", **({"HF_TOKEN": token} if token else {})}
+    aligndata = Path(sys.executable).with_name("aligndata")
+    return subprocess.run([str(aligndata), "publish", str(run_dir), "--repo", "tester/magpie-demo", *extra],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_publish_to_a_loopback_hub(run_dir, tmp_path):
+    with FakeHub(tmp_path / "hub", tokens={GOOD}) as hub:
+        first = publish(run_dir, hub, GOOD, "--message", "first export")
+        assert first.returncode == 0, first.stderr
+        state = hub.repos[REPO]
+        assert [c["summary"] for c in state["commits"]] == ["first export"]
+        expected = {"data/train-00000-of-00001.parquet": run_dir / "export" / "data.parquet",
+                    "README.md": run_dir / "export" / "README.md", "manifest.jsonl": run_dir / "manifest.jsonl"}
+        assert set(state["files"]) == set(expected)
+        for path, local in expected.items():
+            assert state["files"][path] == local.read_bytes(), path
+            assert (tmp_path / "hub" / REPO / path).read_bytes() == local.read_bytes()
+        card = DatasetCard(state["files"]["README.md"].decode()).data.to_dict()
+        assert card["configs"][0]["data_files"][0]["path"] == "data/*.parquet" and card["task_categories"] == ["text-generation"]
+        # the data file is where the card's config says, readable by `datasets`
+        from datasets import load_dataset
+        pushed = load_dataset("parquet", data_files=str(tmp_path / "hub" / REPO / "data" / "*.parquet"), split="train")
+        assert pushed.num_rows == len(__import__("polars").read_parquet(expected["data/train-00000-of-00001.parquet"]))
+        assert any(method == "PUT" and path.startswith("/lfs-upload/") for method, path in hub.requests)  # Parquet via LFS
+
+        # the same export again: no new commit
+        again = publish(run_dir, hub, GOOD)
+        assert again.returncode == 0, again.stderr
+        assert len(state["commits"]) == 1
+
+        # a changed card: one more commit holding only that file
+        (run_dir / "export" / "README.md").write_text((run_dir / "export" / "README.md").read_text() + "\nUpdated.\n")
+        assert publish(run_dir, hub, GOOD).returncode == 0
+        assert len(state["commits"]) == 2 and state["commits"][1]["files"] == ["README.md"]
+
+        # a refused token and a missing one: clear errors, no commit, the token nowhere
+        commits_before = len(state["commits"])
+        refused = publish(run_dir, hub, BAD)
+        assert refused.returncode == 2 and "refused the token in HF_TOKEN (HTTP 401)" in refused.stderr
+        missing = publish(run_dir, hub, None)
+        assert missing.returncode == 2 and "set the environment variable HF_TOKEN" in missing.stderr
+        assert len(state["commits"]) == commits_before
+
+    outputs = first.stdout + first.stderr + again.stdout + again.stderr + refused.stdout + refused.stderr
+    assert GOOD not in outputs and BAD not in outputs
+    assert [str(p) for p in run_dir.rglob("*") if p.is_file() and (GOOD.encode() in p.read_bytes())] == []
+    record = yaml.safe_load((run_dir / "publish.json").read_text())
+    assert record["repo_id"] == "tester/magpie-demo" and record["endpoint"] == hub.url
+
+
+def test_publish_without_an_export_says_what_to_run(tmp_path):
+    from pipeline.publish import PublishError, files
+
+    with pytest.raises(PublishError, match="aligndata run --out"):
+        files(tmp_path)
