@@ -34,9 +34,9 @@ def end_to_end_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
     RayTaskRunner, engine steps with `gpus` GPUs each.
     """
     synth, cur = synthesize_flow, curate_flow
-    if ray_address:
-        runner = lambda: ray_runner(None if ray_address == "local" else ray_address)  # noqa: E731 - one runner per subflow
-        synth, cur = synth.with_options(task_runner=runner()), cur.with_options(task_runner=runner())
+    if ray_address:  # each subflow gets its own runner (a runner is entered and left by one flow run)
+        address = None if ray_address == "local" else ray_address
+        synth, cur = synth.with_options(task_runner=ray_runner(address)), cur.with_options(task_runner=ray_runner(address))
     conversations = synth(out, method=method, n=n, seed=seed, seeds=seeds, engine=engine, options=synthesize,
                           max_failure_rate=max_failure_rate, gpus=gpus)
     selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate, gpus=gpus)

@@ -91,6 +91,22 @@ def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
 
 
 @pytest.mark.real_llm
+@pytest.mark.parametrize("method, options", [
+    ("mcts", {"iterations": 2, "responses": 1, "response_max_tokens": 48}),
+    ("codeclm", {"n_metadata": 2, "max_iterations": 1, "keep_unresolved": True, "judge_mode": "logprobs",
+                 "response_max_tokens": 48})])
+def test_synthesize_flow_from_seeds_on_smollm2(tmp_path, method, options):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "How do I make my tomato plants grow bigger?"}\n{"instruction": "What is 15% of 80?"}\n')
+    last = synthesize_flow(out=str(tmp_path / "run"), method=method, seeds=str(seeds), engine={"backend": "llamacpp"},
+                           options=options)
+    rows = read_shards(last)
+    assert rows.height > 0 and all(m[0]["role"] == "user" and m[-1]["role"] == "assistant" for m in rows["messages"].to_list())
+    with pytest.raises(ValueError, match="pass seeds=PATH"):
+        synthesize_flow(out=str(tmp_path / "other"), method=method, engine={"backend": "llamacpp"})
+
+
+@pytest.mark.real_llm
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_aligndata_run_is_the_end_to_end_flow_on_the_offline_default_model(tmp_path):
@@ -108,6 +124,6 @@ def test_aligndata_run_is_the_end_to_end_flow_on_the_offline_default_model(tmp_p
     assert 0 < exported.height <= 4 and scored["deita_score"].null_count() < scored.height
     assert exported["deita_score"].is_not_null().all()
     for path in ("export/README.md", "export/trl/sft.parquet", "export/hf/sft/dataset_info.json",
-                 "export/llamafactory/dataset_info.json", "export/axolotl/axolotl.yaml", "report/index.html"):
+                 "export/llamafactory/dataset_info.json", "export/axolotl/axolotl_datasets.yaml", "report/index.html"):
         assert (out / path).exists(), path
     assert "<svg" in (out / "report" / "index.html").read_text()
