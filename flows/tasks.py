@@ -76,13 +76,10 @@ def engine_json(engine: dict | None) -> str:
     return EngineSpec.make(**(engine or {"backend": "vllm"})).to_json()
 
 
-def ray_runner(address: str | None = None, num_cpus: int | None = None):
+def ray_runner(address: str | None = None):
     """A RayTaskRunner: `address` of an existing Ray cluster ("auto", "ray://host:10001"), or None to start a local one."""
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as exc:
         raise ImportError("the Ray task runner needs prefect-ray: pip install 'aligndata[ray]'") from exc
-    init = {"include_dashboard": False} if address is None else {}
-    if num_cpus is not None and address is None:
-        init["num_cpus"] = num_cpus
-    return RayTaskRunner(address=address, init_kwargs=init)
+    return RayTaskRunner(address=address, init_kwargs={"include_dashboard": False} if address is None else {})

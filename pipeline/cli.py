@@ -315,13 +315,15 @@ def publish(
     token_env: str = typer.Option("HF_TOKEN", help="Environment variable holding the write token (never pass it on the command line)."),
     private: bool = typer.Option(False, help="Create the repository private."),
     message: Optional[str] = typer.Option(None, help="Commit message."),
+    max_shard_mb: float = typer.Option(500, help="Split the data into Parquet files of at most this many MB."),
 ) -> None:
     """Push the run's Parquet data, dataset card and manifest to the Hub (HF_ENDPOINT for another server).
     Pushing an unchanged export again makes no new commit."""
     from pipeline.publish import PublishError, push
 
     try:
-        record = push(run_dir, repo_id, token_env=token_env, private=private, commit_message=message)
+        record = push(run_dir, repo_id, token_env=token_env, private=private, commit_message=message,
+                      max_shard_bytes=max(1, int(max_shard_mb * 2**20)))
     except PublishError as exc:
         raise fail(exc) from exc
     console.print(f"pushed {len(record['files'])} files to {record['endpoint']} {repo_id} @ {record['commit'][:12]}", soft_wrap=True)

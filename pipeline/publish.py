@@ -10,36 +10,58 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.io import write_json
+from pipeline.io import write_atomic, write_json
 from pipeline.secrets import redact
 
-DATA_PATH = "data/train-00000-of-00001.parquet"  # matches the card's configs: data/*.parquet
+DATA_DIR = "data"  # the card's configs read data/*.parquet
+MAX_SHARD_BYTES = 500 * 2**20  # the shard size `datasets.push_to_hub` uses
 
 
 class PublishError(RuntimeError):
     """The push cannot be done as asked (no token, a refused token, nothing exported)."""
 
 
-def files(run_dir: Path) -> dict[str, Path]:
-    """What a push uploads: repository path → local file."""
+def files(run_dir: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict[str, Path]:
+    """What a push uploads: repository path → local file. An export over `max_shard_bytes` is split into
+    row slices (DIR/export/hub/, rewritten on each push) named data/train-0000i-of-0000n.parquet."""
     run_dir = Path(run_dir)
-    wanted = {DATA_PATH: run_dir / "export" / "data.parquet", "README.md": run_dir / "export" / "README.md",
-              "manifest.jsonl": run_dir / "manifest.jsonl"}
-    missing = [str(path) for path in wanted.values() if not path.exists()]
+    data, card, manifest = run_dir / "export" / "data.parquet", run_dir / "export" / "README.md", run_dir / "manifest.jsonl"
+    missing = [str(path) for path in (data, card, manifest) if not path.exists()]
     if missing:
         raise PublishError(f"nothing to publish in {run_dir}: missing {missing}; run `aligndata run --out {run_dir}` "
                            "(or a job that exports with a card) first")
-    return wanted
+    return {**data_shards(data, run_dir / "export" / "hub", max_shard_bytes), "README.md": card, "manifest.jsonl": manifest}
+
+
+def data_shards(data: Path, shard_dir: Path, max_shard_bytes: int) -> dict[str, Path]:
+    """The export as Hub data files: itself when small enough, else equal row slices written to `shard_dir`."""
+    import pyarrow.parquet as pq
+
+    count = max(1, -(-data.stat().st_size // max_shard_bytes))
+    name = f"{DATA_DIR}/train-{{:05d}}-of-{count:05d}.parquet"
+    if count == 1:
+        return {name.format(0): data}
+    table = pq.read_table(data)
+    rows = -(-table.num_rows // count)
+    shards = {}
+    for i in range(count):
+        path = shard_dir / Path(name.format(i)).name
+        write_atomic(path, lambda tmp, i=i: pq.write_table(table.slice(i * rows, rows), tmp, compression="zstd"))
+        shards[name.format(i)] = path
+    for stale in set(shard_dir.glob("*.parquet")) - set(shards.values()):
+        stale.unlink()
+    return shards
 
 
 def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: bool = False,
-         commit_message: str | None = None) -> dict:
-    """Create the dataset repository `repo_id` if needed and commit the export to it; returns the push's record."""
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+         commit_message: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+    """Create the dataset repository `repo_id` if needed and commit the export to it, deleting data files of an
+    earlier push that this one does not have (so a re-shard never duplicates rows); returns the push's record."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     run_dir = Path(run_dir)
-    uploads = files(run_dir)
+    uploads = files(run_dir, max_shard_bytes)
     token = os.environ.get(token_env)
     if not token:
         raise PublishError(f"no Hub token: set the environment variable {token_env} to a write token "
@@ -57,7 +79,10 @@ def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: b
     message = commit_message or f"aligndata: export of run {run_dir.name}"
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        remote = [s.rfilename for s in api.dataset_info(repo_id).siblings or []]
         operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in uploads.items()]
+        operations += [CommitOperationDelete(path_in_repo=path) for path in remote
+                       if path.startswith(f"{DATA_DIR}/") and path not in uploads]
         commit = api.create_commit(repo_id, operations, repo_type="dataset", commit_message=message)
     except Exception as exc:  # HTTP errors, failed uploads, unreachable endpoint: one message, token removed
         raise PublishError(redact(f"pushing to {repo_id} at {api.endpoint} failed: {exc}", [token])) from None

@@ -127,12 +127,12 @@ def coverage_plot(cov: dict) -> str:
 
 
 def _pool(run_dir: Path, stages: list[str]) -> pl.DataFrame:
-    """The input of the last stage: the rows the final selection (or filter) chose from."""
+    """The input of the last stage: the rows the final selection (or filter) chose from (for a one-stage run, its output)."""
     for name in reversed(stages[:-1]):
         frame = read_shards(run_dir / name)
         if frame.height:
             return frame
-    return read_shards(run_dir / stages[-1]) if stages else pl.DataFrame()
+    return read_shards(run_dir / stages[-1])
 
 
 def write(run_dir: Path) -> Path:

@@ -1,5 +1,6 @@
 """A loopback Hub for tests: the endpoints huggingface_hub calls to create a dataset repository and commit files
-to it (whoami, repos/create, repo info, preupload, LFS batch + basic upload, NDJSON commit).
+to it (whoami, repos/create, repo info, validate-yaml, preupload, LFS batch + basic upload, NDJSON commit with
+added, LFS and deleted files).
 
 No PyPI package ships a Hub server one can push to (hf-local-hub has no server binary; olah is a read-only
 mirror), so this stdlib server stands in. It checks tokens on every call, stores each repository's files on
@@ -160,7 +161,7 @@ class FakeHub:
     def _commit(self, h, repo: str):
         lines = [json.loads(line) for line in h._body().decode().splitlines() if line.strip()]
         header = next(line["value"] for line in lines if line["key"] == "header")
-        changed = {}
+        changed, deleted = {}, []
         for line in lines:
             value = line["value"]
             if line["key"] == "file":
@@ -169,13 +170,18 @@ class FakeHub:
                 if value["oid"] not in self.lfs:
                     return h._reply(400, {"error": f"LFS object {value['oid']} was never uploaded"})
                 changed[value["path"]] = self.lfs[value["oid"]]
+            elif line["key"] == "deletedFile":
+                deleted.append(value["path"])
         state = self.repos[repo]
         state["files"].update(changed)
+        for path in deleted:
+            state["files"].pop(path, None)
+            (self.root / repo / path).unlink(missing_ok=True)
         for path, data in changed.items():
             target = self.root / repo / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        oid = hashlib.sha1(json.dumps([self._head(repo), header, sorted(changed)]).encode()).hexdigest()
+        oid = hashlib.sha1(json.dumps([self._head(repo), header, sorted(changed), deleted]).encode()).hexdigest()
         state["commits"].append({"oid": oid, "summary": header.get("summary"), "description": header.get("description"),
-                                 "files": sorted(changed)})
+                                 "files": sorted(changed), "deleted": sorted(deleted)})
         return h._reply(200, {"commitUrl": f"{self.url}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from huggingface_hub import DatasetCard
@@ -50,7 +51,7 @@ def test_publish_to_a_loopback_hub(run_dir, tmp_path):
         # the data file is where the card's config says, readable by `datasets`
         from datasets import load_dataset
         pushed = load_dataset("parquet", data_files=str(tmp_path / "hub" / REPO / "data" / "*.parquet"), split="train")
-        assert pushed.num_rows == len(__import__("polars").read_parquet(expected["data/train-00000-of-00001.parquet"]))
+        assert pushed.num_rows == pl.read_parquet(expected["data/train-00000-of-00001.parquet"]).height
         assert any(method == "PUT" and path.startswith("/lfs-upload/") for method, path in hub.requests)  # Parquet via LFS
 
         # the same export again: no new commit
@@ -62,6 +63,15 @@ def test_publish_to_a_loopback_hub(run_dir, tmp_path):
         (run_dir / "export" / "README.md").write_text((run_dir / "export" / "README.md").read_text() + "\nUpdated.\n")
         assert publish(run_dir, hub, GOOD).returncode == 0
         assert len(state["commits"]) == 2 and state["commits"][1]["files"] == ["README.md"]
+
+        # re-sharded: the data arrives as several files and the earlier single file is deleted, so no row is doubled
+        size = (run_dir / "export" / "data.parquet").stat().st_size
+        assert publish(run_dir, hub, GOOD, "--max-shard-mb", str((size / 3 + 16) / 2**20)).returncode == 0
+        shards = sorted(p for p in state["files"] if p.startswith("data/"))
+        assert shards == [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
+        assert state["commits"][-1]["deleted"] == ["data/train-00000-of-00001.parquet"]
+        rows = pl.concat([pl.read_parquet(tmp_path / "hub" / REPO / p) for p in shards])
+        assert rows.equals(pl.read_parquet(run_dir / "export" / "data.parquet"))
 
         # a refused token and a missing one: clear errors, no commit, the token nowhere
         commits_before = len(state["commits"])
