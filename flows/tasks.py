@@ -17,6 +17,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPoli
 from pipeline import jobs
 from pipeline.engines import EngineSpec
 from pipeline.runner import fingerprint
+from pipeline.secrets import redact
 
 
 def _input_fingerprint(context, parameters: dict) -> str:
@@ -72,8 +73,16 @@ def input_task(out: str, path: str, fmt: str | None = None) -> str:
 
 
 def engine_json(engine: dict | None) -> str:
-    """EngineSpec JSON from EngineSpec.make's keyword arguments (prefect.yaml's engine blocks); default SmolLM2 on vLLM."""
-    return EngineSpec.make(**(engine or {"backend": "vllm"})).to_json()
+    """EngineSpec JSON from EngineSpec.make's keyword arguments (prefect.yaml's engine blocks); default SmolLM2 on vLLM.
+
+    Flow parameters are stored by the Prefect API and shown in its UI, so secrets belong in the worker's environment
+    (options: {api_key_env: NAME}); a secret in the options stops the run here, before any task, log or file has it.
+    """
+    spec = EngineSpec.make(**(engine or {"backend": "vllm"}))
+    if redact(spec.describe()) != spec.describe():
+        raise ValueError("an engine option holds a secret, which Prefect stores with the flow run's parameters. Put the "
+                         "key in an environment variable of the worker and pass its name: options: {api_key_env: NAME}")
+    return spec.to_json()
 
 
 def ray_runner(address: str | None = None):

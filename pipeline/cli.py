@@ -117,13 +117,15 @@ def curate(
     model: str = typer.Option("smollm2", help="Scorer model (hkust-nlp/deita-*-scorer on GPU; any instruct model as judge)."),
     base_url: Optional[str] = typer.Option(None),
     score_mode: str = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
+    complexity_model: Optional[str] = typer.Option(None, help="A second model for complexity (hkust-nlp/deita-complexity-scorer; --model then scores quality)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
 ) -> None:
     """deita curation of existing data: dedup, embeddings, complexity x quality scores, diverse selection."""
     _run_job("curate_job", out, input_path=input, fmt=fmt, engine=_engine(engine, model, base_url, None, []), k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
-             score_mode=score_mode, reference=str(reference) if reference else None)
+             score_mode=score_mode, reference=str(reference) if reference else None,
+             complexity_engine={"backend": engine, "model": complexity_model, "base_url": base_url} if complexity_model else None)
 
 
 INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."

@@ -64,34 +64,55 @@ def _prompt(engine: Engine, text: str, mode: str) -> str:
     return engine.template.render([{"role": "user", "content": body.rstrip()}], add_generation_prompt=True) + label
 
 
-def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprobs: int = 20) -> pl.DataFrame:
+PARTS = ("both", "complexity", "quality")
+
+
+def _per_row(values: list, lengths: list[int]) -> list[list]:
+    """Split a flat list into consecutive runs of the given lengths.
+
+    >>> _per_row([1, 2, 3], [2, 1])
+    [[1, 2], [3]]
+    """
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return [values[start:start + n] for start, n in zip(starts, lengths)]
+
+
+def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprobs: int = 20,
+          part: str = "both") -> pl.DataFrame:
     """Add `complexity`, `quality` (per turn) and `deita_score`; one engine call for the whole frame.
 
-    A turn whose digits are not all among the top `top_logprobs` tokens gets a null score, and the row's
-    `deita_score` is null; `meta` is untouched (the counts are reported by `score_failures`).
+    deita's published scorers are two models (hkust-nlp/deita-complexity-scorer and -quality-scorer): score
+    with `part="complexity"` on the first, then `part="quality"` on the second, which reads the `complexity`
+    column and adds the rest. A turn whose digits are not all among the top `top_logprobs` tokens gets a null
+    score, and the row's `deita_score` is null; `meta` is untouched (the counts are reported by `score_failures`).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown deita mode {mode!r}; valid: {list(MODES)}")
+    if mode not in MODES or part not in PARTS:
+        raise ValueError(f"deita mode must be in {list(MODES)} and part in {list(PARTS)}; got {mode!r}, {part!r}")
+    if part == "quality" and "complexity" not in df.columns:
+        raise ValueError("deita part='quality' reads the `complexity` column: run part='complexity' first")
     if df.is_empty():
-        return df.with_columns(pl.lit(None, dtype=pl.Float64).alias("deita_score"))
+        name, dtype = ("complexity", pl.List(pl.Float64)) if part == "complexity" else ("deita_score", pl.Float64)
+        return df.with_columns(pl.lit(None, dtype=dtype).alias(name))
     pairs = [turns(c) for c in messages_of(df)]
     prompts = []
-    for conversation in pairs:
-        for instruction, output in conversation:
-            prompts.append(_prompt(engine, COMPLEXITY_PROMPT.format(instruction=instruction), mode))
-            prompts.append(_prompt(engine, QUALITY_PROMPT.format(instruction=instruction, output=output), mode))
+    if part != "quality":
+        prompts += [_prompt(engine, COMPLEXITY_PROMPT.format(instruction=i), mode) for c in pairs for i, _ in c]
+    if part != "complexity":
+        prompts += [_prompt(engine, QUALITY_PROMPT.format(instruction=i, output=o), mode) for c in pairs for i, o in c]
     completions = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=top_logprobs))
-    values = iter(expected_score(c[0].logprobs[0] if c[0].logprobs else None) for c in completions)
-    complexity, quality, final = [], [], []
-    for conversation in pairs:
-        c_t, q_t = [], []
-        for _ in conversation:
-            c_t.append(next(values))
-            q_t.append(next(values))
-        complexity.append(c_t)
-        quality.append(q_t)
-        ok = c_t and all(v is not None for v in c_t + q_t)
-        final.append(sum(c * q for c, q in zip(c_t, q_t)) if ok else None)
+    flat = [expected_score(c[0].logprobs[0] if c[0].logprobs else None) for c in completions]
+    lengths = [len(c) for c in pairs]
+    if part == "quality":
+        complexity = [list(given or []) for given in df["complexity"].to_list()]
+        if [len(c) for c in complexity] != lengths:
+            raise ValueError("the `complexity` column does not have one score per turn; re-run part='complexity'")
+    else:
+        complexity, flat = _per_row(flat[:sum(lengths)], lengths), flat[sum(lengths):]
+    if part == "complexity":
+        return df.with_columns(pl.Series("complexity", complexity, dtype=pl.List(pl.Float64)))
+    quality = _per_row(flat, lengths)
+    final = [sum(c * q for c, q in zip(c_t, q_t)) if c_t and None not in c_t + q_t else None
+             for c_t, q_t in zip(complexity, quality)]
     return df.with_columns(pl.Series("complexity", complexity, dtype=pl.List(pl.Float64)),
                            pl.Series("quality", quality, dtype=pl.List(pl.Float64)),
                            pl.Series("deita_score", final, dtype=pl.Float64))

@@ -12,7 +12,7 @@ from typing import Callable
 
 import filters
 from pipeline import magpie
-from pipeline.engines import EngineSpec
+from pipeline.engines import EngineSpec, release_engines
 from pipeline.io import append_manifest, read_manifest, read_shards, write_shard
 from pipeline.runner import run_stage
 
@@ -30,6 +30,7 @@ class Step:
     uses_engine: bool = True
     shard_size: int | None = 32  # None: the whole input as one shard (filters that compare rows)
     computes: tuple[str, ...] = ()  # columns the stage fills; their nulls are counted in the manifest
+    engine: str | None = None  # EngineSpec JSON of a model for this step only (else the job's engine)
 
     def function(self) -> Callable:
         module, _, name = self.stage.partition(":")
@@ -39,6 +40,10 @@ class Step:
 def run_step(out: Path, step: Step, source: Path, *, engine: EngineSpec | None, max_failure_rate: float = 0.1,
              on_shard: Callable[[int, int], None] | None = None) -> Path:
     """Run one step on the stage directory `source`; returns the step's stage directory."""
+    if step.engine:
+        engine = EngineSpec.from_json(step.engine)
+    if engine is not None and step.uses_engine:  # free the GPU of models this step does not use
+        release_engines({engine.to_json(), *(v for v in step.params.values() if isinstance(v, str) and v.startswith('{"backend"'))})
     return run_stage(out, step.name, step.function(), source=source, version=step.version, params=step.params,
                      engine=engine if step.uses_engine else None, shard_size=step.shard_size,
                      max_failure_rate=max_failure_rate, computes=tuple(step.computes), on_shard=on_shard)
@@ -193,9 +198,11 @@ def tag_steps(*, tags: tuple[str, ...] = ("quality", "difficulty", "category"), 
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
                  isa_fraction: float = 0.1, score_mode: str = "scorer", top_logprobs: int = 20,
-                 embed_field: str = "instruction", reference: str | None = None, shard_size: int = 64) -> list[Step]:
+                 embed_field: str = "instruction", reference: str | None = None, complexity_engine: dict | None = None,
+                 shard_size: int = 64) -> list[Step]:
     """Exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
-    scores → selection (Repr Filter or ISA)."""
+    scores → selection (Repr Filter or ISA). `complexity_engine` (EngineSpec.make's keyword arguments) scores
+    complexity with a second model, e.g. deita's complexity scorer next to its quality scorer as the engine."""
     from pipeline import deita, embed, selection, subsample
 
     unknown = set(dedup) - set(DEDUP_METHODS)
@@ -214,8 +221,12 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
     if reference:
         steps.append(Step("decontaminated", "pipeline.selection:decontaminate", selection.VERSION,
                           {"reference": str(Path(reference).resolve()), "field": embed_field}, uses_engine=False, shard_size=None))
-    steps.append(Step("scored", "pipeline.deita:score", deita.VERSION, {"mode": score_mode, "top_logprobs": top_logprobs},
-                      shard_size=shard_size, computes=("deita_score",)))
+    scoring = {"mode": score_mode, "top_logprobs": top_logprobs}
+    if complexity_engine:  # two models, two steps: the engine swap happens once, between them
+        steps.append(Step("scored-complexity", "pipeline.deita:score", deita.VERSION, scoring | {"part": "complexity"},
+                          shard_size=shard_size, engine=EngineSpec.make(**complexity_engine).to_json()))
+        scoring |= {"part": "quality"}
+    steps.append(Step("scored", "pipeline.deita:score", deita.VERSION, scoring, shard_size=shard_size, computes=("deita_score",)))
     if selector == "diverse":
         steps.append(Step("selected", "pipeline.selection:diverse_top_k", selection.VERSION, {"k": k, "tau": tau},
                           uses_engine=False, shard_size=None))

@@ -51,6 +51,31 @@ def test_multi_turn_score_is_the_sum_of_complexity_times_quality_in_one_engine_c
     assert out["deita_score"].to_list() == [16.0, 8.0]
 
 
+def digit(d: str) -> dict:
+    return {k: (0.0 if k == d else -1e4) for k in "123456"}
+
+
+def test_two_scorer_models_one_step_each(tmp_path):
+    """deita's published scorers are two models: complexity from one, quality from the other, product per turn."""
+    from pipeline.jobs import curate_job
+
+    complexity_model = {"backend": "fake", "model": "complexity-scorer", "options": {"top_logprobs": {"": digit("5")}}}
+    quality_model = EngineSpec.make("fake", "quality-scorer", options={"top_logprobs": {"": digit("2")}})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join('{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n' % i
+                            for i in range(3)))
+    summary = curate_job(tmp_path / "run", input_path=data, engine=quality_model, complexity_engine=complexity_model,
+                         dedup=(), k=2, shard_size=2)
+    assert list(summary["stages"])[-3:] == ["scored-complexity", "scored", "selected"]
+    out = pl.read_parquet(summary["export"])
+    assert out["complexity"].to_list() == [[5.0]] * 2 and out["quality"].to_list() == [[2.0]] * 2
+    assert out["deita_score"].to_list() == [10.0, 10.0]
+    with pytest.raises(ValueError, match="run part='complexity' first"):
+        deita.score(frame([[{"role": "user", "content": "q"}]]), engine=load_engine(quality_model), part="quality")
+    with pytest.raises(ValueError, match="part in \\['both', 'complexity', 'quality'\\]"):
+        deita.score(frame([[{"role": "user", "content": "q"}]]), engine=load_engine(quality_model), part="all")
+
+
 def test_missing_digits_give_null_scores():
     engine = load_engine(EngineSpec.make("fake", "deita-missing", options={"top_logprobs": {"##Quality": {"1": 0.0, "The": 0.0}}}))
     out = deita.score(frame([[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]), engine=engine)
@@ -62,7 +87,7 @@ def test_judge_mode_opens_the_assistant_reply_with_the_label():
     engine = load_engine(EngineSpec.make("fake", "deita-judge"))
     prompt = deita._prompt(engine, deita.COMPLEXITY_PROMPT.format(instruction="Q"), "judge")
     assert prompt.startswith("<|im_start|>user\nYou are a helpful assistant.") and prompt.endswith("<|im_start|>assistant\n##Complexity: ")
-    with pytest.raises(ValueError, match="valid: \\['scorer', 'judge'\\]"):
+    with pytest.raises(ValueError, match="mode must be in \\['scorer', 'judge'\\]"):
         deita.score(frame([[{"role": "user", "content": "q"}]]), engine=engine, mode="direct")
 
 

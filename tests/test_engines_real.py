@@ -94,3 +94,29 @@ def test_magpie_two_turns_end_to_end(backend, tmp_path, request):
         assert all(m["content"].strip() for m in conversation)
     assert summary["stages"]["filtered"]["rows_in"] == df.height
     assert summary["stages"]["instructions"]["drops"] == {}
+
+
+@pytest.mark.vllm
+@pytest.mark.real_llm
+def test_a_step_with_another_vllm_model_closes_the_previous_engine():
+    """GPU steps run one after another in one process (generator, then scorers): before a step runs, vLLM engines
+    it does not use are closed. In a subprocess, so the session's shared engine is not closed."""
+    import subprocess
+    import sys
+
+    script = """
+from pipeline.engines import EngineSpec, Sampling, load_engine, release_engines, _ENGINES
+prompt = "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"
+first, second = EngineSpec.make("vllm"), EngineSpec.make("vllm", options={"seed": 1})
+engine = load_engine(first)
+engine.generate([prompt], Sampling(max_tokens=4))
+release_engines({first.to_json(), second.to_json()})  # a step using both keeps both
+assert list(_ENGINES) == [first.to_json()]
+release_engines({second.to_json()})
+assert not hasattr(engine, "llm") and _ENGINES == {}
+[[completion]] = load_engine(second).generate([prompt], Sampling(max_tokens=4))
+assert completion.n_tokens > 0 and completion.finish_reason != "error", completion
+print("swapped")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "swapped" in done.stdout, done.stderr[-3000:]

@@ -90,6 +90,12 @@ def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
         curate_flow(out=str(tmp_path / "c"), engine=FAKE, options=CURATE)
 
 
+def test_a_secret_in_engine_options_is_refused_before_prefect_stores_it(tmp_path):
+    engine = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "options": {"api_key": "sk-0123456789abcdefXYZ"}}
+    with pytest.raises(ValueError, match="api_key_env"):
+        synthesize_flow(out=str(tmp_path), n=2, engine=engine)
+
+
 @pytest.mark.real_llm
 @pytest.mark.parametrize("method, options", [
     ("mcts", {"iterations": 2, "responses": 1, "response_max_tokens": 48}),

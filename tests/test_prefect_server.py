@@ -84,8 +84,12 @@ def test_deployments_on_a_prefect_server_with_a_process_worker(tmp_path):
 
         _wait(finished, 540, "the cpu-smoke flow run")
         # the scheduler (which SQLAlchemy 2.1 breaks) has created the nightly deployment's cron runs
-        scheduled = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}}).json()
-        assert scheduled and {r["state"]["type"] for r in scheduled} == {"SCHEDULED"}
+        def nightly_runs():
+            return httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}}).json()
+
+        _wait(lambda: len(nightly_runs()) > 0, 120, "the scheduler")
+        scheduled = nightly_runs()
+        assert {r["state"]["type"] for r in scheduled} == {"SCHEDULED"}
         assert all(r["expected_start_time"].endswith("T02:00:00Z") for r in scheduled)
     finally:
         for process in (worker, server):

@@ -150,6 +150,16 @@ def load_engine(spec: EngineSpec) -> Engine:
     return _ENGINES[key]
 
 
+def release_engines(keep: set[str]) -> None:
+    """Close the cached vLLM engines whose spec JSON is not in `keep`, freeing their (GPU) memory.
+
+    A vLLM engine takes most of a GPU, so a run swaps models at step boundaries (generator, then the scorers);
+    engines that one step uses together (a judge and a target model) stay loaded side by side.
+    """
+    for key in [k for k, e in _ENGINES.items() if e.spec.backend == "vllm" and k not in keep]:
+        _ENGINES.pop(key).close()
+
+
 def expand_requests(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None) -> list[tuple[int, str, int | None]]:
     """(prompt index, prompt, seed) for every single-sample request, per the seeding contract."""
     if seeds is not None and len(seeds) != len(prompts):
@@ -163,4 +173,4 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
 
 
 
-__all__ = ["Completion", "Engine", "EngineSpec", "Sampling", "failed", "load_engine"]
+__all__ = ["Completion", "Engine", "EngineSpec", "Sampling", "failed", "load_engine", "release_engines"]

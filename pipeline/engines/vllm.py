@@ -70,6 +70,20 @@ class VLLMEngine:
                                    logprobs=logprobs))
         return regroup(prompts, sampling, flat)
 
+    def close(self) -> None:
+        """Stop the engine and free its memory (GPU included) so another model can load in this process."""
+        import gc
+
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        del self.llm
+        gc.collect()
+        if _has_cuda():
+            import torch
+
+            torch.cuda.empty_cache()
+
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         from vllm import SamplingParams
 
