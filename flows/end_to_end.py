@@ -23,14 +23,15 @@ def report_task(out: str) -> str:
 
 @flow(name="end-to-end")
 def end_to_end_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0, seeds: str | None = None,
-                    engine: dict | None = None, scorer: dict | None = None, synthesize: dict | None = None, curate: dict | None = None,
+                    engine: dict | None = None, scorer: dict | None = None, synthesize: dict | None = None,
+                    curate: dict | None = None,
                     title: str = "Alignment data", repo_id: str | None = None, token_env: str = "HF_TOKEN",
                     ray_address: str | None = None, gpus: float = 0.0, max_failure_rate: float = 0.1) -> dict:
     """Synthesize, curate and publish into the run directory `out`; returns jobs.summarize() with the outputs.
 
     `engine` (EngineSpec.make's keyword arguments; default SmolLM2 on vLLM) synthesizes; `scorer` scores in the
-    curate flow (default: `engine`). `synthesize` and `curate` are the keyword arguments of the synthesis method's steps and of jobs.curate_steps.
-    With `ray_address` ("local" starts a Ray cluster on this machine) the synthesize and curate subflows run on a
+    curate flow (default: `engine`). `synthesize` and `curate` are the keyword arguments of the synthesis
+    method's steps and of jobs.curate_steps. With `ray_address` ("local" starts a Ray cluster on this machine) the synthesize and curate subflows run on a
     RayTaskRunner, engine steps with `gpus` GPUs each.
     """
     synth, cur = synthesize_flow, curate_flow
