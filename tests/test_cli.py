@@ -31,3 +31,16 @@ def test_magpie_command_on_the_offline_default_model_and_resume(tmp_path):
     assert again.exit_code == 0
     assert [json.loads(line)["stage"] for line in (tmp_path / "manifest.jsonl").read_text().splitlines()][len(manifest):] == ["export"]
     assert pl.read_parquet(tmp_path / "export" / "data.parquet").equals(df)
+
+
+def test_the_library_never_imports_prefect():
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    modules = ["pipeline." + p.stem for p in (Path(__file__).parent.parent / "pipeline").glob("*.py") if p.stem != "__init__"]
+    assert len(modules) > 20
+    script = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint(sorted(m for m in sys.modules if m.startswith('prefect')))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
