@@ -42,7 +42,7 @@ def run_step(out: Path, step: Step, source: Path, *, engine: EngineSpec | None, 
     """Run one step on the stage directory `source`; returns the step's stage directory."""
     if step.engine:
         engine = EngineSpec.from_json(step.engine)
-    if engine is not None and step.uses_engine:  # free the GPU of models this step does not use
+    if engine is not None and engine.backend == "vllm" and step.uses_engine:  # free the GPU for this step's model
         release_engines({engine.to_json(), *(v for v in step.params.values() if isinstance(v, str) and v.startswith('{"backend"'))})
     return run_stage(out, step.name, step.function(), source=source, version=step.version, params=step.params,
                      engine=engine if step.uses_engine else None, shard_size=step.shard_size,

@@ -66,6 +66,7 @@ def llama_server():
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def vllm_engine():
+    # load_engine's cache makes this one engine per session, rebuilt if a step with another vLLM model closed it
     return load_engine(EngineSpec.make("vllm"))

@@ -59,16 +59,14 @@ def test_changed_parameters_are_refused(tmp_path):
 def test_run_step_frees_engines_the_step_does_not_use(tmp_path, monkeypatch):
     from pipeline import jobs
     from pipeline.engines import EngineSpec
-    from pipeline.io import write_shard
-    from pipeline.magpie import plan
 
     kept = []
     monkeypatch.setattr(jobs, "release_engines", lambda keep: kept.append(keep))
-    write_shard(plan(2, seed=0), tmp_path / "src" / "shard-00000.parquet")
-    judge, target = EngineSpec.make("fake", "judge"), EngineSpec.make("fake", "target")
-    step = jobs.Step("copied", "any:stage", "1", {"target": target.to_json()}, shard_size=None)
-    monkeypatch.setattr(jobs.Step, "function", lambda self: lambda df, **params: df)
-    jobs.run_step(tmp_path, step, tmp_path / "src", engine=judge)
+    monkeypatch.setattr(jobs, "run_stage", lambda *args, **kwargs: tmp_path)  # only the release is under test
+    judge, target = EngineSpec.make("vllm", "judge"), EngineSpec.make("vllm", "target")
+    jobs.run_step(tmp_path, jobs.Step("judged", "pipeline.deita:score", "1", {"target": target.to_json()}), tmp_path, engine=judge)
     assert kept == [{judge.to_json(), target.to_json()}]  # the step's engine and the engines in its parameters
-    jobs.run_step(tmp_path, jobs.Step("plain", "x:y", "1", uses_engine=False, shard_size=None), tmp_path / "src", engine=judge)
-    assert len(kept) == 1  # a step without an engine frees nothing
+    jobs.run_step(tmp_path, jobs.Step("plain", "pipeline.deita:score", "1", uses_engine=False), tmp_path, engine=judge)
+    jobs.run_step(tmp_path, jobs.Step("cpu", "pipeline.deita:score", "1", {"target": target.to_json()}), tmp_path,
+                  engine=EngineSpec.make("fake", "cpu"))
+    assert len(kept) == 1  # a step without an engine, or not on vLLM, frees nothing
