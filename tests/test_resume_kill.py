@@ -25,12 +25,13 @@ def test_sigkill_mid_stage_then_resume(tmp_path, args, kill_after, shards):
     out = tmp_path / "run"
     command = [sys.executable, "-m", *args, "--out", str(out)]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home")}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # its own process group: the kill takes its children too (the flow's ephemeral Prefect server), like a lost machine
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / "responses").glob("shard-*.parquet"))) < kill_after:
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # in the middle of the responses stage
+    os.killpg(process.pid, signal.SIGKILL)  # in the middle of the responses stage
     process.wait()
     finished_before = {p.name for p in (out / "responses").glob("shard-*.parquet")}
     assert kill_after <= len(finished_before) < shards
