@@ -7,6 +7,7 @@ Rows with `chosen` and `rejected` are preference rows; the others are SFT rows (
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -59,9 +60,9 @@ def export(df: pl.DataFrame, out: Path, fmt: str, *, name: str = "aligndata") ->
     out = Path(out)
     sft, preference = split(df)
     written: dict[str, str] = {}
+    if fmt in ("trl", "axolotl") and sft.height:
+        written["sft"] = str(write_atomic(out / "sft.parquet", lambda tmp: trl_sft(sft).write_parquet(tmp)))
     if fmt == "trl":
-        if sft.height:
-            written["sft"] = str(write_atomic(out / "sft.parquet", lambda tmp: trl_sft(sft).write_parquet(tmp)))
         if preference.height:
             written["preference"] = str(write_atomic(out / "preference.parquet", lambda tmp: trl_preference(preference).write_parquet(tmp)))
     elif fmt == "hf":
@@ -70,9 +71,7 @@ def export(df: pl.DataFrame, out: Path, fmt: str, *, name: str = "aligndata") ->
         for what, frame in (("sft", trl_sft(sft) if sft.height else None),
                             ("preference", trl_preference(preference) if preference.height else None)):
             if frame is not None:
-                path = out / what
-                Dataset.from_polars(frame).save_to_disk(str(path))
-                written[what] = str(path)
+                written[what] = str(_save_dataset(Dataset.from_polars(frame), out / what))
     elif fmt == "llamafactory":
         info = {}
         if sft.height:
@@ -89,14 +88,27 @@ def export(df: pl.DataFrame, out: Path, fmt: str, *, name: str = "aligndata") ->
                                           "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}
         written["dataset_info"] = str(write_json(info, out / "dataset_info.json"))
     else:  # axolotl
-        if sft.height:
-            written["sft"] = str(write_atomic(out / "sft.parquet", lambda tmp: trl_sft(sft).write_parquet(tmp)))
         config = {"datasets": [{"path": str((out / "sft.parquet").resolve()), "ds_type": "parquet", "type": "chat_template",
                                 "field_messages": "messages",
                                 "message_property_mappings": {"role": "role", "content": "content"},
                                 "roles_to_train": ["assistant"]}]} if sft.height else {"datasets": []}
         written["config"] = str(write_atomic(out / "axolotl_datasets.yaml", lambda tmp: Path(tmp).write_text(_yaml(config))))
     return written
+
+
+def _save_dataset(dataset, path: Path) -> Path:
+    """save_to_disk into a temporary sibling, then rename it into place: no half-written directory under `path`."""
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        dataset.save_to_disk(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def _yaml(config: dict) -> str:

@@ -14,6 +14,7 @@ word) and "Other" is accepted as the same category.
 from __future__ import annotations
 
 import json
+from functools import cache
 
 import polars as pl
 
@@ -211,19 +212,16 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
 
 def language(df: pl.DataFrame) -> pl.DataFrame:
     """Add `language` (ISO 639-1, upper case, as the official code) of each first instruction, with lingua."""
-    from lingua import LanguageDetectorBuilder
-
-    detector = _detector(LanguageDetectorBuilder)
+    detector = _detector()
     instructions = first_instructions(df)
     found = detector.detect_languages_in_parallel_of(instructions)
     return df.with_columns(pl.Series("language", [l.iso_code_639_1.name if (l and t.strip()) else None
                                                   for l, t in zip(found, instructions)], dtype=pl.String))
 
 
-_DETECTORS: list = []
+@cache
+def _detector():
+    """The all-languages detector (building it takes a second: once per process)."""
+    from lingua import LanguageDetectorBuilder
 
-
-def _detector(builder):
-    if not _DETECTORS:  # building the all-languages detector takes a second: once per process
-        _DETECTORS.append(builder.from_all_languages().build())
-    return _DETECTORS[0]
+    return LanguageDetectorBuilder.from_all_languages().build()

@@ -45,9 +45,7 @@ class Sampling:
     @staticmethod
     def schema(schema: dict) -> tuple:
         """A JSON schema in the hashable form `json_schema` holds."""
-        import json as _json
-
-        return (("json", _json.dumps(schema, sort_keys=True)),)
+        return (("json", json.dumps(schema, sort_keys=True)),)
 
     @property
     def json_schema_text(self) -> str | None:
