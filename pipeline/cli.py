@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.engines import BACKENDS, EngineSpec
+from pipeline.engines import BACKENDS, EngineSpec, EngineUnavailable
 from pipeline.runner import EngineFailures, StageMismatch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate alignment data.")
@@ -38,7 +38,7 @@ def job_errors() -> tuple[type[Exception], ...]:
     from pipeline.publish import PublishError
     from pipeline.records import RecordError
 
-    return EngineFailures, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
+    return EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
 
 
 def fail(exc: Exception) -> typer.Exit:

@@ -120,3 +120,60 @@ print("swapped")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "swapped" in done.stdout, done.stderr[-3000:]
+
+
+def test_a_crashing_llamacpp_worker_is_a_counted_failure_and_the_run_resumes(tmp_path):
+    """SIGSEGV in llama.cpp (what an AMX build does on a multi-token prompt) fails the request in flight as
+    engine_error:crashed; past max_failure_rate the run stops with the resume hint, and the re-run completes."""
+    import os
+    import signal
+
+    spec = EngineSpec.make("llamacpp", options={"n_ctx": 1024})  # an engine of its own: the session's is not touched
+    engine = load_engine(spec)
+    real_generate = engine.generate
+
+    def crash_then_generate(prompts, sampling, seeds=None):
+        if len(list((tmp_path / "instructions").glob("shard-*"))) == 1 and not engine.crashes:
+            # the second shard: SIGSEGV the worker while it decodes the shard's first request (64 tokens)
+            threading.Timer(0.2, os.kill, (engine.worker_pid, signal.SIGSEGV)).start()
+        return real_generate(prompts, sampling, seeds)
+
+    engine.generate = crash_then_generate
+    run = dict(source=magpie.plan(8, seed=0), version="1", engine=spec, shard_size=4,
+               params={"max_tokens": 64, "early_stopping": False})
+    try:
+        with pytest.raises(EngineFailures, match=r"1 of 4 rows failed .*engine_error:crashed.*run the same command again"):
+            run_stage(tmp_path, "instructions", magpie.synthesize, max_failure_rate=0.0, **run)
+    finally:
+        engine.generate = real_generate
+    assert engine.crashes == 1 and engine.worker_pid is not None  # restarted for the rest of the shard
+    [failed] = [e for e in read_manifest(tmp_path) if e.get("status") == "failed"]
+    assert failed["shard"] == 1 and failed["drops"] == {"engine_error:crashed": 1}
+    run_stage(tmp_path, "instructions", magpie.synthesize, max_failure_rate=0.0, **run)  # resume
+    df = read_shards(tmp_path / "instructions")
+    assert df.height == 8 and df["id"].n_unique() == 8
+    assert [e["shard"] for e in read_manifest(tmp_path) if e.get("status") == "done"] == [0, 1]
+    engine.close()
+
+
+def test_the_readme_shows_the_server_command_the_engine_needs():
+    from pathlib import Path
+
+    from pipeline.engines.llamacpp_server import server_command
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme[readme.index("python -m llama_cpp.server"):].split("\naligndata")[0].replace("\\\n", " ").split()
+    flags = server_command(port=8000)[3:]  # after `python -m llama_cpp.server`
+    assert shown[shown.index("--model_alias"):] == flags[flags.index("--model_alias"):]
+
+
+@pytest.mark.server
+def test_openai_engine_names_the_served_models_when_model_is_wrong(llama_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["magpie", "--out", str(tmp_path), "--n", "2", "--engine", "openai",
+                                      "--base-url", llama_server.url, "--model", "llama-3-8b"])
+    assert result.exit_code == 2, result.output
+    assert "serves ['smollm2'], not 'llama-3-8b': pass --model smollm2" in " ".join(result.output.split())

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import free_port
+from pipeline.engines.llamacpp_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))

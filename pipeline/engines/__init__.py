@@ -75,6 +75,11 @@ class Completion:
         return (self.error or "unknown").split(":", 1)[0]
 
 
+class EngineUnavailable(RuntimeError):
+    """An engine cannot serve at all (its model does not load, its server serves other models); the message
+    says what to fix. Failures of single requests are Completions, never this."""
+
+
 def failed(error: str) -> Completion:
     return Completion(text=None, finish_reason="error", error=error)
 
@@ -171,4 +176,4 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
 
 
 
-__all__ = ["Completion", "Engine", "EngineSpec", "Sampling", "failed", "load_engine", "release_engines"]
+__all__ = ["Completion", "Engine", "EngineSpec", "EngineUnavailable", "Sampling", "failed", "load_engine", "release_engines"]

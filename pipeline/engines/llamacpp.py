@@ -1,75 +1,205 @@
-"""In-process llama.cpp on a GGUF file (the CPU backend).
+"""llama.cpp on a GGUF file (the CPU backend), in a worker process of its own.
 
-Options: n_ctx (2048), n_threads (all cores), n_batch (512). The high-level llama-cpp-python API
-decodes one sequence at a time, so requests run sequentially, each from a fresh context.
+Options: n_ctx (2048), n_threads (all cores), n_batch (512). The high-level llama-cpp-python API decodes
+one sequence at a time, so requests run sequentially, each from a fresh context.
+
+Why a worker process: llama.cpp is native code, and a build whose kernels do not fit the CPU (AMX on some
+Intel Xeons) dies with SIGSEGV on the first multi-token prompt. In-process, that kills the run, or the
+whole test session, without a word. In a worker, a crash fails only the requests in flight: each becomes a
+Completion with error "crashed: ..." (rows `engine_error:crashed`, counted against max_failure_rate), the
+worker is restarted for the next request, and after `MAX_CRASHES_IN_A_ROW` crashes the rest of the batch
+fails at once so a broken build stops the run with the resume hint instead of looping.
+
+The worker speaks JSON lines on stdin/stdout (`python -m pipeline.engines.llamacpp`); llama.cpp's own
+prints go to stderr, never into the protocol.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 from typing import Sequence
 
-import numpy as np
-
 from pipeline.chat import load_template
-from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup
+from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup
 from pipeline.models import resolve_model
+
+MAX_CRASHES_IN_A_ROW = 3
+REBUILD_HINT = "run ./install.sh again (it builds a portable llama.cpp and self-tests it; LLAMA_CMAKE_ARGS overrides the flags)"
+
+
+def _signal_name(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 class LlamaCppEngine:
     def __init__(self, spec: EngineSpec):
-        from llama_cpp import Llama
-
         self.spec = spec
-        path = resolve_model("llamacpp", spec.model)
-        opts = spec.opts
-        self.llm = Llama(model_path=path, n_ctx=int(opts.get("n_ctx", 2048)), n_batch=int(opts.get("n_batch", 512)),
-                         n_threads=int(opts.get("n_threads", os.cpu_count() or 1)), logits_all=True, verbose=False)
-        self.template = load_template(spec.template or path)
-        self.model_name = os.path.basename(path)
-        self._grammars: dict = {}
+        self.path = resolve_model("llamacpp", spec.model)
+        self.options = {"model_path": self.path, "n_ctx": int(spec.opts.get("n_ctx", 2048)),
+                        "n_batch": int(spec.opts.get("n_batch", 512)),
+                        "n_threads": int(spec.opts.get("n_threads", os.cpu_count() or 1))}
+        self.template = load_template(spec.template or self.path)
+        self.model_name = os.path.basename(self.path)
+        self.crashes = 0  # worker crashes since this engine was built (each failed the requests in flight)
+        self._worker: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # one request at a time on the worker's pipes
+        self.system_info = self._start()["system_info"]
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.pid if self._worker and self._worker.poll() is None else None
+
+    def _start(self) -> dict:
+        self._worker = subprocess.Popen([sys.executable, "-m", "pipeline.engines.llamacpp"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, encoding="utf-8")
+        self._worker.stdin.write(json.dumps(self.options) + "\n")
+        self._worker.stdin.flush()
+        ready = self._read()
+        if ready is None or "fatal" in ready:
+            why = ready["fatal"] if ready else f"the worker died with {_signal_name(self._worker.wait())}"
+            raise EngineUnavailable(f"llama.cpp could not load {self.path}: {why}. If it crashed, {REBUILD_HINT}")
+        return ready
+
+    def _read(self) -> dict | None:
+        line = self._worker.stdout.readline()
+        return json.loads(line) if line else None
+
+    def _call(self, request: dict) -> dict:
+        """Send one request; a dead worker gives {"crashed": "..."} and is restarted on the next call."""
+        with self._lock:
+            if self._worker is None or self._worker.poll() is not None:
+                if self._worker is not None:  # it died between requests: no request was lost
+                    print(f"aligndata: the llama.cpp worker had exited ({_signal_name(self._worker.returncode)}); "
+                          "restarting it", file=sys.stderr)
+                self._start()
+            try:
+                self._worker.stdin.write(json.dumps(request) + "\n")
+                self._worker.stdin.flush()
+                reply = self._read()
+            except (BrokenPipeError, OSError):
+                reply = None
+            if reply is None:
+                self.crashes += 1
+                how = _signal_name(self._worker.wait())
+                print(f"aligndata: the llama.cpp worker died with {how} on a request; it is failed as "
+                      f"engine_error:crashed and the worker restarts. If this repeats, {REBUILD_HINT}.", file=sys.stderr)
+                return {"crashed": f"llama.cpp worker died with {how}"}
+            return reply
+
+    def _run_all(self, requests: list[dict]) -> list[dict]:
+        replies, in_a_row = [], 0
+        for request in requests:
+            if in_a_row >= MAX_CRASHES_IN_A_ROW:
+                replies.append({"crashed": f"skipped after {in_a_row} worker crashes in a row; {REBUILD_HINT}"})
+                continue
+            replies.append(self._call(request))
+            in_a_row = in_a_row + 1 if "crashed" in replies[-1] else 0
+        return replies
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-        flat = [self._one(prompt, sampling, seed) for _, prompt, seed in expand_requests(prompts, sampling, seeds)]
+        requests = [{"op": "complete", "prompt": prompt, "seed": seed, "max_tokens": sampling.max_tokens,
+                     "temperature": sampling.temperature, "top_p": sampling.top_p, "stop": list(sampling.stop),
+                     "logprobs": sampling.logprobs, "json_schema": sampling.json_schema_text}
+                    for _, prompt, seed in expand_requests(prompts, sampling, seeds)]
+        flat = []
+        for reply in self._run_all(requests):
+            if "crashed" in reply:
+                flat.append(failed(f"crashed: {reply['crashed']}"))
+            elif "error" in reply:
+                flat.append(failed(f"engine: {reply['error']}"))
+            else:
+                flat.append(Completion(text=reply["text"], finish_reason=reply["finish_reason"],
+                                       n_tokens=reply["n_tokens"], logprobs=reply["logprobs"]))
         return regroup(prompts, sampling, flat)
 
-    def _one(self, prompt: str, sampling: Sampling, seed: int | None) -> Completion:
-        # Reusing the KV cache of the previous request shifts the logits slightly, so the same seed would
-        # give different text depending on what ran before; a fresh context keeps every request reproducible.
-        self.llm.reset()
-        grammar = self._grammar(sampling.json_schema_text) if sampling.json_schema else None
-        try:
-            out = self.llm.create_completion(
-                prompt, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                top_k=0, min_p=0.0, repeat_penalty=1.0, stop=list(sampling.stop) or None,
-                seed=seed if seed is not None else np.random.randint(2**31), logprobs=sampling.logprobs, grammar=grammar,
-            )
-        except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context window
-            return failed(f"engine: {exc}")
-        choice = out["choices"][0]
-        logprobs = None
-        if sampling.logprobs and choice.get("logprobs"):
-            logprobs = [{tok: float(lp) for tok, lp in (top or {}).items()} for top in choice["logprobs"]["top_logprobs"]]
-        return Completion(text=choice["text"], finish_reason=choice.get("finish_reason") or "stop",
-                          n_tokens=out["usage"]["completion_tokens"], logprobs=logprobs)
-
-    def _grammar(self, schema: str):
-        from llama_cpp import LlamaGrammar
-
-        if schema not in self._grammars:
-            self._grammars[schema] = LlamaGrammar.from_json_schema(schema, verbose=False)
-        return self._grammars[schema]
-
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
-        results = []
-        for prompt in prompts:
-            tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-            if len(tokens) > self.llm.n_ctx():
-                results.append(None)
-                continue
-            self.llm.reset()
-            self.llm.eval(tokens)
-            logits = np.asarray(self.llm.scores[: len(tokens) - 1], dtype=np.float64)
-            logz = np.logaddexp.reduce(logits, axis=1)
-            picked = logits[np.arange(len(tokens) - 1), tokens[1:]]
-            results.append((picked - logz).tolist())
-        return results
+        replies = self._run_all([{"op": "prompt_logprobs", "prompt": prompt} for prompt in prompts])
+        return [reply.get("logprobs") for reply in replies]
+
+    def close(self) -> None:
+        """Stop the worker (it also exits by itself when this process goes: its stdin closes)."""
+        worker, self._worker = self._worker, None
+        if worker and worker.poll() is None:
+            worker.stdin.close()
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+# ---- the worker side: runs in `python -m pipeline.engines.llamacpp` -------------------------------------
+
+def _complete(llm, grammars: dict, request: dict) -> dict:
+    import numpy as np
+    from llama_cpp import LlamaGrammar
+
+    # Reusing the KV cache of the previous request shifts the logits slightly, so the same seed would
+    # give different text depending on what ran before; a fresh context keeps every request reproducible.
+    llm.reset()
+    schema = request["json_schema"]
+    if schema and schema not in grammars:
+        grammars[schema] = LlamaGrammar.from_json_schema(schema, verbose=False)
+    seed = request["seed"] if request["seed"] is not None else int(np.random.randint(2**31))
+    out = llm.create_completion(
+        request["prompt"], max_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
+        top_k=0, min_p=0.0, repeat_penalty=1.0, stop=request["stop"] or None, seed=seed, logprobs=request["logprobs"],
+        grammar=grammars.get(schema))
+    choice = out["choices"][0]
+    logprobs = None
+    if request["logprobs"] and choice.get("logprobs"):
+        logprobs = [{tok: float(lp) for tok, lp in (top or {}).items()} for top in choice["logprobs"]["top_logprobs"]]
+    return {"text": choice["text"], "finish_reason": choice.get("finish_reason") or "stop",
+            "n_tokens": out["usage"]["completion_tokens"], "logprobs": logprobs}
+
+
+def _prompt_logprobs(llm, request: dict) -> dict:
+    import numpy as np
+
+    tokens = llm.tokenize(request["prompt"].encode(), add_bos=False, special=True)
+    if len(tokens) > llm.n_ctx():
+        return {"logprobs": None}
+    llm.reset()
+    llm.eval(tokens)
+    logits = np.asarray(llm.scores[: len(tokens) - 1], dtype=np.float64)
+    logz = np.logaddexp.reduce(logits, axis=1)
+    picked = logits[np.arange(len(tokens) - 1), tokens[1:]]
+    return {"logprobs": (picked - logz).tolist()}
+
+
+def serve_worker(options: dict) -> None:
+    """Load the model, then answer JSON-line requests from stdin until it closes."""
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)  # anything native code prints goes to stderr, never into the protocol
+
+    def send(obj: dict) -> None:
+        protocol.write(json.dumps(obj) + "\n")
+
+    try:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(**options, logits_all=True, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        send({"fatal": f"{type(exc).__name__}: {exc}"})
+        sys.exit(1)
+    send({"ready": True, "system_info": llama_cpp.llama_print_system_info().decode(errors="replace")})
+    grammars: dict = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = _complete(llm, grammars, request) if request["op"] == "complete" else _prompt_logprobs(llm, request)
+        except (ValueError, RuntimeError) as exc:  # e.g. a prompt longer than the context window
+            reply = {"error": str(exc)}
+        send(reply)
+
+
+if __name__ == "__main__":
+    serve_worker(json.loads(sys.stdin.readline()))

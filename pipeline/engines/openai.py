@@ -4,6 +4,9 @@ Raw prompts go to `/v1/completions` because Magpie needs text that is *not* wrap
 template; the chat template comes from `spec.template` (a .gguf, an HF directory or an OFFICIAL key),
 defaulting to the offline model's GGUF when the model is "smollm2".
 
+On start the engine asks the server's `/v1/models` which names it serves: an unreachable server or a
+`--model` it does not serve is an EngineUnavailable error naming what to pass instead.
+
 Options: concurrency (8 requests in flight), timeout (120 s per request), retries (3, exponential
 backoff from `backoff` = 0.5 s, on timeouts, connection errors, HTTP 429 and 5xx),
 api_key_env (name of the environment variable holding the key; the key itself is never stored).
@@ -18,14 +21,14 @@ from typing import Sequence
 import httpx
 
 from pipeline.chat import load_template
-from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup
+from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup
 from pipeline.models import DEFAULT_MODEL, smollm2_gguf
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAIEngine:
-    def __init__(self, spec: EngineSpec):
+    def __init__(self, spec: EngineSpec, transport: httpx.BaseTransport | None = None):
         if not spec.base_url:
             raise ValueError("the openai engine needs base_url, e.g. http://127.0.0.1:8000/v1")
         self.spec = spec
@@ -41,13 +44,33 @@ class OpenAIEngine:
             headers["Authorization"] = f"Bearer {key}"
         self.client = httpx.Client(base_url=spec.base_url.rstrip("/"), headers=headers,
                                    timeout=httpx.Timeout(float(opts.get("timeout", 120))),
-                                   limits=httpx.Limits(max_connections=self.concurrency))
+                                   limits=httpx.Limits(max_connections=self.concurrency), transport=transport)
+        self._check_served_model()
         template_source = spec.template or (str(smollm2_gguf()) if spec.model == DEFAULT_MODEL else None)
         if template_source is None:
             raise ValueError(f"the openai engine cannot read {spec.model!r}'s chat template from the server: "
                              "set template= to a .gguf, an HF model directory or an official family key")
         self.template = load_template(template_source)
         self.model_name = spec.model
+
+    def _check_served_model(self) -> None:
+        """Fail early, with the names to use, when the server is down or does not serve `spec.model`."""
+        url = self.spec.base_url
+        try:
+            response = self.client.get("/models", timeout=10)
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"no OpenAI-compatible server answers at {url} ({type(exc).__name__}); start it "
+                                    "first (README: Engines) or fix --base-url") from exc
+        if response.status_code != 200:  # a server without /v1/models: requests will tell
+            return
+        try:
+            served = [str(m["id"]) for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            return
+        if served and self.spec.model not in served:
+            raise EngineUnavailable(f"the server at {url} serves {served}, not {self.spec.model!r}: pass --model "
+                                    f"{served[0]}, or start the server with that name (llama_cpp.server: --model_alias "
+                                    f"{self.spec.model}; vllm serve: --served-model-name {self.spec.model})")
 
     def _post(self, body: dict) -> tuple[dict | None, str | None]:
         """POST /completions with retries; returns (json, None) or (None, "kind: message")."""
