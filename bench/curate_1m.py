@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 import filters
-from pipeline import selection
-from pipeline.embed import as_column
+from pipeline.select import selection
+from pipeline.score.embed import as_column
 
 WORDS = ("how what why explain write describe compare list plan design build fix debug translate summarize the a an "
          "of for in on with to and or my our your python recipe garden budget trip essay poem email story code bug "

@@ -13,7 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import polars as pl  # noqa: E402
 
-from pipeline import deita, magpie  # noqa: E402
+from pipeline.score import deita
+from pipeline.synth import magpie  # noqa: E402
 from pipeline.engines import EngineSpec, load_engine  # noqa: E402
 
 

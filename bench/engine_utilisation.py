@@ -17,10 +17,10 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import magpie  # noqa: E402
+from pipeline.synth import magpie  # noqa: E402
 from pipeline.engines import EngineSpec, Sampling, load_engine  # noqa: E402
-from pipeline.jobs import magpie_job  # noqa: E402
-from pipeline.records import meta_dicts  # noqa: E402
+from pipeline.recipes import magpie_job  # noqa: E402
+from pipeline.core.records import meta_dicts  # noqa: E402
 
 
 def bare(engine, n: int, seed: int, response_max_tokens: int) -> float:

@@ -64,7 +64,7 @@ def installed_wheel_dir() -> Path:
 
 def native_wheel() -> Path:
     """A native build of the same version, built once into the aligndata wheel cache."""
-    from pipeline.models import cache_dir
+    from pipeline.engines.models import cache_dir
 
     out = cache_dir() / "wheels" / "llama-cpp-bench-native"
     wheels = sorted(out.glob("llama_cpp_python-*.whl"))
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=3, help="prefill and decode repetitions per process")
     args = parser.parse_args()
     from pipeline.engines.selftest import compiled_features
-    from pipeline.models import smollm2_gguf
+    from pipeline.engines.models import smollm2_gguf
 
     gguf = str(smollm2_gguf())
     scratch = Path(tempfile.mkdtemp(prefix="llamacpp-bench-"))

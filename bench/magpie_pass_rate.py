@@ -10,7 +10,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import filters  # noqa: E402
-from pipeline import magpie  # noqa: E402
+from pipeline.synth import magpie  # noqa: E402
 from pipeline.engines import EngineSpec, load_engine  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Prefect's overhead: the curate flow (one task per step, cache records and results persisted) vs the same
-steps called directly with jobs.run_steps, on the same 10k rows, in one process. Prints both times and the ratio.
+steps called directly with recipes.run_steps, on the same 10k rows, in one process. Prints both times and the ratio.
 
 The deita scorer is the fake engine by default, so the stage work is the same in both runs and small next to
 a real scorer's (pass --engine vllm for SmolLM2: slow on CPU). Embeddings are the real MiniLM. The ephemeral
@@ -50,7 +50,7 @@ def main() -> None:
     from prefect import flow
 
     from flows.curate import curate_flow
-    from pipeline import jobs
+    from pipeline import recipes
     from pipeline.engines import EngineSpec
 
     engine = {"backend": args.engine, "model": "smollm2" if args.engine != "fake" else "bench"}
@@ -63,8 +63,8 @@ def main() -> None:
 
     def direct(out: Path) -> float:
         started = time.perf_counter()
-        source = jobs.write_input(out, data)
-        jobs.run_steps(out, jobs.curate_steps(**options), source, engine=EngineSpec.make(**engine))
+        source = recipes.write_input(out, data)
+        recipes.run_steps(out, recipes.curate_steps(**options), source, engine=EngineSpec.make(**engine))
         return time.perf_counter() - started
 
     def flowed(out: Path) -> float:
@@ -76,14 +76,14 @@ def main() -> None:
     flow(name="warm-up")(lambda: None)()
     server_start = time.perf_counter() - started
     # load the embedding model and the engine once, outside the timings
-    jobs.run_steps(root / "warm", jobs.curate_steps(k=8), jobs.write_input(root / "warm", warm), engine=EngineSpec.make(**engine))
+    recipes.run_steps(root / "warm", recipes.curate_steps(k=8), recipes.write_input(root / "warm", warm), engine=EngineSpec.make(**engine))
 
     times = {"direct": [], "flow": []}
     for repeat in range(args.repeats):
         times["direct"].append(direct(root / f"direct-{repeat}"))
         times["flow"].append(flowed(root / f"flow-{repeat}"))
     d, f = statistics.median(times["direct"]), statistics.median(times["flow"])
-    print(f"rows={args.rows} engine={args.engine} steps={len(jobs.curate_steps(**options))} repeats={args.repeats}")
+    print(f"rows={args.rows} engine={args.engine} steps={len(recipes.curate_steps(**options))} repeats={args.repeats}")
     print(f"direct stages: {d:.2f} s  {[round(t, 2) for t in times['direct']]}")
     print(f"curate flow:   {f:.2f} s  {[round(t, 2) for t in times['flow']]}")
     print(f"ratio flow/direct: {f / d:.3f} (target <= 1.10)")

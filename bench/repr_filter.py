@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.selection import repr_filter
+from pipeline.select.selection import repr_filter
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

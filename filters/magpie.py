@@ -4,7 +4,10 @@ from __future__ import annotations
 import polars as pl
 
 from filters import register
-from pipeline.tags import DIFFICULTY_LEVELS, QUALITY_LEVELS
+
+# The ordered levels of Magpie's input_quality and difficulty tags (the tagger's JSON schema uses them too).
+QUALITY_LEVELS = ("very poor", "poor", "average", "good", "excellent")
+DIFFICULTY_LEVELS = ("very easy", "easy", "medium", "hard", "very hard")
 
 
 def _at_least(column: str, levels: tuple[str, ...], level: str) -> pl.Expr:

@@ -1,4 +1,4 @@
-"""Prefect flows and tasks over pipeline.jobs steps (pipeline/ never imports Prefect)."""
+"""Prefect flows and tasks over pipeline.recipes steps (pipeline/ never imports Prefect)."""
 import os
 
 # Offline hosts: Prefect's server would log a failed telemetry call on every start.

@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.tasks import engine_json, input_task, run_steps
-from pipeline import jobs
+from pipeline import recipes
 
 
 @flow(name="curate")
@@ -13,10 +13,10 @@ def curate_flow(out: str, source: str | None = None, input_path: str | None = No
     """Curate the stage directory `source` (a previous flow's output) or the user's data at `input_path`;
     returns the stage directory of the selected rows, in selection order.
 
-    `options` are jobs.curate_steps' keyword arguments (k, tau, dedup, selector, score_mode, ...).
+    `options` are recipes.curate_steps' keyword arguments (k, tau, dedup, selector, score_mode, ...).
     """
     if (source is None) == (input_path is None):
         raise ValueError("pass exactly one of source (a stage directory) or input_path (your data)")
     source = source or input_task(out, input_path)
-    steps = jobs.curate_steps(**(options or {}))
+    steps = recipes.curate_steps(**(options or {}))
     return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

@@ -13,7 +13,9 @@ from flows.curate import curate_flow
 from flows.publish import publish_flow
 from flows.synthesize import synthesize_flow
 from flows.tasks import ray_runner
-from pipeline import jobs, report
+from pipeline import recipes
+from pipeline.core import rundir
+from pipeline.ship import report
 
 
 @task(cache_policy=NO_CACHE)
@@ -27,11 +29,11 @@ def end_to_end_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
                     curate: dict | None = None,
                     title: str = "Alignment data", repo_id: str | None = None, token_env: str = "HF_TOKEN",
                     ray_address: str | None = None, gpus: float = 0.0, max_failure_rate: float = 0.1) -> dict:
-    """Synthesize, curate and publish into the run directory `out`; returns jobs.summarize() with the outputs.
+    """Synthesize, curate and publish into the run directory `out`; returns rundir.summarize() with the outputs.
 
     `engine` (EngineSpec.make's keyword arguments; default SmolLM2 on vLLM) synthesizes; `scorer` scores in the
     curate flow (default: `engine`). `synthesize` and `curate` are the keyword arguments of the synthesis
-    method's steps and of jobs.curate_steps. With `ray_address` ("local" starts a Ray cluster on this machine) the synthesize and curate subflows run on a
+    method's steps and of recipes.curate_steps. With `ray_address` ("local" starts a Ray cluster on this machine) the synthesize and curate subflows run on a
     RayTaskRunner, engine steps with `gpus` GPUs each.
     """
     synth, cur = synthesize_flow, curate_flow
@@ -42,5 +44,5 @@ def end_to_end_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
                           max_failure_rate=max_failure_rate, gpus=gpus)
     selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate, gpus=gpus)
     published = publish_flow(out, source=selected, title=title, repo_id=repo_id, token_env=token_env)
-    return jobs.summarize(Path(out)) | {"export": published["data"], "trainer": published["trainer"],
+    return rundir.summarize(Path(out)) | {"export": published["data"], "trainer": published["trainer"],
                                         "push": published["push"], "report": report_task(out)}

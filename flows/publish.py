@@ -6,15 +6,17 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import export, jobs, publish
-from pipeline.io import read_records
+from pipeline.ship import export
+from pipeline import recipes
+from pipeline.ship import publish
+from pipeline.core.rundir import read_records
 
 TRAINER_FORMATS = ("trl", "hf", "llamafactory", "axolotl")
 
 
 @task(cache_policy=NO_CACHE)
 def export_task(out: str, source: str, title: str) -> str:
-    return str(jobs.export_parquet(Path(out), Path(source), card=title))
+    return str(recipes.export_parquet(Path(out), Path(source), card=title))
 
 
 @task(cache_policy=NO_CACHE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.tasks import engine_json, input_task, plan_task, run_steps
-from pipeline import jobs
+from pipeline import recipes
 
 
 @flow(name="synthesize")
@@ -14,10 +14,10 @@ def synthesize_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
     """Synthesize into the run directory `out`; returns the stage directory holding the conversations.
 
     `method`: magpie (plans `n` rows from `seed`), codeclm or mcts (read the seed rows at `seeds`). `options` are
-    the keyword arguments of jobs.magpie_steps / codeclm_steps / mcts_search_step. `engine` is EngineSpec.make's
+    the keyword arguments of recipes.magpie_steps / codeclm_steps / mcts_search_step. `engine` is EngineSpec.make's
     keyword arguments (default: SmolLM2 on vLLM).
     """
-    steps = jobs.synthesis_steps(method, out, **(options or {}))
+    steps = recipes.synthesis_steps(method, **(options or {}))
     if method == "magpie":
         source = plan_task(out, n, seed)
     elif seeds is None:

@@ -14,10 +14,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
-from pipeline import jobs
+from pipeline import recipes
 from pipeline.engines import EngineSpec
-from pipeline.runner import fingerprint
-from pipeline.secrets import redact
+from pipeline.recipes.runner import fingerprint
+from pipeline.core.secrets import redact
 
 
 def _input_fingerprint(context, parameters: dict) -> str:
@@ -29,13 +29,13 @@ STEP_CACHE = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_input_fingerp
 
 @task(task_run_name="{step[name]}", cache_policy=STEP_CACHE, persist_result=True)
 def step_task(out: str, step: dict, source: str, engine: str | None, max_failure_rate: float) -> str:
-    """Run one pipeline step (a jobs.Step as a dict) on the stage directory `source`; returns its stage directory."""
+    """Run one pipeline step (a recipes.Step as a dict) on the stage directory `source`; returns its stage directory."""
     spec = EngineSpec.from_json(engine) if engine else None
     step = {**step, "computes": tuple(step.get("computes", ()))}
-    return str(jobs.run_step(Path(out), jobs.Step(**step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
+    return str(recipes.run_step(Path(out), recipes.Step(**step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
 
 
-def run_steps(out: str, steps: list[jobs.Step], source: str, *, engine: str | None, max_failure_rate: float,
+def run_steps(out: str, steps: list[recipes.Step], source: str, *, engine: str | None, max_failure_rate: float,
               gpus: float = 0.0) -> str:
     """Submit `steps` one after another (each reads the previous one's output) to the flow's task runner.
 
@@ -63,13 +63,13 @@ def _placement(gpus: float):
 @task(cache_policy=NO_CACHE)
 def plan_task(out: str, n: int, seed: int) -> str:
     """The Magpie plan: `n` empty records (rewritten identically on a resume)."""
-    return str(jobs.write_plan(Path(out), n=n, seed=seed))
+    return str(recipes.write_plan(Path(out), n=n, seed=seed))
 
 
 @task(cache_policy=NO_CACHE)
 def input_task(out: str, path: str, fmt: str | None = None) -> str:
     """The user's seeds or data as records in DIR/input."""
-    return str(jobs.write_input(Path(out), Path(path), fmt))
+    return str(recipes.write_input(Path(out), Path(path), fmt))
 
 
 def engine_json(engine: dict | None) -> str:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard
 
-from pipeline import card
+from pipeline.ship import card
 from pipeline.engines import EngineSpec
-from pipeline.jobs import magpie_job
+from pipeline.recipes import magpie_job
 
 EXAMPLE = Path(__file__).parent.parent / "data_cards" / "example"
 PLANTED = "hf_PLANTEDtokenDoNotLeak0123456789"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.chat import OFFICIAL, ChatTemplate, family_of, load_template
-from pipeline.models import smollm2_gguf
+from pipeline.engines.templates import OFFICIAL, ChatTemplate, family_of, load_template
+from pipeline.engines.models import smollm2_gguf
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.commands import app
 
 runner = CliRunner()
 
@@ -39,7 +39,9 @@ def test_the_library_never_imports_prefect():
 
     from pathlib import Path
 
-    modules = ["pipeline." + p.stem for p in (Path(__file__).parent.parent / "pipeline").glob("*.py") if p.stem != "__init__"]
+    root = Path(__file__).parent.parent
+    modules = [".".join(p.relative_to(root).with_suffix("").parts) for p in (root / "pipeline").rglob("*.py")
+               if p.stem not in ("__init__", "__main__")]
     assert len(modules) > 20
     script = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint(sorted(m for m in sys.modules if m.startswith('prefect')))"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

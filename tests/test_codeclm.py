@@ -5,8 +5,8 @@ import re
 import polars as pl
 import pytest
 
-from pipeline import codeclm
-from pipeline.chat import load_template
+from pipeline.synth import codeclm
+from pipeline.engines.templates import load_template
 from pipeline.engines import Completion, EngineSpec
 
 
@@ -80,8 +80,7 @@ def frame(questions):
 def run(monkeypatch, questions, gaps, bias=0.0, **kwargs):
     strong = Scripted("strong", gaps, bias)
     target = Scripted("target", gaps)
-    monkeypatch.setattr(codeclm, "load_engine", lambda spec: target)
-    return codeclm.contrastive(frame(questions), engine=strong, target=target.spec.to_json(), **kwargs), strong
+    return codeclm.contrastive(frame(questions), engine=strong, target=target, **kwargs), strong
 
 
 def test_position_swap_cancels_a_judge_bias_and_routes_by_gap(monkeypatch):
@@ -110,8 +109,7 @@ def test_keep_unresolved_and_threshold(monkeypatch):
 def test_unparsable_judgments_are_dropped_not_defaulted(monkeypatch):
     strong = Scripted("strong", {})
     strong.reply = lambda prompt: "I think both are fine." if "[Question]" in prompt else "STRONG x"
-    monkeypatch.setattr(codeclm, "load_engine", lambda spec: strong)
-    out = codeclm.contrastive(frame(["q"]), engine=strong, target=strong.spec.to_json())
+    out = codeclm.contrastive(frame(["q"]), engine=strong, target=strong)
     assert out["drop_reason"].to_list() == ["judge_failed"]
 
 

@@ -5,9 +5,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import embed, ifd, selection
+from pipeline.score import embed
+from pipeline.score import ifd
+from pipeline.select import selection
 from pipeline.engines import EngineSpec
-from pipeline.jobs import curate_job
+from pipeline.recipes import curate_job
 
 pytestmark = pytest.mark.real_llm
 
@@ -32,7 +34,7 @@ def test_minilm_embeddings_are_unit_norm_and_semantic():
 
 
 def test_causal_lm_embedding_is_padding_independent():
-    from pipeline.models import smollm2_hf_dir
+    from pipeline.engines.models import smollm2_hf_dir
 
     together = embed.matrix(embed.embed_causal_lm(frame(PAIRS[:2]), model=str(smollm2_hf_dir()), batch_size=2))
     alone = embed.matrix(embed.embed_causal_lm(frame(PAIRS[1:2]), model=str(smollm2_hf_dir()), batch_size=1))

@@ -3,7 +3,8 @@ import math
 import polars as pl
 import pytest
 
-from pipeline import deita
+from pipeline.score import deita
+from pipeline.core.records import turns
 from pipeline.engines import EngineSpec, load_engine
 
 
@@ -29,7 +30,7 @@ def test_expected_score_over_the_six_digits_only():
 def test_turn_splitting_gives_an_empty_answer_to_a_trailing_question():
     conversation = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                     {"role": "user", "content": "c"}]
-    assert deita.turns(conversation) == [("a", "b"), ("c", "")]
+    assert turns(conversation) == [("a", "b"), ("c", "")]
 
 
 def frame(conversations):
@@ -57,7 +58,7 @@ def digit(d: str) -> dict:
 
 def test_two_scorer_models_one_step_each(tmp_path):
     """deita's published scorers are two models: complexity from one, quality from the other, product per turn."""
-    from pipeline.jobs import curate_job
+    from pipeline.recipes import curate_job
 
     complexity_model = {"backend": "fake", "model": "complexity-scorer", "options": {"top_logprobs": {"": digit("5")}}}
     quality_model = EngineSpec.make("fake", "quality-scorer", options={"top_logprobs": {"": digit("2")}})

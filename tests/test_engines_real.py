@@ -5,11 +5,11 @@ import threading
 
 import pytest
 
-from pipeline import magpie
+from pipeline.synth import magpie
 from pipeline.engines import EngineSpec, Sampling, load_engine
-from pipeline.io import read_manifest, read_shards
-from pipeline.jobs import magpie_job
-from pipeline.runner import EngineFailures, run_stage
+from pipeline.core.rundir import read_manifest, read_shards
+from pipeline.recipes import magpie_job
+from pipeline.recipes.runner import EngineFailures, run_stage
 
 pytestmark = pytest.mark.real_llm
 DIGITS = {"1", "2", "3", "4", "5", "6"}
@@ -171,7 +171,7 @@ def test_the_readme_shows_the_server_command_the_engine_needs():
 def test_openai_engine_names_the_served_models_when_model_is_wrong(llama_server, tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.commands import app
 
     result = CliRunner().invoke(app, ["magpie", "--out", str(tmp_path), "--n", "2", "--engine", "openai",
                                       "--base-url", llama_server.url, "--model", "llama-3-8b"])

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 import yaml
 
-from pipeline import export
+from pipeline.ship import export
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.models import smollm2_hf_dir
+    from pipeline.engines.models import smollm2_hf_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

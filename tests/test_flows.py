@@ -9,8 +9,8 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.curate import curate_flow
 from flows.end_to_end import end_to_end_flow
 from flows.synthesize import synthesize_flow
-from pipeline import jobs
-from pipeline.io import read_shards
+from pipeline import recipes
+from pipeline.core.rundir import read_shards
 
 FAKE = {"backend": "fake", "model": "flow-model", "options": {"script": {"<|im_start|>assistant\n": "An answer."}}}
 CURATE = {"k": 3, "dedup": ["exact", "minhash"], "shard_size": 4}
@@ -28,13 +28,13 @@ def harness(tmp_path_factory):
 def step_calls(monkeypatch):
     """The names of the steps whose task body ran (a cache hit runs none)."""
     calls = []
-    run_step = jobs.run_step
+    run_step = recipes.run_step
 
     def counting(out, step, source, **kwargs):
         calls.append(step.name)
         return run_step(out, step, source, **kwargs)
 
-    monkeypatch.setattr(jobs, "run_step", counting)
+    monkeypatch.setattr(recipes, "run_step", counting)
     return calls
 
 

@@ -3,8 +3,8 @@ import json
 import polars as pl
 import pytest
 
-from pipeline.imports import InputError, load
-from pipeline.records import conform
+from pipeline.core.inputs import InputError, load
+from pipeline.core.records import conform
 
 
 def write_jsonl(path, rows):

@@ -1,10 +1,10 @@
 import polars as pl
 import pytest
 
-from pipeline import magpie
-from pipeline.chat import OFFICIAL
+from pipeline.synth import magpie
+from pipeline.engines.templates import OFFICIAL
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.records import conform, meta_dicts
+from pipeline.core.records import conform, meta_dicts
 
 
 def engine(**options):

@@ -3,9 +3,9 @@ import json
 import polars as pl
 import pytest
 
-from pipeline import magpie_curate
+from pipeline.select import magpie_presets as magpie_curate
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.records import meta_dicts
+from pipeline.core.records import meta_dicts
 
 # A hand-made tagged frame: one row per way to fail, plus rows that pass everything.
 ROWS = [  # id, quality, difficulty, min distance, reward, base reward, response chars, instruction
@@ -110,12 +110,12 @@ def test_failed_judging_is_counted_not_defaulted():
 
 
 def test_extend_difficult_instructions_to_two_turns(tmp_path):
-    from pipeline.jobs import Step, input_job, magpie_steps
+    from pipeline.recipes import Step, input_job, magpie_steps
 
     df = frame().with_columns(pl.Series("meta", [json.dumps({"magpie": {"row_seed": i}}) for i in range(len(ROWS))]))
     path = tmp_path / "tagged.parquet"
     df.write_parquet(path)
-    steps = [Step("difficult", "pipeline.magpie_curate:select_difficult", magpie_curate.VERSION, {"min_difficulty": "medium"},
+    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", magpie_curate.VERSION, {"min_difficulty": "medium"},
                   uses_engine=False, shard_size=None)]
     steps += [s for s in magpie_steps(turns=2) if s.name.startswith(("followups", "responses-"))]
     spec = EngineSpec.make("fake", "extend", options={"script": {"<|im_start|>assistant\n": "A good answer."}})

@@ -3,9 +3,10 @@ distance, a preset, and preference pairs, over a small Magpie set made in the te
 import polars as pl
 import pytest
 
-from pipeline import magpie_curate, tags
+from pipeline.select import magpie_presets as magpie_curate
+from pipeline.score import tags
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.jobs import input_job, magpie_job, tag_steps
+from pipeline.recipes import input_job, magpie_job, tag_steps
 
 pytestmark = pytest.mark.real_llm
 

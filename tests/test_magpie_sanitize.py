@@ -1,7 +1,7 @@
 """Golden cases per official class of Magpie's instruction_post_process."""
 import pytest
 
-from pipeline.magpie_sanitize import sanitize_instruction
+from pipeline.synth.magpie_sanitizer import sanitize_instruction
 
 LLAMA = [
     ("**What is the boiling point of water?** It is 100C.", "What is the boiling point of water?", 1),

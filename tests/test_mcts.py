@@ -7,10 +7,11 @@ import re
 import polars as pl
 import pytest
 
-from pipeline import mcts
-from pipeline.chat import load_template
+from pipeline.core.rundir import ShardState
+from pipeline.synth import mcts
+from pipeline.engines.templates import load_template
 from pipeline.engines import Completion, EngineSpec
-from pipeline.mcts import Node, Search, Tree, backup, q_value, run_search, select, uct
+from pipeline.synth.mcts import Node, Search, Tree, backup, q_value, run_search, select, uct
 
 
 class ScriptedEngine:
@@ -107,12 +108,13 @@ def test_stage_saves_trees_every_iteration_and_resumes(tmp_path, monkeypatch):
                        "messages": [[{"role": "user", "content": "Solve x+1=2"}], [{"role": "user", "content": "Hi there"}]]})
     monkeypatch.setattr(mcts, "reward_model", lambda engine, path: CountingReward())
     saved = []
-    real_write = mcts.write_json
-    monkeypatch.setattr(mcts, "write_json", lambda obj, path: (saved.append(json.dumps(obj)), real_write(obj, path)))
-    out = mcts.search_stage(df, engine=engine, iterations=2, state_dir=str(tmp_path))
+    checkpoint = ShardState(tmp_path / "state-00000.json")
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda obj: (saved.append(json.dumps(obj)), real_save(obj)))
+    out = mcts.search_stage(df, engine=engine, iterations=2, checkpoint=checkpoint)
     assert len(saved) == 3  # after the roots and after each of 2 iterations
     calls = len(engine.calls)
-    again = mcts.search_stage(df, engine=engine, iterations=2, state_dir=str(tmp_path))
+    again = mcts.search_stage(df, engine=engine, iterations=2, checkpoint=checkpoint)
     assert len(engine.calls) == calls  # finished trees are loaded, nothing is recomputed
     assert [json.loads(m)["mcts"]["tree"] for m in again["meta"]] == [json.loads(m)["mcts"]["tree"] for m in out["meta"]]
     tree = json.loads(out["meta"][0])["mcts"]["tree"]

@@ -12,7 +12,7 @@ from huggingface_hub import DatasetCard
 
 from fakehub import FakeHub
 from pipeline.engines import EngineSpec
-from pipeline.jobs import magpie_job
+from pipeline.recipes import magpie_job
 
 GOOD = "hf_GOODtokenForTheLoopbackHub0123"
 BAD = "hf_BADtokenTheHubRefuses456789abc"
@@ -89,7 +89,7 @@ def test_publish_to_a_loopback_hub(run_dir, tmp_path):
 
 
 def test_publish_without_an_export_says_what_to_run(tmp_path):
-    from pipeline.publish import PublishError, files
+    from pipeline.ship.publish import PublishError, files
 
     with pytest.raises(PublishError, match="aligndata run --out"):
         files(tmp_path)

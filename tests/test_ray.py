@@ -12,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.curate import curate_flow
 from flows.tasks import ray_runner
-from pipeline.io import read_shards
+from pipeline.core.rundir import read_shards
 
 OPTIONS = {"k": 4, "dedup": ["exact", "minhash"], "shard_size": 3}
 ENGINE = {"backend": "llamacpp"}

@@ -3,8 +3,8 @@ import json
 import polars as pl
 import pytest
 
-from pipeline.io import append_manifest, read_manifest, read_records, write_shard
-from pipeline.records import SCHEMA, RecordError, conform
+from pipeline.core.rundir import append_manifest, read_manifest, read_records, write_shard
+from pipeline.core.records import SCHEMA, RecordError, conform
 
 
 def frame(**overrides):

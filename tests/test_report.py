@@ -5,10 +5,10 @@ import numpy as np
 import polars as pl
 from typer.testing import CliRunner
 
-from pipeline import report
-from pipeline.cli import app
+from pipeline.ship import report
+from pipeline.cli.commands import app
 from pipeline.engines import EngineSpec
-from pipeline.jobs import magpie_job
+from pipeline.recipes import magpie_job
 
 
 def test_coverage_counts_selected_rows_per_embedding_cluster():

@@ -11,7 +11,7 @@ import time
 import polars as pl
 import pytest
 
-from pipeline.io import read_shards
+from pipeline.core.rundir import read_shards
 
 pytestmark = pytest.mark.real_llm
 MAGPIE = ["pipeline.cli", "magpie", "--engine", "llamacpp", "--n", "12", "--seed", "5", "--shard-size", "2",

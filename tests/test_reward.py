@@ -5,7 +5,7 @@ import json
 import polars as pl
 import pytest
 
-from pipeline import reward
+from pipeline.score import reward
 from pipeline.engines import EngineSpec, load_engine
 
 
@@ -14,7 +14,7 @@ def tiny_rm(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from pipeline.models import smollm2_hf_dir
+    from pipeline.engines.models import smollm2_hf_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -52,7 +52,7 @@ def test_reward_difference_uses_urial_answers_of_the_base_model():
         "[Assistant response]\nHi! It is 4.\n": one_hot("3"), "[Assistant response]\nFour.\n": one_hot("9")}}))
     df = pl.DataFrame({"id": ["a"], "source": "t", "meta": "{}",
                        "messages": [[{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Four."}]]})
-    out = reward.reward_difference(df, engine=judge, base=base.to_json())
+    out = reward.reward_difference(df, engine=judge, base=load_engine(base))
     assert out["instruct_reward"].to_list() == [1.0] and out["base_reward"].to_list() == [0.25]  # (9-1)/8, (3-1)/8
     prompt = reward.urial_prompt("What is 2+2?")
     assert prompt.startswith("# Instruction") and prompt.endswith("# Query:\n```\nWhat is 2+2?\n```\n\n# Answer:\n```\n")

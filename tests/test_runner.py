@@ -1,11 +1,12 @@
 import polars as pl
 import pytest
 
-from pipeline import magpie
+from pipeline.synth import magpie
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.io import read_manifest, read_shards
-from pipeline.jobs import magpie_job, summarize
-from pipeline.runner import EngineFailures, StageMismatch, run_stage
+from pipeline.core.rundir import read_manifest, read_shards
+from pipeline.core.rundir import summarize
+from pipeline.recipes import magpie_job
+from pipeline.recipes.runner import EngineFailures, StageMismatch, run_stage
 
 
 def test_magpie_job_on_fake_engine_writes_shards_manifest_and_export(tmp_path):
@@ -57,16 +58,17 @@ def test_changed_parameters_are_refused(tmp_path):
 
 
 def test_run_step_frees_engines_the_step_does_not_use(tmp_path, monkeypatch):
-    from pipeline import jobs
+    from pipeline import recipes
     from pipeline.engines import EngineSpec
+    from pipeline.recipes import steps as steps_module
 
     kept = []
-    monkeypatch.setattr(jobs, "release_engines", lambda keep: kept.append(keep))
-    monkeypatch.setattr(jobs, "run_stage", lambda *args, **kwargs: tmp_path)  # only the release is under test
+    monkeypatch.setattr(steps_module, "release_engines", lambda keep: kept.append(keep))
+    monkeypatch.setattr(steps_module, "run_stage", lambda *args, **kwargs: tmp_path)  # only the release is under test
     judge, target = EngineSpec.make("vllm", "judge"), EngineSpec.make("vllm", "target")
-    jobs.run_step(tmp_path, jobs.Step("judged", "pipeline.deita:score", "1", {"target": target.to_json()}), tmp_path, engine=judge)
-    assert kept == [{judge.to_json(), target.to_json()}]  # the step's engine and the engines in its parameters
-    jobs.run_step(tmp_path, jobs.Step("plain", "pipeline.deita:score", "1", uses_engine=False), tmp_path, engine=judge)
-    jobs.run_step(tmp_path, jobs.Step("cpu", "pipeline.deita:score", "1", {"target": target.to_json()}), tmp_path,
+    recipes.run_step(tmp_path, recipes.Step("judged", "pipeline.score.deita:score", "1", engines={"target": target.to_json()}), tmp_path, engine=judge)
+    assert kept == [{judge.to_json(), target.to_json()}]  # the step's engine and its engines by role
+    recipes.run_step(tmp_path, recipes.Step("plain", "pipeline.score.deita:score", "1", uses_engine=False), tmp_path, engine=judge)
+    recipes.run_step(tmp_path, recipes.Step("cpu", "pipeline.score.deita:score", "1", engines={"target": target.to_json()}), tmp_path,
                   engine=EngineSpec.make("fake", "cpu"))
     assert len(kept) == 1  # a step without an engine, or not on vLLM, frees nothing

@@ -4,10 +4,10 @@ import json
 import polars as pl
 import pytest
 
-from pipeline import mcts
+from pipeline.synth import mcts
 from pipeline.engines import EngineSpec
-from pipeline.jobs import codeclm_steps, input_job, mcts_job
-from pipeline.io import read_shards
+from pipeline.recipes import codeclm_steps, input_job, mcts_job
+from pipeline.core.rundir import read_shards
 
 pytestmark = pytest.mark.real_llm
 SEEDS = [{"instruction": "How do I make my tomato plants grow bigger?"},

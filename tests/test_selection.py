@@ -2,9 +2,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import selection
-from pipeline.embed import as_column
-from pipeline.selection import keep_first, min_neighbor_distance, repr_filter, similar_pairs
+from pipeline.select import selection
+from pipeline.score.embed import as_column
+from pipeline.select.selection import keep_first, min_neighbor_distance, repr_filter, similar_pairs
 
 
 def unit(rows):

@@ -2,9 +2,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import ifd
+from pipeline.score import ifd
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.subsample import budget_for, fit_plateau, isa, isa_select, plateau
+from pipeline.select.isa import budget_for, fit_plateau, isa, isa_select, plateau
 
 
 def test_isa_keeps_the_high_component_and_is_deterministic():

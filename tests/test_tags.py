@@ -4,9 +4,9 @@ import json
 import polars as pl
 import pytest
 
-from pipeline import tags
+from pipeline.score import tags
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.records import meta_dicts
+from pipeline.core.records import meta_dicts
 
 
 def test_official_prompts_are_pinned_byte_for_byte():

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence
 
-from pipeline.chat import ChatTemplate
+from pipeline.engines.templates import ChatTemplate
 
 BACKENDS = {
     "llamacpp": ("pipeline.engines.llamacpp", "LlamaCppEngine", "pip install 'aligndata[cpu]'  (llama-cpp-python)"),

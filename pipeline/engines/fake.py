@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-from pipeline.chat import ChatTemplate, load_template
+from pipeline.engines.templates import ChatTemplate, load_template
 from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup
 
 FAKE_TEMPLATE = "chatml"

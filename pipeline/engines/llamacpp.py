@@ -23,9 +23,9 @@ import sys
 import threading
 from typing import Sequence
 
-from pipeline.chat import load_template
+from pipeline.engines.templates import load_template
 from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup
-from pipeline.models import resolve_model
+from pipeline.engines.models import resolve_model
 
 MAX_CRASHES_IN_A_ROW = 3
 REBUILD_HINT = "run ./install.sh again (it builds a portable llama.cpp and self-tests it; LLAMA_CMAKE_ARGS overrides the flags)"

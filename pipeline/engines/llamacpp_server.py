@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from pipeline.models import DEFAULT_MODEL, resolve_model
+from pipeline.engines.models import DEFAULT_MODEL, resolve_model
 
 
 def server_command(model: str = DEFAULT_MODEL, *, alias: str = DEFAULT_MODEL, port: int = 8000, n_ctx: int = 2048,

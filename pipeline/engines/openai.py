@@ -20,9 +20,9 @@ from typing import Sequence
 
 import httpx
 
-from pipeline.chat import load_template
+from pipeline.engines.templates import load_template
 from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup
-from pipeline.models import DEFAULT_MODEL, smollm2_gguf
+from pipeline.engines.models import DEFAULT_MODEL, smollm2_gguf
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

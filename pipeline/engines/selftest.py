@@ -28,12 +28,11 @@ def compiled_features(system_info: str) -> set[str]:
 
 
 def magpie_tokens_per_second(engine: Engine) -> float:
-    """Sample one Magpie instruction (multi-token pre-query prompt, the path that crashed) and time it."""
-    from pipeline import magpie
-
-    query = magpie.pre_query(engine)
+    """Sample one Magpie instruction from the model's pre-query prefix (with SmolLM2's default system turn, a
+    multi-token prompt: the path that crashed) and time it."""
     started = time.perf_counter()
-    [[completion]] = engine.generate([query.prefix], Sampling(temperature=1.0, max_tokens=TOKENS), seeds=[0])
+    prompt = engine.template.user_prefix()
+    [[completion]] = engine.generate([prompt], Sampling(temperature=1.0, max_tokens=TOKENS), seeds=[0])
     if completion.failed:
         raise RuntimeError(completion.error)
     return completion.n_tokens / (time.perf_counter() - started)

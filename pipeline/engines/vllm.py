@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from pipeline.chat import load_template
+from pipeline.engines.templates import load_template
 from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup
-from pipeline.models import resolve_model
+from pipeline.engines.models import resolve_model
 
 
 def _has_cuda() -> bool:

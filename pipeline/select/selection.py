@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.embed import matrix
+from pipeline.score.embed import matrix
 
 VERSION = "1"
 
@@ -190,7 +190,7 @@ def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFra
 
 def normalized_text(df: pl.DataFrame, field: str = "instruction") -> pl.Series:
     """Case- and whitespace-folded text used by exact and MinHash dedup."""
-    from pipeline.embed import texts
+    from pipeline.score.embed import texts
 
     return pl.Series(texts(df, field)).str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
 
@@ -292,7 +292,7 @@ def reference_overlap(df: pl.DataFrame, *, reference: list[str], reference_vecto
                       field: str = "instruction", ngram: int = 8) -> pl.DataFrame:
     """Stage: `ref_similarity` (max embedding cosine to any reference text) and `ref_ngram_overlap` (share
     of the row's word n-grams found in the reference set), for decontamination against eval sets."""
-    from pipeline.embed import encode, texts
+    from pipeline.score.embed import encode, texts
 
     rows = texts(df, field)
     reference_grams = set().union(*(word_ngrams(t, ngram) for t in reference)) if reference else set()
@@ -329,11 +329,11 @@ def select_table(table: pl.DataFrame, *, k: int, tau: float = 0.9, score: str | 
 
 def decontaminate(df: pl.DataFrame, *, reference: str, field: str = "instruction", max_similarity: float = 0.95,
                   max_ngram_overlap: float = 0.5, ngram: int = 8) -> pl.DataFrame:
-    """Stage: overlap with a reference set (any file `pipeline.imports` reads; its first user turns); rows at
+    """Stage: overlap with a reference set (any file `pipeline.core.inputs` reads; its first user turns); rows at
     or above either threshold are dropped by the `not_contaminated` filter (their drop_reason)."""
     import filters
-    from pipeline.embed import texts
-    from pipeline.imports import load
+    from pipeline.score.embed import texts
+    from pipeline.core.inputs import load
 
     scored = reference_overlap(df, reference=texts(load(reference), field), field=field, ngram=ngram)
     return filters.mark(scored, [{"name": "not_contaminated", "max_similarity": max_similarity,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.deita import turns
 from pipeline.engines import Engine
-from pipeline.records import messages_of
+from pipeline.core.records import first_pairs
 
 VERSION = "1"
 RESPONSE_HEADER = "### Response:"
@@ -31,10 +30,10 @@ def score(df: pl.DataFrame, *, engine: Engine) -> pl.DataFrame:
     """Add `ifd` for each row's first (instruction, answer) turn; null where it cannot be computed."""
     if df.is_empty():
         return df.with_columns(pl.lit(None, dtype=pl.Float64).alias("ifd"))
-    firsts = [(turns(c) or [("", "")])[0] for c in messages_of(df)]
+    firsts = first_pairs(df)
     prompts = []
     for question, answer in firsts:
-        conditioned = engine.template.render([{"role": "user", "content": question}], add_generation_prompt=True)
+        conditioned = engine.template.prompt(question)
         prompts += [conditioned + answer, conditioned, RESPONSE_HEADER + answer, RESPONSE_HEADER]
     logprobs = engine.prompt_logprobs(prompts)
     values = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.records import first_instructions, messages_of
+from pipeline.core.records import first_instructions, messages_of
 
 VERSION = "1"
 MINILM = "minilm"

@@ -13,17 +13,16 @@ difference r* - r_base).
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Protocol, Sequence
 
 import polars as pl
 
 from pipeline.engines import Engine, Sampling
-from pipeline.records import messages_of
+from pipeline.core.records import first_pairs
+from pipeline.score.ratings import JUDGE_DIGITS, expected_rating
 
 VERSION = "1"
-JUDGE_DIGITS = tuple("123456789")
 JUDGE_PROMPT = ("Rate how well the assistant's response answers the user's request: helpful, correct, relevant and "
                 "complete. 1 means useless or harmful, 9 means excellent.\n\n[User request]\n{instruction}\n\n"
                 "[Assistant response]\n{response}\n\nAnswer with a single digit from 1 to 9.")
@@ -35,19 +34,6 @@ class RewardModel(Protocol):
         """A reward per (instruction, response) pair; None where it could not be computed."""
 
 
-def expected_rating(top_logprobs: dict[str, float] | None, digits: Sequence[str] = JUDGE_DIGITS) -> float | None:
-    """E[rating] under a softmax over the digits' logprobs only; None if any digit is missing.
-
-    >>> expected_rating({d: 0.0 for d in "123456789"})
-    5.0
-    """
-    if not top_logprobs or any(d not in top_logprobs for d in digits):
-        return None
-    peak = max(top_logprobs[d] for d in digits)
-    weights = [math.exp(top_logprobs[d] - peak) for d in digits]
-    return sum(int(d) * w for d, w in zip(digits, weights)) / sum(weights)
-
-
 class JudgeReward:
     """Expected 1-9 rating by an engine, rescaled to [0, 1]."""
 
@@ -55,8 +41,8 @@ class JudgeReward:
         self.engine, self.top_logprobs = engine, top_logprobs
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
-        prompts = [self.engine.template.render([{"role": "user", "content": JUDGE_PROMPT.format(instruction=q, response=r)}])
-                   + JUDGE_OPENING for q, r in pairs]
+        prompts = [self.engine.template.prompt(JUDGE_PROMPT.format(instruction=q, response=r), opening=JUDGE_OPENING)
+                   for q, r in pairs]
         replies = self.engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs))
         ratings = [expected_rating(c[0].logprobs[0] if c[0].logprobs else None) for c in replies]
         return [None if r is None else (r - 1.0) / 8.0 for r in ratings]
@@ -109,13 +95,6 @@ def reward_model(engine: Engine | None, model: str | None = None) -> RewardModel
     if engine is None:
         raise ValueError("a reward needs either a reward model path (reward_model=...) or an engine to judge with")
     return JudgeReward(engine)
-
-
-def first_pairs(df: pl.DataFrame) -> list[tuple[str, str]]:
-    """Each row's first (instruction, response)."""
-    from pipeline.deita import turns
-
-    return [(turns(c) or [("", "")])[0] for c in messages_of(df)]
 
 
 def score_rewards(df: pl.DataFrame, *, engine: Engine | None = None, reward_model_path: str | None = None) -> pl.DataFrame:
@@ -200,19 +179,16 @@ def urial_answer(text: str | None) -> str | None:
     return None if text is None else text.split("```")[0].strip()
 
 
-def reward_difference(df: pl.DataFrame, *, engine: Engine, base: str, reward_model_path: str | None = None,
+def reward_difference(df: pl.DataFrame, *, engine: Engine, base: Engine, reward_model_path: str | None = None,
                       max_tokens: int = 1024, urial_prompt_path: str | None = None) -> pl.DataFrame:
     """Stage: Magpie's r* - r_base: `base_reward` is the reward of the *base* model's URIAL-elicited answer to
     the same instruction (greedy, as the paper); `instruct_reward` is computed too if missing. `base` is the
-    base model's EngineSpec as JSON (stage parameters stay JSON-safe)."""
+    base model's engine (the runner loads it: the step's `engines={"base": ...}`)."""
     from pathlib import Path
 
-    from pipeline.engines import EngineSpec, load_engine
-
-    base_engine = load_engine(EngineSpec.from_json(base))
     prefix = Path(urial_prompt_path).read_text() if urial_prompt_path else URIAL_PROMPT
     pairs = first_pairs(df)
-    replies = base_engine.generate([urial_prompt(q, prefix) for q, _ in pairs],
+    replies = base.generate([urial_prompt(q, prefix) for q, _ in pairs],
                                    Sampling(temperature=0.0, max_tokens=max_tokens, stop=URIAL_STOP))
     answers = [urial_answer(c[0].text) for c in replies]
     judge = reward_model(engine, reward_model_path)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.io import write_atomic, write_json
-from pipeline.secrets import redact
+from pipeline.core.rundir import write_atomic, write_json
+from pipeline.core.secrets import redact
 
 DATA_DIR = "data"  # the card's configs read data/*.parquet
 MAX_SHARD_BYTES = 500 * 2**20  # the shard size `datasets.push_to_hub` uses

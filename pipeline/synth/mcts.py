@@ -23,14 +23,13 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from pathlib import Path
 
 import polars as pl
 
-from pipeline.engines import Engine, EngineSpec, Sampling, load_engine
-from pipeline.io import write_json
-from pipeline.records import dump_meta, first_instructions, meta_dicts, record_id, seed_of as _seed
-from pipeline.reward import reward_model
+from pipeline.engines import Engine, Sampling
+from pipeline.core.rundir import ShardState
+from pipeline.core.records import dump_meta, first_instructions, meta_dicts, record_id, seed_of as _seed
+from pipeline.score.reward import reward_model
 
 VERSION = "1"
 HELPFULNESS = "Helpfulness"
@@ -43,8 +42,8 @@ BASE_STOPS = ("[System]", "[User]", "[Assistant]")
 
 
 def principles() -> dict[str, dict[str, str]]:
-    """{domain: {principle name: clause}} from pipeline/data/principles.json."""
-    data = json.loads(resources.files("pipeline").joinpath("data/principles.json").read_text())
+    """{domain: {principle name: clause}} from pipeline/synth/data/principles.json."""
+    data = json.loads(resources.files("pipeline.synth").joinpath("data/principles.json").read_text())
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
@@ -149,11 +148,11 @@ def parse_rewrite(text: str | None) -> str | None:
 class Search:
     """The three roles of a search: optimizer (rewrites), responder (answers) and reward (judges vs raw)."""
 
-    def __init__(self, engine: Engine, *, optimizer: str | None = None, responder: str | None = None,
+    def __init__(self, engine: Engine, *, optimizer: Engine | None = None, responder: Engine | None = None,
                  reward_model_path: str | None = None, reward=None, responses: int = 3, response_max_tokens: int = 512,
                  rewrite_max_tokens: int = 512, responder_format: str = "chat"):
-        self.optimizer = load_engine(EngineSpec.from_json(optimizer)) if optimizer else engine
-        self.responder = load_engine(EngineSpec.from_json(responder)) if responder else engine
+        self.optimizer = optimizer or engine
+        self.responder = responder or engine
         self.reward = reward or reward_model(engine, reward_model_path)
         self.responses, self.response_max_tokens, self.rewrite_max_tokens = responses, response_max_tokens, rewrite_max_tokens
         if responder_format not in ("chat", "base"):
@@ -163,8 +162,7 @@ class Search:
 
     def rewrite(self, items: list[tuple[str, str]], seeds: list[int]) -> list[str | None]:
         """One batched optimizer call: (instruction, principle name) -> rewritten instruction or None."""
-        prompts = [self.optimizer.template.render([{"role": "system", "content": OPTIMIZER_SYSTEM},
-                                                   {"role": "user", "content": OPTIMIZER_USER.format(query=q, principle=clause(p))}])
+        prompts = [self.optimizer.template.prompt(OPTIMIZER_USER.format(query=q, principle=clause(p)), system=OPTIMIZER_SYSTEM)
                    for q, p in items]
         self.calls["rewrite"] += 1
         replies = self.optimizer.generate(prompts, Sampling(temperature=0.0, max_tokens=self.rewrite_max_tokens,
@@ -174,7 +172,7 @@ class Search:
     def evaluate(self, instructions: list[str], raws: list[str], seeds: list[int]) -> list[tuple[list, list]]:
         """Responses to each instruction and their rewards judged against the matching *raw* instruction."""
         if self.responder_format == "chat":
-            prompts = [self.responder.template.render([{"role": "user", "content": q}]) for q in instructions]
+            prompts = [self.responder.template.prompt(q) for q in instructions]
             stop = tuple(self.responder.template.stop_strings())
         else:
             prompts = [self.responder.template.bos_token + BASE_TEMPLATE.format(instruction=q) for q in instructions]
@@ -244,22 +242,23 @@ def run_search(trees: list[Tree], search: Search, *, iterations: int, c: float =
             save(trees)
 
 
-def search_stage(df: pl.DataFrame, *, engine: Engine, iterations: int = 20, exploration: float = 1.0, state_dir: str,
-                 optimizer: str | None = None, responder: str | None = None, reward_model_path: str | None = None,
-                 responses: int = 3, response_max_tokens: int = 512, responder_format: str = "chat") -> pl.DataFrame:
+def search_stage(df: pl.DataFrame, *, engine: Engine, checkpoint: ShardState, iterations: int = 20,
+                 exploration: float = 1.0, optimizer: Engine | None = None, responder: Engine | None = None,
+                 reward_model_path: str | None = None, responses: int = 3, response_max_tokens: int = 512,
+                 responder_format: str = "chat") -> pl.DataFrame:
     """Stage: one MCTS tree per seed row (its first user turn; `meta.category` picks the actions); the tree
-    goes to `meta.mcts.tree`. Trees are saved under `state_dir` after every iteration and resumed from there."""
+    goes to `meta.mcts.tree`. Trees are saved to `checkpoint` after every iteration and resumed from it."""
     metas = meta_dicts(df)
     seeds = first_instructions(df)
-    path = Path(state_dir) / f"trees-{record_id(*df['id'].to_list())}.json"
-    if path.exists():
-        trees = [Tree.from_dict(t) for t in json.loads(path.read_text())]
+    saved = checkpoint.load()
+    if saved is not None:
+        trees = [Tree.from_dict(t) for t in saved]
     else:
         trees = [Tree(seed_id=rid, raw=raw, category=meta.get("category"), actions=action_set(meta.get("category")),
                       root=Node(instruction=raw)) for rid, raw, meta in zip(df["id"].to_list(), seeds, metas)]
     search = Search(engine, optimizer=optimizer, responder=responder, reward_model_path=reward_model_path,
                     responses=responses, response_max_tokens=response_max_tokens, responder_format=responder_format)
-    run_search(trees, search, iterations=iterations, c=exploration, save=lambda ts: write_json([t.to_dict() for t in ts], path))
+    run_search(trees, search, iterations=iterations, c=exploration, save=lambda ts: checkpoint.save([t.to_dict() for t in ts]))
     for meta, tree in zip(metas, trees):
         meta["mcts"] = {"tree": tree.to_dict(), "calls": search.calls, "exploration": exploration, "iterations": iterations}
     return df.with_columns(dump_meta(metas))
@@ -290,7 +289,7 @@ def _conversation(user: str, assistant: str) -> list[dict]:
 
 
 def _frame(rows: list[dict], source: str) -> pl.DataFrame:
-    from pipeline.records import empty
+    from pipeline.core.records import empty
 
     conversation = empty().schema["messages"]
     return pl.DataFrame({

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.chat import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of
+from pipeline.engines.templates import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of
 from pipeline.engines import Completion, Engine, Sampling
-from pipeline.magpie_sanitize import sanitize_instruction
-from pipeline.records import dump_meta, empty, meta_dicts, messages_of, record_id
+from pipeline.synth.magpie_sanitizer import sanitize_instruction
+from pipeline.core.records import dump_meta, empty, meta_dicts, messages_of, record_id
 
 VERSION = "1"
 TASKS = tuple(TASK_SYSTEM_PROMPTS)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.io import write_atomic
-from pipeline.secrets import redact
+from pipeline.core.rundir import write_atomic
+from pipeline.core.secrets import redact
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "dataset_card.md.jinja"
-METHOD_OF_MODULE = {"pipeline.magpie": "magpie", "pipeline.tags": "magpie", "pipeline.magpie_curate": "magpie",
-                    "pipeline.deita": "deita", "pipeline.selection": "deita", "pipeline.mcts": "p-aligner",
-                    "pipeline.codeclm": "codeclm", "pipeline.subsample": "isa", "pipeline.ifd": "ifd"}
+TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md.jinja"
+METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
+                    "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
+                    "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -48,7 +48,7 @@ def size_category(n: int) -> str:
 
 def context(run_dir: Path, export: Path | None = None) -> dict:
     """What a card shows, from the run's manifest, its stages' stage.json and its export."""
-    from pipeline.jobs import summarize
+    from pipeline.core.rundir import summarize
 
     run_dir = Path(run_dir)
     export = export or run_dir / "export" / "data.parquet"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.records import dump_meta, empty, record_id
+from pipeline.core.records import dump_meta, empty, record_id
 
 FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.io import read_shards, write_atomic
+from pipeline.core.rundir import read_shards, write_atomic
 
 SCORES = ("deita_score", "complexity", "quality", "ifd", "instruct_reward", "base_reward", "min_neighbor_distance",
           "ref_similarity")
@@ -137,7 +137,7 @@ def _pool(run_dir: Path, stages: list[str]) -> pl.DataFrame:
 
 def write(run_dir: Path) -> Path:
     """Render DIR/report/index.html from the run's manifest, stages and export; returns its path."""
-    from pipeline.jobs import summarize
+    from pipeline.core.rundir import summarize
 
     run_dir = Path(run_dir)
     funnel = {k: v for k, v in summarize(run_dir)["stages"].items() if (run_dir / k / "stage.json").exists()}

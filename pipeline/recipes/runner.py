@@ -8,6 +8,7 @@ shard exceed `max_failure_rate`, the shard is not written and the run stops with
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import socket
@@ -18,8 +19,8 @@ from typing import Callable
 import polars as pl
 
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.io import append_manifest, read_shards, write_json, write_shard
-from pipeline.secrets import redact
+from pipeline.core.rundir import ShardState, append_manifest, read_shards, write_json, write_shard
+from pipeline.core.secrets import redact
 
 ENGINE_ERROR = "engine_error:"
 
@@ -46,19 +47,24 @@ def fingerprint(source: Path | pl.DataFrame) -> str:
 
 def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, source: Path | pl.DataFrame,
               version: str, params: dict | None = None, engine: EngineSpec | None = None,
-              shard_size: int | None = 64, max_failure_rate: float = 0.1, computes: tuple[str, ...] = (),
+              engines: dict[str, EngineSpec] | None = None, shard_size: int | None = 64, max_failure_rate: float = 0.1, computes: tuple[str, ...] = (),
               on_shard: Callable[[int, int], None] | None = None) -> Path:
     """Apply `stage(df, [engine=...], **params)` to `source` shard by shard; returns the stage directory.
 
     `shard_size=None` runs the whole input as one shard (stages that compare rows, such as dedup).
     `computes` names the columns the stage fills: their nulls among kept rows (a parse failure, a digit
     missing from the logprobs) are counted in the manifest.
+
+    The runner does the stage's I/O: it loads `engine` (passed as `engine=`) and each of `engines` (a stage
+    with more models declares them by role, e.g. `target=`, `base=`), and a stage with a `checkpoint`
+    parameter gets a ShardState kept in the stage directory for resuming inside a shard.
     """
     run_dir, params = Path(run_dir), dict(params or {})
     stage_dir = run_dir / name
     frame = source if isinstance(source, pl.DataFrame) else read_shards(source).drop("drop_reason", strict=False)
     identity = {"stage": name, "version": version, "params": params, "shard_size": shard_size,
                 "engine": engine.describe() if engine else None, "input": fingerprint(source),
+                **({"engines": {role: spec.describe() for role, spec in engines.items()}} if engines else {}),
                 "function": f"{stage.__module__}.{stage.__qualname__}"}
     _check_identity(stage_dir, identity)
     size = shard_size or max(frame.height, 1)
@@ -66,8 +72,13 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     for index in range(total):
         shard_path = stage_dir / f"shard-{index:05d}.parquet"
         if not shard_path.exists():
+            kwargs = dict(params, **{role: load_engine(spec) for role, spec in (engines or {}).items()})
+            if engine:
+                kwargs["engine"] = load_engine(engine)
+            if "checkpoint" in inspect.signature(stage).parameters:
+                kwargs["checkpoint"] = ShardState(stage_dir / f"state-{index:05d}.json")
             _run_shard(run_dir, stage_dir, shard_path, index, frame.slice(index * size, size), stage, identity,
-                       params, engine, max_failure_rate, computes)
+                       kwargs, max_failure_rate, computes)
         if on_shard:
             on_shard(index + 1, total)
     return stage_dir
@@ -86,9 +97,8 @@ def _check_identity(stage_dir: Path, identity: dict) -> None:
         write_json(identity, path)
 
 
-def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, params, engine, max_failure_rate, computes):
+def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kwargs, max_failure_rate, computes):
     started = time.perf_counter()
-    kwargs = dict(params, engine=load_engine(engine)) if engine else params
     out = stage(shard, **kwargs)
     if "drop_reason" not in out.columns:
         out = out.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.engines import BACKENDS, EngineSpec, EngineUnavailable
-from pipeline.runner import EngineFailures, StageMismatch
+from pipeline.recipes.runner import EngineFailures, StageMismatch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate alignment data.")
 console = Console(stderr=True)
@@ -34,9 +34,9 @@ def _engine(engine: str, model: str, base_url: Optional[str], template: Optional
 
 def job_errors() -> tuple[type[Exception], ...]:
     """The errors a job reports as a message (bad input, a changed run, a failing engine), not a traceback."""
-    from pipeline.imports import InputError
-    from pipeline.publish import PublishError
-    from pipeline.records import RecordError
+    from pipeline.core.inputs import InputError
+    from pipeline.ship.publish import PublishError
+    from pipeline.core.records import RecordError
 
     return EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
 
@@ -57,10 +57,10 @@ def _run_job(job: str, out: Path, **kwargs) -> None:
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done)
 
-        from pipeline import jobs
+        from pipeline import recipes
 
         try:
-            summary = getattr(jobs, job)(out, on_progress=on_progress, **kwargs)
+            summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
         except job_errors() as exc:
             raise fail(exc) from exc
     print_summary(summary, out)
@@ -145,7 +145,7 @@ def tag(
     base_url: Optional[str] = typer.Option(None),
 ) -> None:
     """Magpie's tags: input quality, difficulty, task category, language, reward, min-neighbour distance."""
-    from pipeline.jobs import tag_steps
+    from pipeline.recipes import tag_steps
 
     spec = _engine(engine, model, base_url, None, [])
     base = EngineSpec.make(engine, base_model, base_url=base_url) if base_model else None
@@ -164,10 +164,10 @@ def magpie_filter(
     reward_difference_threshold: Optional[float] = typer.Option(None, help="Replace the reward-difference threshold (paper: 0)."),
 ) -> None:
     """Magpie's filter presets; the funnel (drops per filter) is in the manifest."""
-    from pipeline import magpie_curate
-    from pipeline.jobs import Step
+    from pipeline.select import magpie_presets as magpie_curate
+    from pipeline.recipes import Step
 
-    step = Step(f"filtered-{preset}", "pipeline.magpie_curate:magpie_filter", magpie_curate.VERSION,
+    step = Step(f"filtered-{preset}", "pipeline.select.magpie_presets:magpie_filter", magpie_curate.VERSION,
                 {"preset": preset, "k": k, "reward_threshold": reward_threshold,
                  "reward_difference_threshold": reward_difference_threshold}, uses_engine=False, shard_size=None)
     _run_job("input_job", out, input_path=input, steps=[step], engine=None)
@@ -186,10 +186,10 @@ def magpie_dpo(
     base_url: Optional[str] = typer.Option(None),
 ) -> None:
     """Magpie preference pairs: k responses, best = chosen, worst = rejected."""
-    from pipeline import magpie_curate
-    from pipeline.jobs import Step
+    from pipeline.select import magpie_presets as magpie_curate
+    from pipeline.recipes import Step
 
-    step = Step("pairs", "pipeline.magpie_curate:preference_pairs", magpie_curate.VERSION,
+    step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs", magpie_curate.VERSION,
                 {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model}, shard_size=32)
     _run_job("input_job", out, input_path=input, steps=[step], engine=_engine(engine, model, base_url, None, []))
 
@@ -205,10 +205,10 @@ def magpie_extend(
     base_url: Optional[str] = typer.Option(None),
 ) -> None:
     """Extend selected difficult instructions to multi-turn conversations (Magpie-MT)."""
-    from pipeline import magpie_curate
-    from pipeline.jobs import Step, magpie_steps
+    from pipeline.select import magpie_presets as magpie_curate
+    from pipeline.recipes import Step, magpie_steps
 
-    steps = [Step("difficult", "pipeline.magpie_curate:select_difficult", magpie_curate.VERSION,
+    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", magpie_curate.VERSION,
                   {"min_difficulty": min_difficulty}, uses_engine=False, shard_size=None)]
     steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
     steps.append(magpie_steps()[-1])  # the final filters
@@ -260,7 +260,7 @@ def codeclm(
     base_url: Optional[str] = typer.Option(None),
 ) -> None:
     """CodecLM: encode seeds to metadata, decode new instructions, Self-Rubrics, Contrastive Filtering."""
-    from pipeline.jobs import codeclm_steps
+    from pipeline.recipes import codeclm_steps
 
     target = EngineSpec.make(engine, target_model, base_url=base_url) if target_model else None
     steps = codeclm_steps(n_metadata=n_metadata, per_metadata=per_metadata, theta=theta, max_iterations=max_iterations,
@@ -276,8 +276,8 @@ def export_command(
     name: str = typer.Option("aligndata", help="Dataset name in LLaMA-Factory's dataset_info.json."),
 ) -> None:
     """Trainer-ready files: SFT rows as `messages`, preference rows as prompt/chosen/rejected."""
-    from pipeline import export
-    from pipeline.io import read_records
+    from pipeline.ship import export
+    from pipeline.core.rundir import read_records
 
     try:
         written = export.export(read_records(input), out, format, name=name)
@@ -298,8 +298,8 @@ def select(
     """deita's Repr Filter on any Parquet: the k best rows by score whose embeddings are not within tau of each other."""
     import polars as pl
 
-    from pipeline.io import write_atomic
-    from pipeline.selection import select_table
+    from pipeline.core.rundir import write_atomic
+    from pipeline.select.selection import select_table
 
     try:
         table = pl.read_parquet(input)
@@ -321,7 +321,7 @@ def publish(
 ) -> None:
     """Push the run's Parquet data, dataset card and manifest to the Hub (HF_ENDPOINT for another server).
     Pushing an unchanged export again makes no new commit."""
-    from pipeline.publish import PublishError, push
+    from pipeline.ship.publish import PublishError, push
 
     try:
         record = push(run_dir, repo_id, token_env=token_env, private=private, commit_message=message,
@@ -334,7 +334,7 @@ def publish(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Write RUN_DIR/report/index.html: the funnel, score histograms and selection coverage over embedding clusters."""
-    from pipeline import report as reports
+    from pipeline.ship import report as reports
 
     try:
         path = reports.write(run_dir)

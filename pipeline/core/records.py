@@ -138,3 +138,24 @@ def messages_of(df: pl.DataFrame) -> list[list[dict]]:
 def first_instructions(df: pl.DataFrame) -> list[str]:
     """Each row's first user turn ("" when it has none)."""
     return [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]
+
+
+def turns(conversation: list[dict]) -> list[tuple[str, str]]:
+    """(user, assistant) pairs; a trailing user turn without an answer gets "" (as the official code)."""
+    pairs, pending = [], None
+    for message in conversation:
+        if message["role"] == "user":
+            if pending is not None:
+                pairs.append((pending, ""))
+            pending = message["content"]
+        elif message["role"] == "assistant" and pending is not None:
+            pairs.append((pending, message["content"]))
+            pending = None
+    if pending is not None:
+        pairs.append((pending, ""))
+    return pairs
+
+
+def first_pairs(df: pl.DataFrame) -> list[tuple[str, str]]:
+    """Each row's first (instruction, response); ("", "") for a row without a user turn."""
+    return [(turns(c) or [("", "")])[0] for c in messages_of(df)]

@@ -19,11 +19,10 @@ from functools import cache
 import polars as pl
 
 from pipeline.engines import Engine, Sampling
-from pipeline.records import dump_meta, first_instructions, meta_dicts
+from filters.magpie import DIFFICULTY_LEVELS, QUALITY_LEVELS
+from pipeline.core.records import dump_meta, first_instructions, meta_dicts
 
 VERSION = "1"
-QUALITY_LEVELS = ("very poor", "poor", "average", "good", "excellent")
-DIFFICULTY_LEVELS = ("very easy", "easy", "medium", "hard", "very hard")
 CATEGORIES = ("Information seeking", "Reasoning", "Planning", "Editing", "Coding & Debugging", "Math", "Role playing",
               "Data analysis", "Creative writing", "Advice seeking", "Brainstorming", "Others")
 CATEGORY_ALIASES = {c.lower(): c for c in CATEGORIES} | {"other": "Others"}
@@ -190,7 +189,7 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
     for name in tags:
         prompt, schema, fields = TAGS[name]
         opening = "" if structured else "{"
-        prompts = [engine.template.render([{"role": "user", "content": prompt.replace("{input}", text)}]) + opening
+        prompts = [engine.template.prompt(prompt.replace("{input}", text), opening=opening)
                    for text in instructions]
         sampling = Sampling(temperature=0.0, max_tokens=max_tokens, stop=() if structured else ("}",),
                             json_schema=Sampling.schema(schema) if structured else None)

@@ -12,8 +12,8 @@ import polars as pl
 
 import filters
 from pipeline.engines import Engine, Sampling
-from pipeline.records import dump_meta, meta_dicts, seed_of
-from pipeline.reward import first_pairs, reward_model
+from pipeline.core.records import dump_meta, first_pairs, meta_dicts, seed_of
+from pipeline.score.reward import reward_model
 
 VERSION = "1"
 TAU_1, TAU_2 = -12.0, 0.0
@@ -96,7 +96,7 @@ def preference_pairs(df: pl.DataFrame, *, engine: Engine, k: int = 5, temperatur
     "engine_error:<kind>"; a reward that could not be computed "reward_null".
     """
     pairs = first_pairs(df)
-    prompts = [engine.template.render([{"role": "user", "content": q}]) for q, _ in pairs]
+    prompts = [engine.template.prompt(q) for q, _ in pairs]
     sampling = Sampling(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         stop=tuple(engine.template.stop_strings()))
     groups = engine.generate(prompts, sampling, [seed_of("dpo", rid) for rid in df["id"].to_list()])

@@ -19,8 +19,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.records import SCHEMA, conform, empty
-from pipeline.secrets import redact
+from pipeline.core.records import SCHEMA, conform, empty
+from pipeline.core.secrets import redact
 
 MANIFEST = "manifest.jsonl"
 
@@ -73,6 +73,20 @@ def read_records(path: Path) -> pl.DataFrame:
     return df
 
 
+class ShardState:
+    """A stage's resumable state for one shard (e.g. MCTS trees after every iteration), kept by the runner in
+    DIR/<stage>/state-<shard>.json: `load()` gives what the last `save(obj)` wrote, or None."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self):
+        return json.loads(self.path.read_text()) if self.path.exists() else None
+
+    def save(self, obj) -> None:
+        write_json(obj, self.path)
+
+
 def append_manifest(run_dir: Path, entry: dict) -> None:
     """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND); secrets redacted."""
     line = json.dumps(redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}), sort_keys=True, default=str)
@@ -98,4 +112,23 @@ def read_manifest(run_dir: Path) -> list[dict]:
     return entries
 
 
-__all__ = ["SCHEMA", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]
+def summarize(run_dir: Path) -> dict:
+    """Rows in/out, drops by reason and seconds per stage, from the manifest's finished shards."""
+    latest: dict[tuple, dict] = {}
+    for entry in read_manifest(run_dir):
+        if entry.get("status") == "done":
+            latest[(entry["stage"], entry["shard"])] = entry
+    stages: dict[str, dict] = {}
+    for (stage, _), entry in latest.items():
+        s = stages.setdefault(stage, {"rows_in": 0, "rows_out": 0, "drops": {}, "nulls": {}, "seconds": 0.0})
+        s["rows_in"] += entry["rows_in"]
+        s["rows_out"] += entry["rows_out"]
+        s["seconds"] = round(s["seconds"] + entry["seconds"], 2)
+        for reason, count in entry["drops"].items():
+            s["drops"][reason] = s["drops"].get(reason, 0) + count
+        for column, count in entry.get("nulls", {}).items():
+            s["nulls"][column] = s["nulls"].get(column, 0) + count
+    return {"stages": stages}
+
+
+__all__ = ["SCHEMA", "ShardState", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.engines import Engine, Sampling
-from pipeline.records import messages_of
-from pipeline.reward import expected_rating
+from pipeline.core.records import messages_of, turns
+from pipeline.score.ratings import expected_rating
 
 VERSION = "1"
 # Official strings (hkust-nlp/deita selection/scorer), spacing included: two spaces before "\n##Complexity",
@@ -39,29 +39,13 @@ def expected_score(top_logprobs: dict[str, float] | None) -> float | None:
     return expected_rating(top_logprobs, DIGITS)
 
 
-def turns(conversation: list[dict]) -> list[tuple[str, str]]:
-    """(user, assistant) pairs; a trailing user turn without an answer gets "" (as the official code)."""
-    pairs, pending = [], None
-    for message in conversation:
-        if message["role"] == "user":
-            if pending is not None:
-                pairs.append((pending, ""))
-            pending = message["content"]
-        elif message["role"] == "assistant" and pending is not None:
-            pairs.append((pending, message["content"]))
-            pending = None
-    if pending is not None:
-        pairs.append((pending, ""))
-    return pairs
-
-
 def _prompt(engine: Engine, text: str, mode: str) -> str:
     if mode == "scorer":
         return text
     # Judge: the prompt's body is the user turn and its last line ("##Complexity: ") opens the assistant's
     # reply, so the next token is the score rather than a preamble.
     body, label = text.rsplit("\n", 1)
-    return engine.template.render([{"role": "user", "content": body.rstrip()}], add_generation_prompt=True) + label
+    return engine.template.prompt(body.rstrip(), opening=label)
 
 
 PARTS = ("both", "complexity", "quality")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.io import write_atomic, write_json
+from pipeline.core.rundir import write_atomic, write_json
 
 FORMATS = ("trl", "llamafactory", "axolotl", "hf")
 SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.embed import matrix
+from pipeline.score.embed import matrix
 
 VERSION = "1"
 MEASURES = ("surprisal", "posterior_entropy")
@@ -59,7 +59,7 @@ def isa(df: pl.DataFrame, *, budget: int | None = None, fraction: float | None =
         seed: int = 0, measure: str = "surprisal") -> pl.DataFrame:
     """Stage: keep `budget` rows (or `fraction` of them) chosen by isa_select, in selection order; mark the rest."""
     size = budget if budget is not None else int(round((fraction or 0.0) * df.height))
-    from pipeline.selection import keep_in_order
+    from pipeline.select.selection import keep_in_order
 
     return keep_in_order(df, isa_select(features(df, score=score, seed=seed), size, seed=seed, measure=measure))
 

@@ -53,6 +53,16 @@ class ChatTemplate:
             bos_token=self.bos_token, eos_token=self.eos_token,
         )
 
+    def prompt(self, user: str, *, opening: str = "", system: str | None = None) -> str:
+        """One user turn (after an optional system turn) rendered with the generation prompt, then `opening`:
+        the start of the assistant's reply, so the next token is the answer itself (a digit, a JSON object).
+
+        >>> load_template("chatml").prompt("Rate it.", opening="Rating: ")
+        '<|im_start|>user\\nRate it.<|im_end|>\\n<|im_start|>assistant\\nRating: '
+        """
+        system_turn = [{"role": "system", "content": system}] if system is not None else []
+        return self.render([*system_turn, {"role": "user", "content": user}], add_generation_prompt=True) + opening
+
     def user_prefix(self, history: list[dict] = ()) -> str:
         """Magpie's pre-query text: the rendering of `history` plus a user turn, cut where the user's text starts.
 

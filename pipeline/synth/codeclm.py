@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.engines import Engine, EngineSpec, Sampling, load_engine
-from pipeline.records import dump_meta, empty, first_instructions, meta_dicts, record_id, seed_of as _seed
+from pipeline.engines import Engine, Sampling
+from pipeline.core.records import dump_meta, empty, first_instructions, meta_dicts, record_id, seed_of as _seed
 
 VERSION = "1"
 TEMPERATURE = 0.7
@@ -136,7 +136,7 @@ def parse_instruction(text: str | None) -> str | None:
 def _chat(engine: Engine, prompt: str, opening: str = "") -> str:
     """The prompt as a user turn, with the assistant's reply opened by `opening` (a format's first words keep
     small models in the format instead of answering the instruction itself)."""
-    return engine.template.render([{"role": "user", "content": prompt}]) + opening
+    return engine.template.prompt(prompt, opening=opening)
 
 
 ENCODE_OPENING, DECODE_OPENING, RUBRICS_OPENING = "Use case:", "1.", "Rubric 1:"
@@ -226,7 +226,7 @@ def _order_scores(judge: Engine, prompts: list[str], mode: str, max_tokens: int)
     if mode == "text":
         replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(judge.template.stop_strings())))
         return [parse_scores(c[0].text) for c in replies]
-    from pipeline.reward import expected_rating
+    from pipeline.score.ratings import expected_rating
 
     openings = [p + f"Assistant {k}: " for p in prompts for k in (1, 2)]
     replies = judge.generate(openings, Sampling(temperature=0.0, max_tokens=1, logprobs=20))
@@ -256,16 +256,16 @@ def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, mode: str =
     return out
 
 
-def contrastive(df: pl.DataFrame, *, engine: Engine, target: str | None = None, theta: float = 3.0, max_iterations: int = 4,
+def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = None, theta: float = 3.0, max_iterations: int = 4,
                 keep_unresolved: bool = False, response_max_tokens: int = 512, judge_mode: str = "text",
                 seed: int = 0) -> pl.DataFrame:
     """Stage: Self-Rubrics + Contrastive Filtering, all rows in lockstep (each iteration: one call for the
     strong responses, one for the target's, one for the judge, one for improvements).
 
-    `engine` is the strong model (and the judge); `target` the target model's EngineSpec JSON.
+    `engine` is the strong model (and the judge); `target` the target model (default: `engine`).
     Kept rows get messages [user, chosen response]; others a drop_reason ("unresolved", "judge_failed").
     """
-    target_engine = load_engine(EngineSpec.from_json(target)) if target else engine
+    target_engine = target or engine
     metas = meta_dicts(df)
     instructions = first_instructions(df)
     rubrics = _rubrics(engine, [m["codeclm"]["metadata"] for m in metas], seed)
@@ -317,7 +317,7 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: str | None = None, 
 
 
 def _respond(engine: Engine, questions: list[str], seeds: list[int], max_tokens: int) -> list[str | None]:
-    replies = engine.generate([engine.template.render([{"role": "user", "content": q}]) for q in questions],
+    replies = engine.generate([engine.template.prompt(q) for q in questions],
                               Sampling(temperature=TEMPERATURE, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings())), seeds)
     return [None if c[0].failed else c[0].text.strip() for c in replies]
 

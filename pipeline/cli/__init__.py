@@ -1,0 +1,1 @@
+"""The `aligndata` command line (flows.cli adds the Prefect-run commands)."""

@@ -1,0 +1,30 @@
+"""Jobs: Step lists that chain stages over one run directory (one module per job), the runner that applies a
+stage shard by shard, run in-process by the CLI and as Prefect tasks by flows/. May import every pipeline
+subpackage but cli."""
+from __future__ import annotations
+
+from pipeline.recipes.codeclm import codeclm_steps
+from pipeline.recipes.curate import DEDUP_METHODS, SELECTORS, curate_job, curate_steps
+from pipeline.recipes.magpie import magpie_job, magpie_steps, write_plan
+from pipeline.recipes.mcts import MCTS_DATASETS, mcts_dataset_step, mcts_job, mcts_search_step
+from pipeline.recipes.steps import Step, export_parquet, input_job, run_step, run_steps, write_input
+from pipeline.recipes.tag import tag_steps
+
+SYNTHESIS_METHODS = ("magpie", "codeclm", "mcts")
+
+
+def synthesis_steps(method: str, **options) -> list[Step]:
+    """The steps of one synthesis method: magpie_steps, codeclm_steps, or the MCTS search followed by its
+    SFT rows (the DPO and step datasets are built by `aligndata mcts`)."""
+    if method == "magpie":
+        return magpie_steps(**options)
+    if method == "codeclm":
+        return codeclm_steps(**options)
+    if method == "mcts":
+        return [mcts_search_step(**options), mcts_dataset_step("sft")]
+    raise ValueError(f"unknown synthesis method {method!r}; valid: {list(SYNTHESIS_METHODS)}")
+
+
+__all__ = ["DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
+           "curate_steps", "export_parquet", "input_job", "magpie_job", "magpie_steps", "mcts_dataset_step", "mcts_job",
+           "mcts_search_step", "run_step", "run_steps", "synthesis_steps", "tag_steps", "write_input", "write_plan"]

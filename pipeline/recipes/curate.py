@@ -1,0 +1,61 @@
+"""The curate job: exact / MinHash dedup → embeddings → semantic dedup (→ decontamination) → deita scores →
+selection (Repr Filter or ISA), over the user's data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.engines import EngineSpec
+from pipeline.recipes.steps import Progress, Step, input_job
+
+DEDUP_METHODS = ("exact", "minhash", "semantic")
+SELECTORS = ("diverse", "isa")
+
+
+def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
+                 isa_fraction: float = 0.1, score_mode: str = "scorer", top_logprobs: int = 20,
+                 embed_field: str = "instruction", reference: str | None = None, complexity_engine: dict | None = None,
+                 shard_size: int = 64) -> list[Step]:
+    """Exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
+    scores → selection (Repr Filter or ISA). `complexity_engine` (EngineSpec.make's keyword arguments) scores
+    complexity with a second model, e.g. deita's complexity scorer next to its quality scorer as the engine."""
+    from pipeline.score import deita
+    from pipeline.score import embed
+    from pipeline.select import selection
+    from pipeline.select import isa as subsample
+
+    unknown = set(dedup) - set(DEDUP_METHODS)
+    if unknown or selector not in SELECTORS:
+        raise ValueError(f"dedup methods must be in {list(DEDUP_METHODS)} and selector in {list(SELECTORS)}; "
+                         f"got {sorted(unknown)} and {selector!r}")
+
+    def dedup_step(method):
+        return Step(f"dedup-{method}", "pipeline.select.selection:dedup", selection.VERSION, {"method": method},
+                    uses_engine=False, shard_size=None)
+
+    steps = [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
+    steps.append(Step("embedded", "pipeline.score.embed:embed", embed.VERSION, {"field": embed_field}, uses_engine=False,
+                      shard_size=4096))
+    steps += [dedup_step("semantic")] if "semantic" in dedup else []
+    if reference:
+        steps.append(Step("decontaminated", "pipeline.select.selection:decontaminate", selection.VERSION,
+                          {"reference": str(Path(reference).resolve()), "field": embed_field}, uses_engine=False, shard_size=None))
+    scoring = {"mode": score_mode, "top_logprobs": top_logprobs}
+    if complexity_engine:  # two models, two steps: the engine swap happens once, between them
+        steps.append(Step("scored-complexity", "pipeline.score.deita:score", deita.VERSION, scoring | {"part": "complexity"},
+                          shard_size=shard_size, engine=EngineSpec.make(**complexity_engine).to_json()))
+        scoring |= {"part": "quality"}
+    steps.append(Step("scored", "pipeline.score.deita:score", deita.VERSION, scoring, shard_size=shard_size, computes=("deita_score",)))
+    if selector == "diverse":
+        steps.append(Step("selected", "pipeline.select.selection:diverse_top_k", selection.VERSION, {"k": k, "tau": tau},
+                          uses_engine=False, shard_size=None))
+    else:
+        steps.append(Step("selected", "pipeline.select.isa:isa", subsample.VERSION, {"fraction": isa_fraction},
+                          uses_engine=False, shard_size=None))
+    return steps
+
+
+def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | None = None, max_failure_rate: float = 0.1,
+               on_progress: Progress | None = None, **step_options) -> dict:
+    """Curate the user's data into `out`: import, curate_steps(**step_options), Parquet export (selection order)."""
+    return input_job(out, input_path=input_path, steps=curate_steps(**step_options), engine=engine, fmt=fmt,
+                     max_failure_rate=max_failure_rate, on_progress=on_progress)

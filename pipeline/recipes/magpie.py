@@ -1,0 +1,54 @@
+"""The Magpie job: a plan of empty records → instructions → instruction filters → responses (→ more turns) →
+filters → Parquet export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import filters
+from pipeline.core.rundir import write_shard
+from pipeline.engines import EngineSpec
+from pipeline.recipes.steps import FILTER_VERSION, Progress, Step, run_job
+from pipeline.synth import magpie
+
+
+def write_plan(out: Path, *, n: int, seed: int) -> Path:
+    """DIR/plan/shard-00000.parquet: the `n` empty Magpie records to fill (rewritten identically on resume)."""
+    plan_dir = Path(out) / "plan"
+    if not (plan_dir / "shard-00000.parquet").exists():
+        write_shard(magpie.plan(n, seed=seed), plan_dir / "shard-00000.parquet")
+    return plan_dir
+
+
+def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None = None,
+                 instruction_temperature: float | None = None, instruction_max_tokens: int = 256,
+                 response_temperature: float = 0.0, response_top_p: float = 1.0, response_max_tokens: int = 512,
+                 instruction_filter_spec: list | None = None, filter_spec: list | None = None,
+                 shard_size: int = 32) -> list[Step]:
+    """Instructions → instruction filters → responses (→ follow-up + response per extra turn) → filters.
+
+    Instructions are filtered before any response is generated so no engine time goes to rows that would
+    be dropped; the final filters check every turn again.
+    """
+    responses = {"temperature": response_temperature, "top_p": response_top_p, "max_tokens": response_max_tokens}
+    steps = [
+        Step("instructions", "pipeline.synth.magpie:synthesize", magpie.VERSION, {
+            "task": task, "system": system, "temperature": instruction_temperature, "max_tokens": instruction_max_tokens},
+            shard_size=shard_size),
+        Step("instructions-filtered", "filters:mark", FILTER_VERSION,
+             {"spec": filters.MAGPIE_INSTRUCTION if instruction_filter_spec is None else instruction_filter_spec},
+             uses_engine=False, shard_size=None),
+        Step("responses", "pipeline.synth.magpie:respond", magpie.VERSION, responses, shard_size=shard_size),
+    ]
+    for turn in range(2, turns + 1):
+        steps += [Step(f"followups-{turn}", "pipeline.synth.magpie:follow_up", magpie.VERSION,
+                       {"max_tokens": instruction_max_tokens}, shard_size=shard_size),
+                  Step(f"responses-{turn}", "pipeline.synth.magpie:respond", magpie.VERSION, responses, shard_size=shard_size)]
+    spec = filters.MAGPIE_BASIC if filter_spec is None else filter_spec
+    return steps + [Step("filtered", "filters:mark", FILTER_VERSION, {"spec": spec}, uses_engine=False, shard_size=None)]
+
+
+def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_rate: float = 0.1,
+               on_progress: Progress | None = None, **step_options) -> dict:
+    """Magpie end to end into `out`: plan, the magpie_steps(**step_options), Parquet export; returns summarize()."""
+    return run_job(out, magpie_steps(**step_options), lambda d: write_plan(d, n=n, seed=seed), engine=engine,
+                card="Magpie conversations", max_failure_rate=max_failure_rate, on_progress=on_progress)
