@@ -62,11 +62,16 @@ def response_complete() -> pl.Expr:
     return ~_finish_reasons("assistant").list.contains("length").fill_null(False)
 
 
+def folded(text: pl.Expr) -> pl.Expr:
+    """Text compared for identity (the unique-instruction filter, exact and MinHash dedup): lower case, runs of
+    white space as one space, no leading or trailing space."""
+    return text.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+
+
 @register
 def unique_instruction() -> pl.Expr:
     """Keep the first row of each group of identical first instructions (case and whitespace folded)."""
-    key = first_instruction().str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
-    return key.is_first_distinct()
+    return folded(first_instruction()).is_first_distinct()
 
 
 @register

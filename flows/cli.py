@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.commands import ENGINE_HELP, app, fail, job_errors, print_summary
+from pipeline.cli import output
+from pipeline.cli.commands import ENGINE_HELP, app, console, fail, job_errors, print_summary
 
 QUICKSTART_SYNTHESIS = {"response_max_tokens": 384, "response_temperature": 0.6, "response_top_p": 0.9, "shard_size": 8}
 
@@ -34,15 +35,17 @@ def run(
     from flows.end_to_end import end_to_end_flow
 
     started = time.perf_counter()
-    try:
-        summary = end_to_end_flow(out=str(out), n=n, seed=seed, engine={"backend": engine, "model": model, "base_url": base_url},
-                                  synthesize=QUICKSTART_SYNTHESIS, curate={"k": k}, title="Magpie conversations, deita-selected",
-                                  repo_id=repo, ray_address=ray)
-    except job_errors() as exc:
-        raise fail(exc) from exc
+    with output.third_party_output_to_log(out, console), output.manifest_status(out, console, "end-to-end flow"):
+        try:
+            summary = end_to_end_flow(out=str(out), n=n, seed=seed, engine={"backend": engine, "model": model,
+                                                                            "base_url": base_url},
+                                      synthesize=QUICKSTART_SYNTHESIS, curate={"k": k},
+                                      title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray)
+        except job_errors() as exc:
+            raise fail(exc) from exc
     print_summary(summary | {"seconds": round(time.perf_counter() - started, 1)}, out)
-    typer.echo(f"trainer exports: {', '.join(str(Path(out) / 'export' / fmt) for fmt in summary['trainer'])}; "
-               f"report: {summary['report']}", err=True)
+    console.print(f"trainer exports: {', '.join(str(Path(out) / 'export' / fmt) for fmt in summary['trainer'])}; "
+                  f"report: {summary['report']}; third-party logs: {Path(out) / output.RUN_LOG}", soft_wrap=True)
 
 
 def main() -> None:

@@ -36,3 +36,24 @@ def test_a_planted_token_reaches_no_file_of_the_run(tmp_path, monkeypatch):
     assert "***" in (tmp_path / "instructions" / "stage.json").read_text()
     # a resumed run still recognises its stages (stage.json is compared redacted)
     magpie_job(tmp_path, n=4, seed=0, engine=spec, shard_size=2)
+
+
+def test_card_links_only_papers_and_lists_every_model_a_stage_used(tmp_path):
+    import re
+
+    from pipeline.recipes import run_step, write_input
+    from pipeline.recipes.steps import Step
+
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"instruction": "Explain rain.", "output": "Water falls."}\n')
+    judge = EngineSpec.make("fake", "judge-model", options={"script": {"Rating": "7"}})
+    base = EngineSpec.make("fake", "base-model")
+    stage = run_step(tmp_path, Step("rewarded", "pipeline.score.reward:reward_difference", "1", {},
+                                    engines={"base": base.to_json()}), write_input(tmp_path, data), engine=judge)
+    from pipeline.recipes import export_parquet
+
+    export_parquet(tmp_path, stage, card="Rewards")
+    text = (tmp_path / "export" / "README.md").read_text()
+    assert "| rewarded | fake | judge-model |" in text and "| rewarded (base) | fake | base-model |" in text
+    links = re.findall(r"\]\((http[^)]+)\)", text + (EXAMPLE / "README.md").read_text())
+    assert links and all(url in card.PAPERS.values() for url in links) and "pypi.org" not in text

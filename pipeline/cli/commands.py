@@ -10,11 +10,18 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pipeline.cli import output
 from pipeline.engines import BACKENDS, EngineSpec, EngineUnavailable
 from pipeline.recipes.runner import EngineFailures, StageMismatch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate alignment data.")
 console = Console(stderr=True)
+
+
+@app.callback()
+def main_options(verbose: bool = typer.Option(False, "--verbose", help="Show third-party logs and warnings too "
+                                                                           "(by default they go to DIR/run.log).")) -> None:
+    output.settings["verbose"] = verbose
 
 
 def _engine(engine: str, model: str, base_url: Optional[str], template: Optional[str], option: list[str]) -> EngineSpec:
@@ -48,8 +55,9 @@ def fail(exc: Exception) -> typer.Exit:
 
 
 def _run_job(job: str, out: Path, **kwargs) -> None:
-    with Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with output.third_party_output_to_log(out, console), \
+            Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console) as progress:
         tasks: dict[str, int] = {}
 
         def on_progress(stage: str, done: int, total: int) -> None:

@@ -190,9 +190,10 @@ def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFra
 
 def normalized_text(df: pl.DataFrame, field: str = "instruction") -> pl.Series:
     """Case- and whitespace-folded text used by exact and MinHash dedup."""
+    from filters.conversation import folded
     from pipeline.score.embed import texts
 
-    return pl.Series(texts(df, field)).str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    return pl.DataFrame({"text": texts(df, field)}, schema={"text": pl.String}).select(folded(pl.col("text"))).to_series()
 
 
 def dedup(df: pl.DataFrame, *, method: str = "exact", field: str = "instruction", threshold: float | None = None,

@@ -16,6 +16,10 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md
 METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
                     "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
                     "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd"}
+# The papers' pages: the card's only links, to things that exist.
+PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
+          "p-aligner": "https://arxiv.org/abs/2508.04626", "codeclm": "https://arxiv.org/abs/2404.05875",
+          "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -54,8 +58,9 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     export = export or run_dir / "export" / "data.parquet"
     funnel = summarize(run_dir)["stages"]
     stages = [json.loads((run_dir / name / "stage.json").read_text()) for name in funnel]
-    models = [{"stage": s["stage"], "backend": s["engine"]["backend"], "model": s["engine"]["model"],
-               "params": json.dumps(s.get("params", {}), sort_keys=True)} for s in stages if s.get("engine")]
+    models = [{"stage": s["stage"] + (f" ({role})" if role else ""), "backend": e["backend"], "model": e["model"],
+               "params": json.dumps(s.get("params", {}), sort_keys=True)}
+              for s in stages for role, e in [(None, s.get("engine")), *s.get("engines", {}).items()] if e]
     methods = list(dict.fromkeys(METHOD_OF_MODULE[m] for s in stages
                                  if (m := s.get("function", "").rsplit(".", 1)[0]) in METHOD_OF_MODULE))
     df = pl.read_parquet(export)
@@ -81,7 +86,8 @@ def render(ctx: dict, *, pretty_name: str, description: str, license: str = "oth
     aligndata_version = ctx.get("aligndata_version") or _version()
     card = DatasetCard.from_template(
         data, template_path=str(TEMPLATE), pretty_name=pretty_name, description=description,
-        aligndata_version=aligndata_version, methods=ctx["methods"] or ["curation"], rows=ctx["rows"],
+        aligndata_version=aligndata_version, method_links=[(m, PAPERS.get(m)) for m in ctx["methods"] or ["curation"]],
+        rows=ctx["rows"],
         split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], seeds=ctx["seeds"],
         citations=[CITATIONS[m] for m in ctx["methods"]])
     return redact(str(card))
