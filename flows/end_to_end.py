@@ -13,7 +13,6 @@ from flows.curate import curate_flow
 from flows.publish import publish_flow
 from flows.synthesize import synthesize_flow
 from flows.tasks import ray_runner
-from pipeline import recipes
 from pipeline.core import rundir
 from pipeline.ship import report
 

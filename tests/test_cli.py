@@ -46,3 +46,26 @@ def test_the_library_never_imports_prefect():
     script = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint(sorted(m for m in sys.modules if m.startswith('prefect')))"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
+BAD_FILES = {"cut.json": b'[{"instruction": "a", "output": "b"}, {"instru', "latin1.jsonl": b'{"instruction": "caf\xe9"}\n',
+             "table.csv": b"a,b\n", "broken.parquet": b"PAR1 not really", "empty.jsonl": b"\n", "missing.jsonl": None}
+INPUT_COMMANDS = [["curate", "--input"], ["tag", "--input"], ["magpie-filter", "--input"], ["magpie-dpo", "--input"],
+                  ["magpie-extend", "--input"], ["mcts", "--seeds"], ["codeclm", "--seeds"], ["export", "--input"],
+                  ["select", "--k", "1", "--input"]]
+
+
+@pytest.mark.parametrize("command", INPUT_COMMANDS, ids=lambda c: c[0])
+def test_every_input_command_answers_a_bad_file_with_one_line_naming_it(tmp_path, command):
+    table = []
+    for name, content in BAD_FILES.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        out = tmp_path / f"out-{name}" / ("selected.parquet" if command[0] == "select" else "")
+        result = runner.invoke(app, [*command, str(path), "--out", str(out)])
+        table.append((name, result.exit_code, result.output.strip()))
+        assert result.exit_code == 2, (name, result.output, result.exception)
+        assert name in result.output and "Traceback" not in result.output, (name, result.output)
+        assert len(result.output.strip().splitlines()) <= 3, result.output  # one message, wrapped at most
+    print("\n".join(f"{command[0]} {name}: exit {code}: {text}" for name, code, text in table))

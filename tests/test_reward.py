@@ -1,6 +1,5 @@
 """The reward interface: a real transformers sequence-classification reward model (a tiny random one built here,
 with SmolLM2's tokenizer and chat template), the engine judge, and the reward difference against a URIAL base."""
-import json
 
 import polars as pl
 import pytest

@@ -6,7 +6,8 @@ from pipeline.engines import EngineSpec, load_engine
 from pipeline.core.rundir import read_manifest, read_shards
 from pipeline.core.rundir import summarize
 from pipeline.recipes import magpie_job
-from pipeline.recipes.runner import EngineFailures, StageMismatch, run_stage
+from pipeline.core.rundir import StageMismatch
+from pipeline.recipes.runner import EngineFailures, run_stage
 
 
 def test_magpie_job_on_fake_engine_writes_shards_manifest_and_export(tmp_path):

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.cli import output
 from pipeline.engines import BACKENDS, EngineSpec, EngineUnavailable
-from pipeline.recipes.runner import EngineFailures, StageMismatch
+from pipeline.core.rundir import StageMismatch
+from pipeline.recipes.runner import EngineFailures
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate alignment data.")
 console = Console(stderr=True)
@@ -112,6 +113,14 @@ def magpie(
                 response_max_tokens=response_max_tokens, shard_size=shard_size, max_failure_rate=max_failure_rate)
 
 
+INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
+# Every command that imports data takes these two, defined once.
+STRICT = typer.Option(False, "--strict", help="Stop at the first row that cannot become a record (default: quarantine it "
+                                              "in DIR/input/dropped-*.parquet with its reason).")
+SALVAGE = typer.Option(False, "--salvage", help="Keep the complete records of a truncated or partly broken file and count "
+                                                "what was skipped (default: a one-line error).")
+
+
 @app.command()
 def curate(
     input: Path = typer.Option(..., help="Your data: Parquet, JSONL/JSON or an HF datasets directory (messages, ShareGPT or Alpaca)."),
@@ -128,15 +137,17 @@ def curate(
     complexity_model: Optional[str] = typer.Option(None, help="A second model for complexity (hkust-nlp/deita-complexity-scorer; --model then scores quality)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """deita curation of existing data: dedup, embeddings, complexity x quality scores, diverse selection."""
-    _run_job("curate_job", out, input_path=input, fmt=fmt, engine=_engine(engine, model, base_url, None, []), k=k, tau=tau,
+    _run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage,
+             engine=_engine(engine, model, base_url, None, []), k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
              complexity_engine={"backend": engine, "model": complexity_model, "base_url": base_url} if complexity_model else None)
 
 
-INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
 
 
 @app.command()
@@ -151,6 +162,8 @@ def tag(
     engine: str = typer.Option("vllm", help="Tagger engine: " + ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """Magpie's tags: input quality, difficulty, task category, language, reward, min-neighbour distance."""
     from pipeline.recipes import tag_steps
@@ -159,7 +172,7 @@ def tag(
     base = EngineSpec.make(engine, base_model, base_url=base_url) if base_model else None
     steps = tag_steps(tags=tuple(t for t in tags.split(",") if t), language=language, reward=reward,
                       reward_model_path=reward_model, base=base)
-    _run_job("input_job", out, input_path=input, steps=steps, engine=spec)
+    _run_job("input_job", out, input_path=input, steps=steps, engine=spec, strict=strict, salvage=salvage)
 
 
 @app.command("magpie-filter")
@@ -170,6 +183,8 @@ def magpie_filter(
     k: int = typer.Option(300_000, help="How many of the longest responses to keep."),
     reward_threshold: Optional[float] = typer.Option(None, help="Replace the preset's reward threshold (paper: -12)."),
     reward_difference_threshold: Optional[float] = typer.Option(None, help="Replace the reward-difference threshold (paper: 0)."),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """Magpie's filter presets; the funnel (drops per filter) is in the manifest."""
     from pipeline.select import magpie_presets as magpie_curate
@@ -178,7 +193,7 @@ def magpie_filter(
     step = Step(f"filtered-{preset}", "pipeline.select.magpie_presets:magpie_filter", magpie_curate.VERSION,
                 {"preset": preset, "k": k, "reward_threshold": reward_threshold,
                  "reward_difference_threshold": reward_difference_threshold}, uses_engine=False, shard_size=None)
-    _run_job("input_job", out, input_path=input, steps=[step], engine=None)
+    _run_job("input_job", out, input_path=input, steps=[step], engine=None, strict=strict, salvage=salvage)
 
 
 @app.command("magpie-dpo")
@@ -192,6 +207,8 @@ def magpie_dpo(
     engine: str = typer.Option("vllm", help=ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """Magpie preference pairs: k responses, best = chosen, worst = rejected."""
     from pipeline.select import magpie_presets as magpie_curate
@@ -199,7 +216,7 @@ def magpie_dpo(
 
     step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs", magpie_curate.VERSION,
                 {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model}, shard_size=32)
-    _run_job("input_job", out, input_path=input, steps=[step], engine=_engine(engine, model, base_url, None, []))
+    _run_job("input_job", out, input_path=input, steps=[step], strict=strict, salvage=salvage, engine=_engine(engine, model, base_url, None, []))
 
 
 @app.command("magpie-extend")
@@ -211,6 +228,8 @@ def magpie_extend(
     engine: str = typer.Option("vllm", help=ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """Extend selected difficult instructions to multi-turn conversations (Magpie-MT)."""
     from pipeline.select import magpie_presets as magpie_curate
@@ -220,7 +239,7 @@ def magpie_extend(
                   {"min_difficulty": min_difficulty}, uses_engine=False, shard_size=None)]
     steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
     steps.append(magpie_steps()[-1])  # the final filters
-    _run_job("input_job", out, input_path=input, steps=steps, engine=_engine(engine, model, base_url, None, []))
+    _run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage, engine=_engine(engine, model, base_url, None, []))
 
 
 SEEDS_HELP = "Seed instructions: JSONL with an `instruction` field (optional `category`), Parquet, a datasets dir or a run's export."
@@ -240,6 +259,8 @@ def mcts(
     engine: str = typer.Option("vllm", help=ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """UltraPrompt-style MCTS instruction search; writes SFT, DPO and step datasets from the trees."""
     spec = _engine(engine, model, base_url, None, [])
@@ -247,7 +268,7 @@ def mcts(
     def role(name: Optional[str]) -> Optional[EngineSpec]:
         return EngineSpec.make(engine, name, base_url=base_url) if name else None
 
-    _run_job("mcts_job", out, input_path=seeds, engine=spec, iterations=iterations, exploration=exploration,
+    _run_job("mcts_job", out, input_path=seeds, engine=spec, strict=strict, salvage=salvage, iterations=iterations, exploration=exploration,
              responses=responses, reward_model_path=reward_model, optimizer=role(optimizer_model),
              responder=role(responder_model), responder_format=responder_format)
 
@@ -266,6 +287,8 @@ def codeclm(
     engine: str = typer.Option("vllm", help="Strong model and judge: " + ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
 ) -> None:
     """CodecLM: encode seeds to metadata, decode new instructions, Self-Rubrics, Contrastive Filtering."""
     from pipeline.recipes import codeclm_steps
@@ -273,7 +296,7 @@ def codeclm(
     target = EngineSpec.make(engine, target_model, base_url=base_url) if target_model else None
     steps = codeclm_steps(n_metadata=n_metadata, per_metadata=per_metadata, theta=theta, max_iterations=max_iterations,
                           target=target, keep_unresolved=keep_unresolved, judge_mode=judge_mode)
-    _run_job("input_job", out, input_path=seeds, steps=steps, engine=_engine(engine, model, base_url, None, []))
+    _run_job("input_job", out, input_path=seeds, steps=steps, strict=strict, salvage=salvage, engine=_engine(engine, model, base_url, None, []))
 
 
 @app.command("export")
@@ -312,6 +335,8 @@ def select(
     try:
         table = pl.read_parquet(input)
         selected = select_table(table, k=k, tau=tau, score=score, where=str(input))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise fail(f"{input}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
     except ValueError as exc:
         raise fail(exc) from exc
     write_atomic(out, lambda tmp: selected.write_parquet(tmp))

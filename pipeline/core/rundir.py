@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.records import SCHEMA, conform, empty
+from pipeline.core.records import SCHEMA, RecordError, conform, empty
 from pipeline.core.secrets import redact
 
 MANIFEST = "manifest.jsonl"
@@ -68,9 +68,33 @@ def read_shards(stage_dir: Path, pattern: str = "shard-*.parquet") -> pl.DataFra
 def read_records(path: Path) -> pl.DataFrame:
     """Read a Parquet file or a stage directory written by this package, checking the schema."""
     path = Path(path)
-    df = read_shards(path) if path.is_dir() else pl.read_parquet(path)
+    if not path.exists():
+        raise RecordError(f"{path}: no such file or directory")
+    try:
+        df = read_shards(path) if path.is_dir() else pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise RecordError(f"{path}: not a Parquet file of records ({str(exc).splitlines()[0]}); pass a run's "
+                          "export/data.parquet or a stage directory") from exc
     conform(df, where=str(path))
     return df
+
+
+class StageMismatch(RuntimeError):
+    """A run directory holds this stage made with other parameters or other input."""
+
+
+def check_identity(stage_dir: Path, identity: dict) -> None:
+    """Record what makes a stage (stage.json) or, when it is recorded already, refuse anything different."""
+    path = stage_dir / "stage.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        current = json.loads(json.dumps(redact(identity), default=str))  # stage.json is written redacted
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
+            raise StageMismatch(f"{stage_dir} was made with different {changed}; use a new --out directory, "
+                                f"or delete {stage_dir} (and the stages after it) to recompute")
+    else:
+        write_json(identity, path)
 
 
 class ShardState:
@@ -131,4 +155,4 @@ def summarize(run_dir: Path) -> dict:
     return {"stages": stages}
 
 
-__all__ = ["SCHEMA", "ShardState", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]
+__all__ = ["SCHEMA", "ShardState", "StageMismatch", "check_identity", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]

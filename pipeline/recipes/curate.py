@@ -54,8 +54,9 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
     return steps
 
 
-def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | None = None, max_failure_rate: float = 0.1,
-               on_progress: Progress | None = None, **step_options) -> dict:
+def curate_job(out: Path, *, input_path: Path, engine: EngineSpec, fmt: str | None = None, strict: bool = False,
+               salvage: bool = False, max_failure_rate: float = 0.1, on_progress: Progress | None = None,
+               **step_options) -> dict:
     """Curate the user's data into `out`: import, curate_steps(**step_options), Parquet export (selection order)."""
     return input_job(out, input_path=input_path, steps=curate_steps(**step_options), engine=engine, fmt=fmt,
-                     max_failure_rate=max_failure_rate, on_progress=on_progress)
+                     strict=strict, salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)

@@ -34,14 +34,14 @@ def mcts_dataset_step(name: str) -> Step:
     return Step(f"mcts-{name}", f"pipeline.synth.mcts:{MCTS_DATASETS[name]}", mcts.VERSION, uses_engine=False, shard_size=None)
 
 
-def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, max_failure_rate: float = 0.1,
-             on_progress: Progress | None = None, **search_options) -> dict:
+def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: bool = False, salvage: bool = False,
+             max_failure_rate: float = 0.1, on_progress: Progress | None = None, **search_options) -> dict:
     """MCTS instruction search (mcts_search_step(**search_options)) over the seeds at `input_path`, then SFT, DPO
     and step datasets from the trees, exported as DIR/export/{sft,dpo,steps}.parquet."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trees = run_steps(out, [mcts_search_step(**search_options)], write_input(out, input_path), engine=engine,
+    trees = run_steps(out, [mcts_search_step(**search_options)], write_input(out, input_path, strict=strict, salvage=salvage), engine=engine,
                       max_failure_rate=max_failure_rate, on_progress=on_progress)
     exports = {}
     for name in MCTS_DATASETS:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import socket
 import time
@@ -19,18 +18,13 @@ from typing import Callable
 import polars as pl
 
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.core.rundir import ShardState, append_manifest, read_shards, write_json, write_shard
-from pipeline.core.secrets import redact
+from pipeline.core.rundir import ShardState, append_manifest, check_identity, read_shards, write_shard
 
 ENGINE_ERROR = "engine_error:"
 
 
 class EngineFailures(RuntimeError):
     """Too many rows of a shard failed in the engine; finished shards are kept for the resume."""
-
-
-class StageMismatch(RuntimeError):
-    """A run directory holds this stage made with other parameters or other input."""
 
 
 def fingerprint(source: Path | pl.DataFrame) -> str:
@@ -66,7 +60,7 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
                 "engine": engine.describe() if engine else None, "input": fingerprint(source),
                 **({"engines": {role: spec.describe() for role, spec in engines.items()}} if engines else {}),
                 "function": f"{stage.__module__}.{stage.__qualname__}"}
-    _check_identity(stage_dir, identity)
+    check_identity(stage_dir, identity)
     size = shard_size or max(frame.height, 1)
     total = max(-(-frame.height // size), 1)
     for index in range(total):
@@ -82,19 +76,6 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
         if on_shard:
             on_shard(index + 1, total)
     return stage_dir
-
-
-def _check_identity(stage_dir: Path, identity: dict) -> None:
-    path = stage_dir / "stage.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        current = json.loads(json.dumps(redact(identity), default=str))  # stage.json is written redacted
-        if previous != current:
-            changed = sorted(k for k in current if previous.get(k) != current[k])
-            raise StageMismatch(f"{stage_dir} was made with different {changed}; use a new --out directory, "
-                                f"or delete {stage_dir} (and the stages after it) to recompute")
-    else:
-        write_json(identity, path)
 
 
 def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kwargs, max_failure_rate, computes):

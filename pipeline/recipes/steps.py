@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core.rundir import append_manifest, read_shards, summarize, write_shard
+import polars as pl
+
+from pipeline.core.rundir import append_manifest, check_identity, read_shards, summarize, write_shard
 from pipeline.recipes.runner import run_stage
 from pipeline.engines import EngineSpec, release_engines
 
@@ -87,24 +89,50 @@ def run_job(out: Path, steps: list[Step], source: Callable[[Path], Path], *, eng
     return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def write_input(out: Path, path: Path, fmt: str | None = None) -> Path:
-    """DIR/input/shard-00000.parquet: the input as records (written once; a re-run reuses it).
+def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool = False, salvage: bool = False) -> Path:
+    """DIR/input/: the input as record shards of up to BATCH_ROWS rows, read in batches (bounded memory).
 
-    Records written by aligndata (a run's export or a stage directory) keep all their columns; other
-    data is imported from the messages, ShareGPT or Alpaca form.
+    Rows that cannot become records go to input/dropped-*.parquet with their reason, counted in the manifest
+    (`strict` stops at the first instead). Records written by aligndata (a run's export or a stage directory,
+    whose dropped rows are never read) keep all their columns. input/stage.json records the file's content
+    hash and the options: another input on the same run directory is refused; a re-run writes only missing shards.
     """
-    from pipeline.core.inputs import load, read_table
+    from pipeline.core import inputs
 
     input_dir = Path(out) / "input"
-    if not (input_dir / "shard-00000.parquet").exists():
-        table = read_table(Path(path))
-        records = table.drop("drop_reason", strict=False) if {"id", "source", "meta"} <= set(table.columns) else load(path, fmt)
-        write_shard(records, input_dir / "shard-00000.parquet")
+    check_identity(input_dir, {"stage": "input", "version": "1", "file": Path(path).name, "content": inputs.content_hash(Path(path)),
+                               "format": fmt, "strict": strict, "salvage": salvage})
+    seen: set[str] = set()
+    index = -1
+    for index, batch in enumerate(inputs.read_batches(Path(path), salvage=salvage)):
+        started = time.perf_counter()
+        keys = inputs.keys_of(batch.rows)
+        if {"id", "source", "meta"} <= keys:  # aligndata records
+            kept = pl.from_dicts(batch.rows, infer_schema_length=None).drop("drop_reason", strict=False)
+            converted = inputs.Converted(kept, kept.clear(), 0)
+        else:
+            fmt = fmt or inputs.detect_format(keys, path)
+            converted = inputs.to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict)
+        shard = input_dir / f"shard-{index:05d}.parquet"
+        if shard.exists():
+            continue
+        drops = dict(sorted(converted.quarantined.group_by("drop_reason").len().iter_rows())) if converted.quarantined.height else {}
+        if converted.quarantined.height:
+            write_shard(converted.quarantined, input_dir / f"dropped-{index:05d}.parquet")
+        write_shard(converted.kept, shard)
+        repairs = {"leading_assistant_turns_removed": converted.leading_assistant_turns_removed} if converted.leading_assistant_turns_removed else {}
+        append_manifest(out, {"stage": "input", "version": "1", "shard": index, "rows_in": len(batch.rows) + sum(batch.skipped.values()),
+                              "rows_out": converted.kept.height, "drops": drops | batch.skipped, "nulls": {}, "repairs": repairs,
+                              "seconds": round(time.perf_counter() - started, 3), "status": "done", "file": str(path)})
+    if index < 0:
+        raise inputs.InputError(f"{path}: no rows; nothing to do")
     return input_dir
 
 
 def input_job(out: Path, *, input_path: Path, steps: list[Step], engine: EngineSpec | None, fmt: str | None = None,
-              max_failure_rate: float = 0.1, on_progress: Progress | None = None) -> dict:
+              strict: bool = False, salvage: bool = False, max_failure_rate: float = 0.1,
+              on_progress: Progress | None = None) -> dict:
     """Run `steps` over the input at `input_path` into `out` and export; returns summarize()."""
-    return run_job(out, steps, lambda d: write_input(d, input_path, fmt), engine=engine, card="Curated alignment data",
+    return run_job(out, steps, lambda d: write_input(d, input_path, fmt, strict=strict, salvage=salvage), engine=engine,
+                   card="Curated alignment data",
                    max_failure_rate=max_failure_rate, on_progress=on_progress)

@@ -20,7 +20,7 @@ import polars as pl
 
 from pipeline.engines import Engine, Sampling
 from pipeline.core.records import first_pairs
-from pipeline.score.ratings import JUDGE_DIGITS, expected_rating
+from pipeline.score.ratings import expected_rating
 
 VERSION = "1"
 JUDGE_PROMPT = ("Rate how well the assistant's response answers the user's request: helpful, correct, relevant and "
