@@ -20,6 +20,15 @@ def test_magpie_job_on_fake_engine_writes_shards_manifest_and_export(tmp_path):
     assert all(len(m) == 4 for m in df["messages"].to_list())
 
 
+def test_another_n_or_seed_on_an_existing_run_is_refused(tmp_path):
+    spec = EngineSpec.make("fake", "plan-model", options={"script": {"<|im_start|>assistant\n": "A full answer."}})
+    magpie_job(tmp_path, n=4, seed=0, engine=spec, shard_size=4)
+    magpie_job(tmp_path, n=4, seed=0, engine=spec, shard_size=4)  # the same run resumes
+    for n, seed, changed in ((5, 0, "n"), (4, 1, "seed")):
+        with pytest.raises(StageMismatch, match=f"plan was made with different \\['{changed}'\\]; use a new --out"):
+            magpie_job(tmp_path, n=n, seed=seed, engine=spec, shard_size=4)
+
+
 def test_resume_skips_finished_shards(tmp_path):
     spec = EngineSpec.make("fake", "resume-model")
     engine = load_engine(spec)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import filters
-from pipeline.core.rundir import write_shard
+from pipeline.core.rundir import check_identity, write_shard
 from pipeline.engines import EngineSpec
 from pipeline.recipes.steps import FILTER_VERSION, Progress, Step, run_job
 from pipeline.synth import magpie
 
 
 def write_plan(out: Path, *, n: int, seed: int) -> Path:
-    """DIR/plan/shard-00000.parquet: the `n` empty Magpie records to fill (rewritten identically on resume)."""
+    """DIR/plan/shard-00000.parquet: the `n` empty Magpie records to fill. `n` and `seed` are the plan's identity
+    (plan/stage.json): a run directory made with others is refused, never silently reused."""
     plan_dir = Path(out) / "plan"
+    check_identity(plan_dir, {"stage": "plan", "version": "1", "n": n, "seed": seed})
     if not (plan_dir / "shard-00000.parquet").exists():
         write_shard(magpie.plan(n, seed=seed), plan_dir / "shard-00000.parquet")
     return plan_dir
