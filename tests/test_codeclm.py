@@ -139,7 +139,8 @@ def test_logprob_judge_scores_each_assistant_in_both_orders():
                     for d in digits]
 
     judge = PositionBiasedJudge("judge", {})
-    [(strong, target)] = codeclm.judge_pairs(judge, [("q", "s", "t")], mode="logprobs")
+    [(strong, target)], [failure] = codeclm.judge_pairs(judge, [("q", "s", "t")], mode="logprobs")
+    assert failure is None
     assert strong == target == 5.5  # each got 10 in one order and 1 in the other: the bias cancels
     with pytest.raises(ValueError, match="valid: \\['text', 'logprobs'\\]"):
         codeclm.judge_pairs(judge, [("q", "s", "t")], mode="vibes")

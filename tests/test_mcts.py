@@ -47,7 +47,7 @@ class CountingReward:
 
     def score(self, pairs):
         self.pairs.extend(pairs)
-        return [r.count("[") - 0.5 * len(re.findall(r"\[T", r)) for _, r in pairs]
+        return [r.count("[") - 0.5 * len(re.findall(r"\[T", r)) for _, r in pairs], [None] * len(pairs)
 
 
 def test_uct_and_recursive_mean_q():

@@ -29,8 +29,9 @@ def test_sequence_classifier_reward_is_batched_and_padding_independent(tiny_rm):
     model = reward.SequenceClassifierReward(tiny_rm, batch_size=3)
     pairs = [("How do I boil an egg?", "Boil it for nine minutes."), ("Hi", "Hello! How can I help you today?"),
              ("Name a prime.", "7")]
-    together = model.score(pairs)
-    alone = [reward.SequenceClassifierReward(tiny_rm, batch_size=1).score([p])[0] for p in pairs]
+    together, failures = model.score(pairs)
+    alone = [reward.SequenceClassifierReward(tiny_rm, batch_size=1).score([p])[0][0] for p in pairs]
+    assert failures == [None] * 3
     assert all(isinstance(v, float) for v in together)
     assert together == pytest.approx(alone, abs=1e-4) and len(set(round(v, 6) for v in together)) == 3
 

@@ -108,3 +108,38 @@ def test_pairs_inside_the_bf16_margin_are_decided_in_fp32():
     vectors = unit(rows)
     scores = np.r_[10.0, rng.random(300)]
     assert np.array_equal(repr_filter(vectors, scores, k=301, tau=tau, block=32), official_loop(vectors, scores, 301, tau))
+
+
+@pytest.mark.parametrize("selector", ["diverse", "isa"])
+def test_rows_without_a_score_are_never_selected_and_are_counted(selector):
+    from pipeline.select import isa
+
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.normal(size=(12, 16)))
+    scores = [float(i) for i in range(12)]
+    scores[11], scores[10] = None, float("nan")  # the best rows by position, but unscored
+    df = frame([f"t{i}" for i in range(12)], vectors, deita_score=scores)
+    out = (selection.diverse_top_k(df, k=12, tau=0.99) if selector == "diverse" else isa.isa(df, budget=12))
+    reasons = dict(zip(out["id"].to_list(), out["drop_reason"].to_list()))
+    assert reasons[df["id"][11]] == reasons[df["id"][10]] == "null_score"
+    assert sum(r is None for r in reasons.values()) == 10  # every scored row, none of the others
+
+
+def test_isa_honours_the_budget_and_imputes_nothing():
+    from pipeline.select import isa
+
+    rng = np.random.default_rng(1)
+    df = frame([f"t{i}" for i in range(30)], unit(rng.normal(size=(30, 16))),
+               deita_score=[None if i % 3 == 0 else float(i % 7) for i in range(30)])
+    out = isa.isa(df, budget=5)
+    assert out["drop_reason"].is_null().sum() == 5
+    assert out.filter(pl.col("drop_reason").is_null())["deita_score"].null_count() == 0
+
+
+@pytest.mark.parametrize("vector, what", [([3.0, 4.0], "norm 5"), ([float("nan"), 0.0], "norm nan")])
+def test_non_unit_or_nan_embeddings_are_a_clear_error(vector, what):
+    df = frame(["a", "b"], np.array([[1.0, 0.0], vector], dtype=np.float32), deita_score=[1.0, 2.0])
+    with pytest.raises(ValueError, match=f"row 1 .* {what} .*normalise them"):
+        selection.diverse_top_k(df, k=2)
+    with pytest.raises(ValueError, match=f"row 1 .* {what}"):
+        selection.select_table(df, k=2)

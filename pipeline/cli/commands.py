@@ -129,7 +129,7 @@ def curate(
     tau: float = typer.Option(0.9, help="Repr Filter: keep a row iff its cosine to every selected row is <= tau."),
     dedup: str = typer.Option("exact,minhash,semantic", help="Dedup methods, in order (comma list; '' for none)."),
     selector: str = typer.Option("diverse", help="diverse (deita Repr Filter) or isa (information-theoretic subsampling)."),
-    isa_fraction: float = typer.Option(0.1, help="Share of rows ISA keeps."),
+    isa_fraction: Optional[float] = typer.Option(None, help="Share of the scored rows ISA keeps (default: --k rows)."),
     engine: str = typer.Option("vllm", help="Engine for the deita scorer: " + ENGINE_HELP),
     model: str = typer.Option("smollm2", help="Scorer model (hkust-nlp/deita-*-scorer on GPU; any instruct model as judge)."),
     base_url: Optional[str] = typer.Option(None),

@@ -84,6 +84,19 @@ def failed(error: str) -> Completion:
     return Completion(text=None, finish_reason="error", error=error)
 
 
+ENGINE_ERROR = "engine_error:"
+
+
+def failure_reason(completions: Sequence[Completion]) -> str | None:
+    """A row's drop_reason when one of its requests failed: engine_error:<kind of the first failure>, else None.
+
+    >>> failure_reason([Completion("ok", "stop"), failed("timeout: ReadTimeout")])
+    'engine_error:timeout'
+    """
+    first = next((c for c in completions if c.failed), None)
+    return f"{ENGINE_ERROR}{first.error_kind}" if first else None
+
+
 @dataclass(frozen=True, eq=True)
 class EngineSpec:
     """What engine to build. `options` are backend keyword arguments (see each backend's docstring).
@@ -176,4 +189,4 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
 
 
 
-__all__ = ["Completion", "Engine", "EngineSpec", "EngineUnavailable", "Sampling", "failed", "load_engine", "release_engines"]
+__all__ = ["ENGINE_ERROR", "Completion", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines"]

@@ -5,6 +5,8 @@ Options:
     script: {prompt substring: text} — the first key found in a prompt decides the reply; else
             the reply is "fake <sha of prompt+seed>?".
     fail_every: make every k-th request fail with an "http_503" error.
+    fail_on: [prompt substrings] — requests whose prompt contains one fail with an "http_503" error (and
+            prompt_logprobs returns None for them), to script which rows fail.
     finish_reason: reported finish reason (default "stop").
     top_logprobs: {prompt substring: {token: logprob}} — the top-k returned at each generated position of
             a prompt containing the substring, when logprobs are asked for (else digits "1".."6" at 0.0).
@@ -30,6 +32,7 @@ class FakeEngine:
         opts = spec.opts
         self.script: dict[str, str] = dict(opts.get("script", {}))
         self.fail_every = int(opts.get("fail_every", 0))
+        self.fail_on: tuple[str, ...] = tuple(opts.get("fail_on", ()))
         self.finish_reason = opts.get("finish_reason", "stop")
         self.top_logprobs: dict[str, dict[str, float]] = dict(opts.get("top_logprobs", {}))
         self.prompt_logprob: dict[str, float] = dict(opts.get("prompt_logprob", {}))
@@ -47,7 +50,7 @@ class FakeEngine:
         flat = []
         for _, prompt, seed in expand_requests(prompts, sampling, seeds):
             self.requests += 1
-            if self.fail_every and self.requests % self.fail_every == 0:
+            if (self.fail_every and self.requests % self.fail_every == 0) or any(s in prompt for s in self.fail_on):
                 flat.append(failed("http_503: fake failure"))
                 continue
             text = self._reply(prompt, seed)
@@ -67,4 +70,5 @@ class FakeEngine:
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         self.calls.append((len(prompts), None))
         values = [next((v for k, v in self.prompt_logprob.items() if k in p), -1.0) for p in prompts]
-        return [[value] * max(len(p.split()) - 1, 0) for p, value in zip(prompts, values)]
+        return [None if any(s in p for s in self.fail_on) else [value] * max(len(p.split()) - 1, 0)
+                for p, value in zip(prompts, values)]

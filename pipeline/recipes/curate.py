@@ -12,7 +12,7 @@ SELECTORS = ("diverse", "isa")
 
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
-                 isa_fraction: float = 0.1, score_mode: str = "scorer", top_logprobs: int = 20,
+                 isa_fraction: float | None = None, score_mode: str = "scorer", top_logprobs: int = 20,
                  embed_field: str = "instruction", reference: str | None = None, complexity_engine: dict | None = None,
                  shard_size: int = 64) -> list[Step]:
     """Exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
@@ -49,7 +49,7 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
         steps.append(Step("selected", "pipeline.select.selection:diverse_top_k", selection.VERSION, {"k": k, "tau": tau},
                           uses_engine=False, shard_size=None))
     else:
-        steps.append(Step("selected", "pipeline.select.isa:isa", subsample.VERSION, {"fraction": isa_fraction},
+        steps.append(Step("selected", "pipeline.select.isa:isa", subsample.VERSION, {"budget": k} if isa_fraction is None else {"fraction": isa_fraction},
                           uses_engine=False, shard_size=None))
     return steps
 

@@ -17,10 +17,10 @@ from typing import Callable
 
 import polars as pl
 
-from pipeline.engines import EngineSpec, load_engine
+from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.rundir import ShardState, append_manifest, check_identity, read_shards, write_shard
 
-ENGINE_ERROR = "engine_error:"
+
 
 
 class EngineFailures(RuntimeError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling
+from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import messages_of, turns
 from pipeline.score.ratings import expected_rating
 
@@ -68,7 +68,8 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
     deita's published scorers are two models (hkust-nlp/deita-complexity-scorer and -quality-scorer): score
     with `part="complexity"` on the first, then `part="quality"` on the second, which reads the `complexity`
     column and adds the rest. A turn whose digits are not all among the top `top_logprobs` tokens gets a null
-    score, and the row's `deita_score` is null; `meta` is untouched (the counts are reported by `score_failures`).
+    score, and the row's `deita_score` is null (counted by the runner). A row with a failed request gets
+    `drop_reason = engine_error:<kind>`, never a score.
     """
     if mode not in MODES or part not in PARTS:
         raise ValueError(f"deita mode must be in {list(MODES)} and part in {list(PARTS)}; got {mode!r}, {part!r}")
@@ -83,9 +84,13 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
         prompts += [_prompt(engine, COMPLEXITY_PROMPT.format(instruction=i), mode) for c in pairs for i, _ in c]
     if part != "complexity":
         prompts += [_prompt(engine, QUALITY_PROMPT.format(instruction=i, output=o), mode) for c in pairs for i, o in c]
-    completions = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=top_logprobs))
-    flat = [expected_score(c[0].logprobs[0] if c[0].logprobs else None) for c in completions]
+    completions = [c[0] for c in engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=top_logprobs))]
+    flat = [expected_score(c.logprobs[0] if c.logprobs else None) for c in completions]
     lengths = [len(c) for c in pairs]
+    by_row = _per_row(completions, lengths * (2 if part == "both" else 1))
+    failures = [failure_reason(a + b) for a, b in zip(by_row[:len(lengths)], by_row[len(lengths):])] if part == "both" \
+        else [failure_reason(c) for c in by_row]
+    errors = pl.Series("drop_reason", failures, dtype=pl.String)
     if part == "quality":
         complexity = [list(given or []) for given in df["complexity"].to_list()]
         if [len(c) for c in complexity] != lengths:
@@ -93,10 +98,10 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
     else:
         complexity, flat = _per_row(flat[:sum(lengths)], lengths), flat[sum(lengths):]
     if part == "complexity":
-        return df.with_columns(pl.Series("complexity", complexity, dtype=pl.List(pl.Float64)))
+        return df.with_columns(pl.Series("complexity", complexity, dtype=pl.List(pl.Float64)), errors)
     quality = _per_row(flat, lengths)
     final = [sum(c * q for c, q in zip(c_t, q_t)) if c_t and None not in c_t + q_t else None
              for c_t, q_t in zip(complexity, quality)]
     return df.with_columns(pl.Series("complexity", complexity, dtype=pl.List(pl.Float64)),
                            pl.Series("quality", quality, dtype=pl.List(pl.Float64)),
-                           pl.Series("deita_score", final, dtype=pl.Float64))
+                           pl.Series("deita_score", final, dtype=pl.Float64), errors)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.engines import Engine
+from pipeline.engines import ENGINE_ERROR, Engine
 from pipeline.core.records import first_pairs
 
 VERSION = "1"
@@ -27,7 +27,8 @@ def _answer_loss(full: list[float] | None, prefix: list[float] | None) -> float 
 
 
 def score(df: pl.DataFrame, *, engine: Engine) -> pl.DataFrame:
-    """Add `ifd` for each row's first (instruction, answer) turn; null where it cannot be computed."""
+    """Add `ifd` for each row's first (instruction, answer) turn; null where it cannot be computed (no answer).
+    A row whose prompt logprobs did not come back (a failed or over-length request) is engine_error:prompt_logprobs."""
     if df.is_empty():
         return df.with_columns(pl.lit(None, dtype=pl.Float64).alias("ifd"))
     firsts = first_pairs(df)
@@ -36,9 +37,11 @@ def score(df: pl.DataFrame, *, engine: Engine) -> pl.DataFrame:
         conditioned = engine.template.prompt(question)
         prompts += [conditioned + answer, conditioned, RESPONSE_HEADER + answer, RESPONSE_HEADER]
     logprobs = engine.prompt_logprobs(prompts)
-    values = []
+    values, failures = [], []
     for i, (_, answer) in enumerate(firsts):
         full_c, pre_c, full_u, pre_u = logprobs[4 * i:4 * i + 4]
+        failed = any(lp is None for lp in (full_c, pre_c, full_u, pre_u))
+        failures.append(f"{ENGINE_ERROR}prompt_logprobs" if failed else None)
         conditioned, alone = _answer_loss(full_c, pre_c), _answer_loss(full_u, pre_u)
         values.append(conditioned / alone if answer and conditioned is not None and alone else None)
-    return df.with_columns(pl.Series("ifd", values, dtype=pl.Float64))
+    return df.with_columns(pl.Series("ifd", values, dtype=pl.Float64), pl.Series("drop_reason", failures, dtype=pl.String))

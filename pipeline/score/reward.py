@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling
+from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import first_pairs
 from pipeline.score.ratings import expected_rating
 
@@ -30,8 +30,9 @@ JUDGE_OPENING = "Rating: "
 
 
 class RewardModel(Protocol):
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
-        """A reward per (instruction, response) pair; None where it could not be computed."""
+    def score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float | None], list[str | None]]:
+        """(a reward per (instruction, response) pair, None where the answer could not be parsed; per pair the
+        drop_reason `engine_error:<kind>` where its request failed, else None)."""
 
 
 class JudgeReward:
@@ -40,12 +41,12 @@ class JudgeReward:
     def __init__(self, engine: Engine, top_logprobs: int = 20):
         self.engine, self.top_logprobs = engine, top_logprobs
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+    def score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float | None], list[str | None]]:
         prompts = [self.engine.template.prompt(JUDGE_PROMPT.format(instruction=q, response=r), opening=JUDGE_OPENING)
                    for q, r in pairs]
         replies = self.engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs))
         ratings = [expected_rating(c[0].logprobs[0] if c[0].logprobs else None) for c in replies]
-        return [None if r is None else (r - 1.0) / 8.0 for r in ratings]
+        return [None if r is None else (r - 1.0) / 8.0 for r in ratings], [failure_reason(c) for c in replies]
 
 
 class SequenceClassifierReward:
@@ -64,7 +65,7 @@ class SequenceClassifierReward:
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+    def score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float | None], list[str | None]]:
         import torch
 
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": r}],
@@ -80,7 +81,7 @@ class SequenceClassifierReward:
                 out = self.model(**batch)
                 values = out.score if hasattr(out, "score") and out.score is not None else out.logits[:, 0]
                 scores.extend(float(v) for v in values.float().flatten().tolist())
-        return scores
+        return scores, [None] * len(scores)
 
 
 @lru_cache(maxsize=2)
@@ -98,9 +99,11 @@ def reward_model(engine: Engine | None, model: str | None = None) -> RewardModel
 
 
 def score_rewards(df: pl.DataFrame, *, engine: Engine | None = None, reward_model_path: str | None = None) -> pl.DataFrame:
-    """Stage: `instruct_reward` for each row's first turn (null where the reward could not be computed)."""
-    values = reward_model(engine, reward_model_path).score(first_pairs(df)) if df.height else []
-    return df.with_columns(pl.Series("instruct_reward", values, dtype=pl.Float64))
+    """Stage: `instruct_reward` for each row's first turn (null where the answer could not be parsed; a failed
+    request makes the row engine_error:<kind>)."""
+    values, failures = reward_model(engine, reward_model_path).score(first_pairs(df)) if df.height else ([], [])
+    return df.with_columns(pl.Series("instruct_reward", values, dtype=pl.Float64),
+                           pl.Series("drop_reason", failures, dtype=pl.String))
 
 
 # URIAL (Lin et al., arXiv 2312.01552): a base model answers in the assistant's style when shown a
@@ -189,10 +192,13 @@ def reward_difference(df: pl.DataFrame, *, engine: Engine, base: Engine, reward_
     prefix = Path(urial_prompt_path).read_text() if urial_prompt_path else URIAL_PROMPT
     pairs = first_pairs(df)
     replies = base.generate([urial_prompt(q, prefix) for q, _ in pairs],
-                                   Sampling(temperature=0.0, max_tokens=max_tokens, stop=URIAL_STOP))
+                            Sampling(temperature=0.0, max_tokens=max_tokens, stop=URIAL_STOP))
     answers = [urial_answer(c[0].text) for c in replies]
     judge = reward_model(engine, reward_model_path)
-    base_scores = judge.score([(q, a or "") for (q, _), a in zip(pairs, answers)])
+    base_scores, judge_failures = judge.score([(q, a or "") for (q, _), a in zip(pairs, answers)])
     base_scores = [s if a is not None else None for s, a in zip(base_scores, answers)]
     out = df if "instruct_reward" in df.columns else score_rewards(df, engine=engine, reward_model_path=reward_model_path)
-    return out.with_columns(pl.Series("base_reward", base_scores, dtype=pl.Float64))
+    earlier = out["drop_reason"].to_list() if "drop_reason" in out.columns else [None] * out.height
+    failures = [failure_reason(reply) or judged or before for reply, judged, before in zip(replies, judge_failures, earlier)]
+    return out.with_columns(pl.Series("base_reward", base_scores, dtype=pl.Float64),
+                            pl.Series("drop_reason", failures, dtype=pl.String))

@@ -18,7 +18,7 @@ from functools import cache
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling
+from pipeline.engines import Engine, Sampling, failure_reason
 from filters.magpie import DIFFICULTY_LEVELS, QUALITY_LEVELS
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts
 
@@ -186,6 +186,7 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
     instructions = first_instructions(df)
     metas = meta_dicts(df)
     columns: dict[str, list] = {}
+    failures: list[str | None] = [None] * df.height
     for name in tags:
         prompt, schema, fields = TAGS[name]
         opening = "" if structured else "{"
@@ -194,6 +195,7 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
         sampling = Sampling(temperature=0.0, max_tokens=max_tokens, stop=() if structured else ("}",),
                             json_schema=Sampling.schema(schema) if structured else None)
         replies = [c[0] for c in engine.generate(prompts, sampling)]
+        failures = [f or failure_reason([reply]) for f, reply in zip(failures, replies)]
         for key, column in fields.items():
             columns.setdefault(column, [])
         for meta, reply in zip(metas, replies):
@@ -206,7 +208,8 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
             meta.setdefault("tags", {})[name] = {"raw": raw, "structured": structured, "parsed": parsed is not None,
                                                  "error": reply.error, **extra}
     types = {"other_task_categories": pl.List(pl.String)}
-    return df.with_columns(*(pl.Series(c, v, dtype=types.get(c, pl.String)) for c, v in columns.items()), dump_meta(metas))
+    return df.with_columns(*(pl.Series(c, v, dtype=types.get(c, pl.String)) for c, v in columns.items()), dump_meta(metas),
+                           pl.Series("drop_reason", failures, dtype=pl.String))
 
 
 def language(df: pl.DataFrame) -> pl.DataFrame:

@@ -47,7 +47,7 @@ def features(df: pl.DataFrame, *, score: str = "deita_score", components: int = 
     """[standardized score, top principal components of the embeddings] per row."""
     from sklearn.decomposition import PCA
 
-    values = df[score].cast(pl.Float64).fill_null(strategy="mean").fill_null(0.0).to_numpy()
+    values = df[score].cast(pl.Float64).to_numpy()  # rows without a score never get here: nothing is imputed
     columns = [(values - values.mean()) / (values.std() or 1.0)]
     if "embedding" in df.columns and df["embedding"].null_count() == 0 and df.height > components:
         projected = PCA(n_components=components, random_state=seed).fit_transform(matrix(df))
@@ -57,11 +57,15 @@ def features(df: pl.DataFrame, *, score: str = "deita_score", components: int = 
 
 def isa(df: pl.DataFrame, *, budget: int | None = None, fraction: float | None = 0.1, score: str = "deita_score",
         seed: int = 0, measure: str = "surprisal") -> pl.DataFrame:
-    """Stage: keep `budget` rows (or `fraction` of them) chosen by isa_select, in selection order; mark the rest."""
-    size = budget if budget is not None else int(round((fraction or 0.0) * df.height))
-    from pipeline.select.selection import keep_in_order
+    """Stage: keep `budget` rows (or `fraction` of the rows with a score) chosen by isa_select, in selection order;
+    rows without a score are marked "null_score", the others "not_selected"."""
+    from pipeline.select.selection import keep_scored_in_order
 
-    return keep_in_order(df, isa_select(features(df, score=score, seed=seed), size, seed=seed, measure=measure))
+    def pick(scored: pl.DataFrame) -> np.ndarray:
+        size = budget if budget is not None else int(round((fraction or 0.0) * scored.height))
+        return isa_select(features(scored, score=score, seed=seed), size, seed=seed, measure=measure)
+
+    return keep_scored_in_order(df, score, pick)
 
 
 def plateau(n: np.ndarray, p_max: float, p_0: float, k: float) -> np.ndarray:

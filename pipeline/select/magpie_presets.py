@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 import filters
-from pipeline.engines import Engine, Sampling
+from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import dump_meta, first_pairs, meta_dicts, seed_of
 from pipeline.score.reward import reward_model
 
@@ -92,8 +92,8 @@ def preference_pairs(df: pl.DataFrame, *, engine: Engine, k: int = 5, temperatur
     """Stage: Magpie-DPO pairs: k responses per instruction (each request seeded), scored by the reward;
     chosen = best, rejected = worst (first occurrence on ties, as the official `list.index`).
 
-    Rows with k = 1 or all-equal rewards get drop_reason "no_preference"; a failed response
-    "engine_error:<kind>"; a reward that could not be computed "reward_null".
+    Rows with k = 1 or all-equal rewards get drop_reason "no_preference"; a failed response or reward request
+    "engine_error:<kind>"; a reward that could not be parsed "reward_null".
     """
     pairs = first_pairs(df)
     prompts = [engine.template.prompt(q) for q, _ in pairs]
@@ -101,17 +101,18 @@ def preference_pairs(df: pl.DataFrame, *, engine: Engine, k: int = 5, temperatur
                         stop=tuple(engine.template.stop_strings()))
     groups = engine.generate(prompts, sampling, [seed_of("dpo", rid) for rid in df["id"].to_list()])
     flat = [(q, c.text.strip()) for (q, _), group in zip(pairs, groups) for c in group if not c.failed]
-    scores = iter(reward_model(engine, reward_model_path).score(flat))
+    scores = iter(zip(*reward_model(engine, reward_model_path).score(flat)))
     metas, chosen, rejected, reasons = meta_dicts(df), [], [], []
     for (q, _), group, meta in zip(pairs, groups, metas):
-        failed = next((c for c in group if c.failed), None)
         texts = [c.text.strip() for c in group if not c.failed]
-        rewards = [next(scores) for _ in texts]
+        scored = [next(scores) for _ in texts]
+        rewards = [value for value, _ in scored]
+        failed = failure_reason(group) or next((error for _, error in scored if error), None)
         meta["dpo"] = {"candidates": texts, "rewards": rewards, "sampling": sampling.as_dict(), "engine": engine.spec.backend,
                        "model": engine.model_name, "reward": reward_model_path or "judge"}
         reason = None
         if failed is not None:
-            reason = f"engine_error:{failed.error_kind}"
+            reason = failed
         elif any(r is None for r in rewards):
             reason = "reward_null"
         elif len(rewards) < 2 or len(set(rewards)) == 1:

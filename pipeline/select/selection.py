@@ -174,12 +174,44 @@ def keep_in_order(df: pl.DataFrame, picked: np.ndarray) -> pl.DataFrame:
     return marked.sort("_rank", maintain_order=True).drop("_rank")
 
 
+def unit_matrix(df: pl.DataFrame, where: str = "input") -> np.ndarray:
+    """The embeddings as a float32 matrix, checked: every vector finite and of unit norm (the Repr Filter's
+    cosine rule and its bf16 error bound assume it)."""
+    vectors = matrix(df)
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
+    bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(f"{where}: row {row} (id={df['id'][row]!r}) has an embedding of norm {norms[row]:.4g} "
+                         f"({len(bad)} such rows); selection needs finite unit vectors: normalise them (v / ||v||) "
+                         "or embed with aligndata")
+    return vectors
+
+
+def scored_rows(values: pl.Series) -> np.ndarray:
+    """Indices of the rows with a score (not null, not NaN): only these can be selected."""
+    values = values.cast(pl.Float64)
+    return np.flatnonzero((values.is_not_null() & ~values.is_nan().fill_null(False)).to_numpy())
+
+
+def keep_scored_in_order(df: pl.DataFrame, score: str, pick) -> pl.DataFrame:
+    """Rows picked by `pick(rows with a score)` first, in selection order; rows without a score are marked
+    "null_score" (counted, never selected, never imputed), the others "not_selected"."""
+    if score not in df.columns:
+        raise ValueError(f"no {score!r} column to select by; valid score columns: "
+                         f"{[c for c, t in df.schema.items() if t.is_numeric()]}")
+    valid = scored_rows(df[score])
+    picked = valid[pick(df[valid])] if len(valid) else np.zeros(0, dtype=np.int64)
+    unscored = np.setdiff1d(np.arange(df.height), valid)
+    out = keep_in_order(df.with_row_index("_row"), picked)
+    return out.with_columns(pl.when(pl.col("_row").is_in(unscored.tolist())).then(pl.lit("null_score"))
+                            .otherwise(pl.col("drop_reason")).alias("drop_reason")).drop("_row")
+
+
 def diverse_top_k(df: pl.DataFrame, *, k: int, tau: float = 0.9, score: str = "deita_score") -> pl.DataFrame:
     """Stage: keep the Repr Filter's `k` rows (by `score`, descending), in selection order; mark the rest."""
-    if score not in df.columns:
-        raise ValueError(f"diverse_top_k: no {score!r} column; valid score columns: "
-                         f"{[c for c, t in df.schema.items() if t.is_numeric()]}")
-    return keep_in_order(df, repr_filter(matrix(df), df[score].cast(pl.Float64).to_numpy(), k=k, tau=tau))
+    return keep_scored_in_order(df, score, lambda scored: repr_filter(
+        unit_matrix(scored), scored[score].cast(pl.Float64).to_numpy(), k=k, tau=tau))
 
 
 def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFrame:
@@ -324,8 +356,9 @@ def select_table(table: pl.DataFrame, *, k: int, tau: float = 0.9, score: str | 
         if name not in table.columns:
             raise ValueError(f"{where}: no column {name!r}; columns are {table.columns}")
         values = table[name]
-    picked = repr_filter(matrix(table), values.cast(pl.Float64).to_numpy(), k=k, tau=tau)
-    return table[picked]
+    valid = scored_rows(values)  # rows without a score are never selected
+    table, values = table[valid], values.cast(pl.Float64)[valid]
+    return table[repr_filter(unit_matrix(table, where), values.to_numpy(), k=k, tau=tau)]
 
 
 def decontaminate(df: pl.DataFrame, *, reference: str, field: str = "instruction", max_similarity: float = 0.95,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling
+from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import dump_meta, empty, first_instructions, meta_dicts, record_id, seed_of as _seed
 
 VERSION = "1"
@@ -191,14 +191,20 @@ def decode(df: pl.DataFrame, *, engine: Engine, n_metadata: int = 200, per_metad
     replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=max_tokens,
                                                 stop=tuple(engine.template.stop_strings())),
                               [_seed(seed, i, "decode") for i in range(len(prompts))])
-    ids, messages, metas = [], [], []
+    ids, messages, metas, reasons = [], [], [], []
     for i, (pair, reply) in enumerate(zip(pairs, replies)):
+        if reply[0].failed:  # one counted row for the metadata whose request failed
+            ids.append(record_id("codeclm", seed, i, "failed"))
+            messages.append(None)
+            metas.append({"codeclm": {"metadata": pair, "iteration": 1, "error": reply[0].error}})
+            reasons.append(failure_reason(reply))
         for j, text in enumerate(parse_numbered(_text(reply[0], DECODE_OPENING + " "))[:per_metadata]):
             ids.append(record_id("codeclm", seed, i, j))
             messages.append([{"role": "user", "content": text}])
             metas.append({"codeclm": {"metadata": pair, "iteration": 1, "history": [text]}})
-    frame = pl.DataFrame({"id": ids, "source": ["codeclm"] * len(ids), "messages": messages},
-                         schema_overrides={"messages": empty().schema["messages"], "id": pl.String})
+            reasons.append(None)
+    frame = pl.DataFrame({"id": ids, "source": ["codeclm"] * len(ids), "messages": messages, "drop_reason": reasons},
+                         schema_overrides={"messages": empty().schema["messages"], "id": pl.String, "drop_reason": pl.String})
     return frame.with_columns(dump_meta(metas))
 
 
@@ -217,35 +223,38 @@ class Judged:
 JUDGE_MODES = ("text", "logprobs")
 
 
-def _order_scores(judge: Engine, prompts: list[str], mode: str, max_tokens: int) -> list[tuple[float, float] | None]:
-    """(score of assistant 1, score of assistant 2) per judge prompt, or None.
+def _order_scores(judge: Engine, prompts: list[str], mode: str,
+                  max_tokens: int) -> tuple[list[tuple[float, float] | None], list[str | None]]:
+    """(score of assistant 1, score of assistant 2) per judge prompt, or None; and each prompt's engine_error.
 
     text: the paper's way, one generated line "s1 s2". logprobs: for judges too small to write that line,
     each assistant's score is the expected digit 1-9 after "Assistant k: ", rescaled to 1-10.
     """
     if mode == "text":
         replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(judge.template.stop_strings())))
-        return [parse_scores(c[0].text) for c in replies]
+        return [parse_scores(c[0].text) for c in replies], [failure_reason(c) for c in replies]
     from pipeline.score.ratings import expected_rating
 
     openings = [p + f"Assistant {k}: " for p in prompts for k in (1, 2)]
     replies = judge.generate(openings, Sampling(temperature=0.0, max_tokens=1, logprobs=20))
     ratings = [expected_rating(c[0].logprobs[0] if c[0].logprobs else None) for c in replies]
     scaled = [None if r is None else 1.0 + (r - 1.0) * 9.0 / 8.0 for r in ratings]
-    return [None if None in scaled[2 * i:2 * i + 2] else (scaled[2 * i], scaled[2 * i + 1]) for i in range(len(prompts))]
+    return ([None if None in scaled[2 * i:2 * i + 2] else (scaled[2 * i], scaled[2 * i + 1]) for i in range(len(prompts))],
+            [failure_reason(replies[2 * i] + replies[2 * i + 1]) for i in range(len(prompts))])
 
 
 def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, mode: str = "text",
-                max_tokens: int = 16) -> list[tuple[float | None, float | None]]:
+                max_tokens: int = 16) -> tuple[list[tuple[float | None, float | None]], list[str | None]]:
     """Position-swapped pairwise judging: for each (question, strong answer, target answer) the judge scores
-    both orders and each model's score is the mean of its two; a failed parse in either order -> None."""
+    both orders and each model's score is the mean of its two; a failed parse in either order -> None.
+    Also each item's engine_error where a judge request failed."""
     if mode not in JUDGE_MODES:
         raise ValueError(f"unknown judge mode {mode!r}; valid: {list(JUDGE_MODES)}")
     prompts = []
     for question, strong, target in items:
         prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=strong, second=target)))
         prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=target, second=strong)))
-    scores = _order_scores(judge, prompts, mode, max_tokens)
+    scores, failures = _order_scores(judge, prompts, mode, max_tokens)
     out = []
     for i in range(len(items)):
         forward, swapped = scores[2 * i], scores[2 * i + 1]
@@ -253,7 +262,7 @@ def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, mode: str =
             out.append((None, None))
         else:
             out.append(((forward[0] + swapped[1]) / 2, (forward[1] + swapped[0]) / 2))
-    return out
+    return out, [failures[2 * i] or failures[2 * i + 1] for i in range(len(items))]
 
 
 def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = None, theta: float = 3.0, max_iterations: int = 4,
@@ -263,22 +272,26 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
     strong responses, one for the target's, one for the judge, one for improvements).
 
     `engine` is the strong model (and the judge); `target` the target model (default: `engine`).
-    Kept rows get messages [user, chosen response]; others a drop_reason ("unresolved", "judge_failed").
+    Kept rows get messages [user, chosen response]; others a drop_reason ("unresolved", "judge_failed" for an
+    unparseable judgment, engine_error:<kind> for a failed request of any of the row's calls).
     """
     target_engine = target or engine
     metas = meta_dicts(df)
     instructions = first_instructions(df)
-    rubrics = _rubrics(engine, [m["codeclm"]["metadata"] for m in metas], seed)
-    done: dict[int, tuple[str | None, str | None]] = {}  # row -> (response or None, drop reason or None)
-    pending = list(range(df.height))
+    rubrics, rubric_failures = _rubrics(engine, [m["codeclm"]["metadata"] for m in metas], seed)
+    done: dict[int, tuple[str | None, str | None]] = {i: (None, f) for i, f in enumerate(rubric_failures) if f}
+    pending = [i for i in range(df.height) if i not in done]  # row -> (response or None, drop reason or None)
     while pending:
         questions = [instructions[i] for i in pending]
-        strong = _respond(engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "s") for i in pending], response_max_tokens)
-        weak = _respond(target_engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "t") for i in pending], response_max_tokens)
-        scores = judge_pairs(engine, [(q, s or "", w or "") for q, s, w in zip(questions, strong, weak)], mode=judge_mode)
+        strong, strong_failures = _respond(engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "s") for i in pending], response_max_tokens)
+        weak, weak_failures = _respond(target_engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "t") for i in pending], response_max_tokens)
+        scores, judge_failures = judge_pairs(engine, [(q, s or "", w or "") for q, s, w in zip(questions, strong, weak)], mode=judge_mode)
         improve = []
-        for i, s, w, (s_score, w_score) in zip(pending, strong, weak, scores):
+        for i, s, w, (s_score, w_score), *failed in zip(pending, strong, weak, scores, strong_failures, weak_failures, judge_failures):
             record = metas[i]["codeclm"]
+            if any(failed):  # a failed request is never judged as an answer
+                done[i] = (None, next(f for f in failed if f))
+                continue
             judged = Judged(s or "", w or "", s_score, w_score)
             record.setdefault("judgments", []).append({"iteration": record["iteration"], "strong_score": s_score,
                                                        "target_score": w_score, "gap": judged.gap})
@@ -303,34 +316,40 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
                                                         stop=tuple(engine.template.stop_strings())),
                                       [_seed(seed, i, metas[i]["codeclm"]["iteration"], "i") for i in improve])
             for i, action, reply in zip(improve, actions, replies):
+                if reply[0].failed:
+                    done[i] = (None, failure_reason(reply))
+                    continue
                 new = parse_instruction(reply[0].text)
                 metas[i]["codeclm"]["iteration"] += 1  # an unparsable improvement keeps the text but spends the iteration
                 if new:
                     instructions[i] = new
                     metas[i]["codeclm"]["history"].append(new)
                 metas[i]["codeclm"].setdefault("actions", []).append(action)
-        pending = improve
+        pending = [i for i in improve if i not in done]
     messages = [[{"role": "user", "content": q}] + ([{"role": "assistant", "content": done[i][0]}] if done[i][0] else [])
                 for i, q in enumerate(instructions)]
     return df.with_columns(pl.Series("messages", messages, dtype=df.schema["messages"]), dump_meta(metas),
                            pl.Series("drop_reason", [done[i][1] for i in range(df.height)], dtype=pl.String))
 
 
-def _respond(engine: Engine, questions: list[str], seeds: list[int], max_tokens: int) -> list[str | None]:
+def _respond(engine: Engine, questions: list[str], seeds: list[int], max_tokens: int) -> tuple[list[str | None], list[str | None]]:
     replies = engine.generate([engine.template.prompt(q) for q in questions],
                               Sampling(temperature=TEMPERATURE, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings())), seeds)
-    return [None if c[0].failed else c[0].text.strip() for c in replies]
+    return [None if c[0].failed else c[0].text.strip() for c in replies], [failure_reason(c) for c in replies]
 
 
-def _rubrics(engine: Engine, metadata: list[dict], seed: int) -> list[list[tuple[str, str]]]:
-    """Self-Rubrics: 4 (rubric, action) pairs per distinct metadata, one batched call."""
+def _rubrics(engine: Engine, metadata: list[dict], seed: int) -> tuple[list[list[tuple[str, str]]], list[str | None]]:
+    """Self-Rubrics: 4 (rubric, action) pairs per distinct metadata, one batched call; and per row the
+    engine_error of its metadata's failed request."""
     keys = list(dict.fromkeys((m["use_case"], tuple(m["skills"])) for m in metadata))
     replies = engine.generate([_chat(engine, RUBRICS_PROMPT.format(use_case=u, skills=", ".join(s)), RUBRICS_OPENING)
                                for u, s in keys],
                               Sampling(temperature=TEMPERATURE, max_tokens=512, stop=tuple(engine.template.stop_strings())),
                               [_seed(seed, u, s, "rubrics") for u, s in keys])
     table = {key: parse_rubrics(_text(reply[0], RUBRICS_OPENING))[:4] for key, reply in zip(keys, replies)}
-    return [table[(m["use_case"], tuple(m["skills"]))] for m in metadata]
+    failures = {key: failure_reason(reply) for key, reply in zip(keys, replies)}
+    keys_of = [(m["use_case"], tuple(m["skills"])) for m in metadata]
+    return [table[k] for k in keys_of], [failures[k] for k in keys_of]
 
 
 def capacity_recovery_ratio(outcomes: list[tuple[str, str]]) -> float:

@@ -26,7 +26,7 @@ from importlib import resources
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling
+from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.rundir import ShardState
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts, record_id, seed_of as _seed
 from pipeline.score.reward import reward_model
@@ -117,6 +117,7 @@ class Tree:
     root: Node
     iteration: int = 0  # successful expansions so far
     failures: int = 0  # rewrites that failed (retried with a fresh draw; at most `iterations` in all)
+    engine_error: str | None = None  # the first failed request (engine_error:<kind>): the row is dropped, redone on resume
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,17 +161,20 @@ class Search:
         self.responder_format = responder_format
         self.calls = {"rewrite": 0, "respond": 0, "reward": 0}
 
-    def rewrite(self, items: list[tuple[str, str]], seeds: list[int]) -> list[str | None]:
-        """One batched optimizer call: (instruction, principle name) -> rewritten instruction or None."""
+    def rewrite(self, items: list[tuple[str, str]], seeds: list[int]) -> tuple[list[str | None], list[str | None]]:
+        """One batched optimizer call: (instruction, principle name) -> rewritten instruction or None (unparseable),
+        and per item the engine_error of a failed request."""
         prompts = [self.optimizer.template.prompt(OPTIMIZER_USER.format(query=q, principle=clause(p)), system=OPTIMIZER_SYSTEM)
                    for q, p in items]
         self.calls["rewrite"] += 1
         replies = self.optimizer.generate(prompts, Sampling(temperature=0.0, max_tokens=self.rewrite_max_tokens,
                                                             stop=tuple(self.optimizer.template.stop_strings())), seeds)
-        return [parse_rewrite(c[0].text) if not c[0].failed and c[0].finish_reason != "length" else None for c in replies]
+        return ([parse_rewrite(c[0].text) if not c[0].failed and c[0].finish_reason != "length" else None for c in replies],
+                [failure_reason(c) for c in replies])
 
-    def evaluate(self, instructions: list[str], raws: list[str], seeds: list[int]) -> list[tuple[list, list]]:
-        """Responses to each instruction and their rewards judged against the matching *raw* instruction."""
+    def evaluate(self, instructions: list[str], raws: list[str], seeds: list[int]) -> list[tuple[list, list, str | None]]:
+        """Responses to each instruction, their rewards judged against the matching *raw* instruction, and the
+        engine_error of a failed request (response or reward) if any."""
         if self.responder_format == "chat":
             prompts = [self.responder.template.prompt(q) for q in instructions]
             stop = tuple(self.responder.template.stop_strings())
@@ -182,12 +186,12 @@ class Search:
                                                            max_tokens=self.response_max_tokens, stop=stop), seeds)
         texts = [[c.text.strip() for c in group if not c.failed] for group in groups]
         self.calls["reward"] += 1
-        flat = self.reward.score([(raw, t) for raw, group in zip(raws, texts) for t in group])
+        flat, flat_failures = self.reward.score([(raw, t) for raw, group in zip(raws, texts) for t in group])
         out, i = [], 0
-        for group in texts:
-            rewards = flat[i:i + len(group)]
+        for group, replies in zip(texts, groups):
+            rewards, failures = flat[i:i + len(group)], flat_failures[i:i + len(group)]
             i += len(group)
-            out.append((group, rewards))
+            out.append((group, rewards, failure_reason(replies) or next((f for f in failures if f), None)))
         return out
 
 
@@ -204,7 +208,8 @@ def run_search(trees: list[Tree], search: Search, *, iterations: int, c: float =
     roots = [t for t in trees if t.root.local_avg_reward is None and t.iteration == 0]
     if roots:
         results = search.evaluate([t.raw for t in roots], [t.raw for t in roots], [_seed(t.seed_id, "root") for t in roots])
-        for tree, (responses, rewards) in zip(roots, results):
+        for tree, (responses, rewards, failure) in zip(roots, results):
+            tree.engine_error = tree.engine_error or failure
             _set_value(tree.root, responses, rewards)
             tree.root.visits = 1
             tree.root.reward = tree.root.local_avg_reward
@@ -221,13 +226,16 @@ def run_search(trees: list[Tree], search: Search, *, iterations: int, c: float =
             unused = [a for a in tree.actions if a not in used]
             rng = random.Random(_seed(tree.seed_id, tree.iteration, tree.failures))
             picks.append((tree, path, rng.choice(unused)))
-        rewrites = search.rewrite([(p[-1].instruction, a) for _, p, a in picks],
-                                  [_seed(t.seed_id, t.iteration, t.failures, "w") for t, _, _ in picks])
+        rewrites, failures = search.rewrite([(p[-1].instruction, a) for _, p, a in picks],
+                                            [_seed(t.seed_id, t.iteration, t.failures, "w") for t, _, _ in picks])
+        for (tree, _, _), failure in zip(picks, failures):
+            tree.engine_error = tree.engine_error or failure
         ok = [(pick, text) for pick, text in zip(picks, rewrites) if text]
         results = search.evaluate([text for _, text in ok], [pick[0].raw for pick, _ in ok],
                                   [_seed(pick[0].seed_id, pick[0].iteration, "r") for pick, _ in ok]) if ok else []
         added = set()
-        for ((tree, path, action), text), (responses, rewards) in zip(ok, results):
+        for ((tree, path, action), text), (responses, rewards, failure) in zip(ok, results):
+            tree.engine_error = tree.engine_error or failure
             child = Node(instruction=text, action=action)
             if _set_value(child, responses, rewards):  # a node whose rewards all failed is not added
                 path[-1].children.append(child)
@@ -247,21 +255,21 @@ def search_stage(df: pl.DataFrame, *, engine: Engine, checkpoint: ShardState, it
                  reward_model_path: str | None = None, responses: int = 3, response_max_tokens: int = 512,
                  responder_format: str = "chat") -> pl.DataFrame:
     """Stage: one MCTS tree per seed row (its first user turn; `meta.category` picks the actions); the tree
-    goes to `meta.mcts.tree`. Trees are saved to `checkpoint` after every iteration and resumed from it."""
+    goes to `meta.mcts.tree`. Trees are saved to `checkpoint` after every iteration and resumed from it. A tree
+    that met a failed request is dropped as engine_error:<kind> (its search would be skewed) and searched anew
+    when the shard is resumed."""
     metas = meta_dicts(df)
     seeds = first_instructions(df)
+    fresh = [Tree(seed_id=rid, raw=raw, category=meta.get("category"), actions=action_set(meta.get("category")),
+                  root=Node(instruction=raw)) for rid, raw, meta in zip(df["id"].to_list(), seeds, metas)]
     saved = checkpoint.load()
-    if saved is not None:
-        trees = [Tree.from_dict(t) for t in saved]
-    else:
-        trees = [Tree(seed_id=rid, raw=raw, category=meta.get("category"), actions=action_set(meta.get("category")),
-                      root=Node(instruction=raw)) for rid, raw, meta in zip(df["id"].to_list(), seeds, metas)]
+    trees = [new if old.engine_error else old for new, old in zip(fresh, map(Tree.from_dict, saved))] if saved else fresh
     search = Search(engine, optimizer=optimizer, responder=responder, reward_model_path=reward_model_path,
                     responses=responses, response_max_tokens=response_max_tokens, responder_format=responder_format)
     run_search(trees, search, iterations=iterations, c=exploration, save=lambda ts: checkpoint.save([t.to_dict() for t in ts]))
     for meta, tree in zip(metas, trees):
         meta["mcts"] = {"tree": tree.to_dict(), "calls": search.calls, "exploration": exploration, "iterations": iterations}
-    return df.with_columns(dump_meta(metas))
+    return df.with_columns(dump_meta(metas), pl.Series("drop_reason", [t.engine_error for t in trees], dtype=pl.String))
 
 
 # --- datasets from trees -------------------------------------------------------------------------------
