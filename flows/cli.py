@@ -1,4 +1,4 @@
-"""The `aligndata` command: pipeline.cli.commands's commands plus `run`, which runs the end-to-end Prefect flow."""
+"""The `aligndata` command: pipeline.cli.commands plus `run`, which runs the end-to-end Prefect flow."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from pipeline.cli import output
-from pipeline.cli.commands import ENGINE_HELP, app, console, fail, job_errors, print_summary
+from pipeline.cli.commands import app
+from pipeline.cli.common import ENGINE_HELP, console, fail, job_errors, print_summary
 
 QUICKSTART_SYNTHESIS = {"response_max_tokens": 384, "response_temperature": 0.6, "response_top_p": 0.9, "shard_size": 8}
 

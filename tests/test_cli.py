@@ -69,3 +69,25 @@ def test_every_input_command_answers_a_bad_file_with_one_line_naming_it(tmp_path
         assert name in result.output and "Traceback" not in result.output, (name, result.output)
         assert len(result.output.strip().splitlines()) <= 3, result.output  # one message, wrapped at most
     print("\n".join(f"{command[0]} {name}: exit {code}: {text}" for name, code, text in table))
+
+
+ENGINE_COMMANDS = ["magpie", "curate", "tag", "magpie-dpo", "magpie-extend", "mcts", "codeclm"]
+
+
+@pytest.mark.parametrize("command", ENGINE_COMMANDS)
+def test_every_engine_command_takes_the_same_engine_options(command):
+    import typer.main
+
+    click_command = typer.main.get_command(app).commands[command]
+    options = {opt for param in click_command.params for opt in param.opts}
+    assert {"--engine", "--model", "--base-url", "--template", "--option", "--api-key-env"} <= options
+
+
+def test_openai_without_a_template_is_one_line_not_a_traceback(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Explain rain.", "output": "Water falls."}\n')
+    result = runner.invoke(app, ["curate", "--input", str(data), "--out", str(tmp_path / "run"), "--engine", "openai",
+                                 "--base-url", "http://127.0.0.1:9/v1", "--model", "meta-llama/Llama-3-8B",
+                                 "--dedup", "", "--k", "1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no OpenAI-compatible server answers at http://127.0.0.1:9/v1" in " ".join(result.output.split())

