@@ -1,6 +1,7 @@
 """The `aligndata` command: pipeline.cli.commands plus `run`, which runs the end-to-end Prefect flow."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -44,6 +45,8 @@ def run(
                                       title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray)
         except job_errors() as exc:
             raise fail(exc) from exc
+    if not output.settings["verbose"]:  # Prefect logs the ephemeral server's shutdown at exit, after run.log closed
+        logging.getLogger("prefect").setLevel(logging.WARNING)
     print_summary(summary | {"seconds": round(time.perf_counter() - started, 1)}, out)
     console.print(f"trainer exports: {', '.join(str(Path(out) / 'export' / fmt) for fmt in summary['trainer'])}; "
                   f"report: {summary['report']}; third-party logs: {Path(out) / output.RUN_LOG}", soft_wrap=True)
