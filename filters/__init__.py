@@ -56,7 +56,7 @@ def apply(df: pl.DataFrame, spec: list) -> tuple[pl.DataFrame, dict[str, int]]:
     return marked.filter(pl.col("drop_reason").is_null()).drop("drop_reason"), counts
 
 
-from filters import conversation, magpie  # noqa: E402,F401  (registers the built-in filters)
+from filters import conversation, magpie, quality  # noqa: E402,F401  (registers the built-in filters)
 
 # Instruction filters: what "passes" means for the instruction pass rate.
 MAGPIE_INSTRUCTION = [
@@ -66,3 +66,10 @@ MAGPIE_INSTRUCTION = [
     "unique_instruction",
 ]
 MAGPIE_BASIC = [*MAGPIE_INSTRUCTION, "response_complete", {"name": "response_length", "min_chars": 1}]
+# Text quality before any engine call (curate's first step; Data-Juicer's defaults, see filters/quality.py).
+QUALITY = [
+    {"name": "instruction_words_at_least", "min_words": 3},
+    {"name": "response_words_at_least", "min_words": 1},
+    {"name": "word_repetition_at_most", "max_ratio": 0.5, "rep_len": 10},
+    {"name": "char_repetition_at_most", "max_ratio": 0.5, "rep_len": 10},
+]

@@ -50,3 +50,30 @@ def test_score_filters_on_columns():
         pl.Series("ifd", [0.4, 1.2, None]), pl.Series("ref_similarity", [0.2, 0.99, None]), pl.Series("ref_ngram_overlap", [0.0, 0.0, 0.9]))
     assert filters.mark(df, [{"name": "ifd_at_most", "limit": 1.0}])["drop_reason"].to_list() == [None, "ifd_at_most", "ifd_at_most"]
     assert filters.mark(df, ["not_contaminated"])["drop_reason"].to_list() == [None, "not_contaminated", "not_contaminated"]
+
+
+def test_quality_filters_drop_the_planted_junk_and_keep_normal_rows():
+    """A hand-planted set: 30 ordinary instruction/response pairs and 10 junk rows ("ok", "lol", "asdf" as
+    instruction and answer). Goal: >= 90 % of the junk dropped, >= 95 % of the normal rows kept."""
+    from pathlib import Path
+
+    from pipeline.core.inputs import load
+
+    df = load(Path(__file__).parent / "data" / "planted.jsonl")
+    kept, drops = filters.apply(df, filters.QUALITY)
+    kept_ids = set(kept["id"].to_list())
+    junk = [i for i in df["id"].to_list() if i.startswith("junk")]
+    normal = [i for i in df["id"].to_list() if i.startswith("normal")]
+    assert sum(i not in kept_ids for i in junk) >= 0.9 * len(junk), drops
+    assert sum(i in kept_ids for i in normal) >= 0.95 * len(normal), sorted(set(normal) - kept_ids)
+
+
+def test_repetition_filters_drop_a_looping_answer():
+    loop = "L'Étoile, la Cité, la Femme, " + "la Femme, " * 40
+    df = pl.DataFrame({"messages": [[{"role": "user", "content": "What is the capital of France?"},
+                                     {"role": "assistant", "content": loop}],
+                                    [{"role": "user", "content": "What is the capital of France?"},
+                                     {"role": "assistant", "content": "Paris is the capital of France."}]]})
+    for name in ("word_repetition_at_most", "char_repetition_at_most"):
+        kept, drops = filters.apply(df, [name])
+        assert kept.height == 1 and drops == {name: 1}

@@ -13,7 +13,8 @@ from pipeline import recipes
 from pipeline.core.rundir import read_shards
 
 FAKE = {"backend": "fake", "model": "flow-model", "options": {"script": {"<|im_start|>assistant\n": "An answer."}}}
-CURATE = {"k": 3, "dedup": ["exact", "minhash"], "shard_size": 4}
+CURATE = {"k": 3, "dedup": ["exact", "minhash"], "shard_size": 4,
+           "quality_filters": [{"name": "instruction_words_at_least", "min_words": 2}]}  # fake instructions have 2 words
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,7 +47,7 @@ def test_synthesize_flow_runs_each_step_as_a_task(tmp_path, step_calls):
 
 def test_end_to_end_flow_writes_every_output_and_a_rerun_is_served_from_the_cache(tmp_path, step_calls):
     summary = end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
-    steps = ["instructions", "instructions-filtered", "responses", "filtered", "dedup-exact", "dedup-minhash",
+    steps = ["instructions", "instructions-filtered", "responses", "filtered", "quality-filtered", "dedup-exact", "dedup-minhash",
              "embedded", "scored", "selected"]
     assert step_calls == steps and list(summary["stages"]) == steps
     exported = pl.read_parquet(tmp_path / "export" / "data.parquet")
@@ -85,7 +86,7 @@ def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
     # a second run directory is a separate cache (results live in the run): its steps run
     step_calls.clear()
     curate_flow(out=str(tmp_path / "b"), input_path=str(data), engine=FAKE, options=CURATE)
-    assert step_calls == ["dedup-exact", "dedup-minhash", "embedded", "scored", "selected"]
+    assert step_calls == ["quality-filtered", "dedup-exact", "dedup-minhash", "embedded", "scored", "selected"]
     with pytest.raises(ValueError, match="exactly one of source"):
         curate_flow(out=str(tmp_path / "c"), engine=FAKE, options=CURATE)
 

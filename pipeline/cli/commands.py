@@ -59,6 +59,8 @@ def curate(
     complexity_model: Optional[str] = typer.Option(None, help="A second model for complexity (hkust-nlp/deita-complexity-scorer; --model then scores quality)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
+    quality_filters: bool = typer.Option(True, help="Drop junk before any model call: too few words, repetitive text "
+                                                    "(filters.QUALITY, Data-Juicer's definitions)."),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -67,6 +69,7 @@ def curate(
     run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage, engine=spec, k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
+             quality_filters=None if quality_filters else [],
              complexity_engine=role(spec, complexity_model).describe() if complexity_model else None)
 
 

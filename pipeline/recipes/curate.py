@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.engines import EngineSpec
-from pipeline.recipes.steps import Progress, Step, input_job
+import filters
+from pipeline.recipes.steps import FILTER_VERSION, Progress, Step, input_job
 
 DEDUP_METHODS = ("exact", "minhash", "semantic")
 SELECTORS = ("diverse", "isa")
@@ -14,8 +15,8 @@ SELECTORS = ("diverse", "isa")
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
                  isa_fraction: float | None = None, score_mode: str = "scorer", top_logprobs: int = 20,
                  embed_field: str = "instruction", reference: str | None = None, complexity_engine: dict | None = None,
-                 shard_size: int = 64) -> list[Step]:
-    """Exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
+                 quality_filters: list | None = None, shard_size: int = 64) -> list[Step]:
+    """Text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none) → exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
     scores → selection (Repr Filter or ISA). `complexity_engine` (EngineSpec.make's keyword arguments) scores
     complexity with a second model, e.g. deita's complexity scorer next to its quality scorer as the engine."""
     from pipeline.score import deita
@@ -32,7 +33,10 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
         return Step(f"dedup-{method}", "pipeline.select.selection:dedup", selection.VERSION, {"method": method},
                     uses_engine=False, shard_size=None)
 
-    steps = [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
+    quality = filters.QUALITY if quality_filters is None else quality_filters
+    steps = [Step("quality-filtered", "filters:mark", FILTER_VERSION, {"spec": quality}, uses_engine=False,
+                  shard_size=4096)] if quality else []
+    steps += [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
     steps.append(Step("embedded", "pipeline.score.embed:embed", embed.VERSION, {"field": embed_field}, uses_engine=False,
                       shard_size=4096))
     steps += [dedup_step("semantic")] if "semantic" in dedup else []

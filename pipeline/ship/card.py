@@ -61,6 +61,8 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     models = [{"stage": s["stage"] + (f" ({role})" if role else ""), "backend": e["backend"], "model": e["model"],
                "params": json.dumps(s.get("params", {}), sort_keys=True)}
               for s in stages for role, e in [(None, s.get("engine")), *s.get("engines", {}).items()] if e]
+    filter_steps = [{"stage": s["stage"], "spec": ", ".join(_filter_text(f) for f in s["params"]["spec"])}
+                    for s in stages if s.get("function") == "filters.mark"]
     methods = list(dict.fromkeys(METHOD_OF_MODULE[m] for s in stages
                                  if (m := s.get("function", "").rsplit(".", 1)[0]) in METHOD_OF_MODULE))
     df = pl.read_parquet(export)
@@ -69,8 +71,20 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     return {"funnel": [{"stage": stage["stage"], "version": stage["version"], "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
                        for stage, s in zip(stages, funnel.values())],
-            "models": models, "methods": methods, "rows": df.height, "languages": languages or ["en"],
+            "models": models, "filters": filter_steps, "methods": methods, "rows": df.height, "languages": languages or ["en"],
             "seeds": ", ".join(seeds) if seeds else "see each row's meta"}
+
+
+def _filter_text(item) -> str:
+    """A filter spec item as the card lists it: `name(param=value, ...)`.
+
+    >>> _filter_text({"name": "instruction_words_at_least", "min_words": 3})
+    'instruction_words_at_least(min_words=3)'
+    """
+    if isinstance(item, str):
+        return item
+    params = ", ".join(f"{k}={v}" for k, v in item.items() if k != "name")
+    return f"{item['name']}({params})"
 
 
 def render(ctx: dict, *, pretty_name: str, description: str, license: str = "other") -> str:
@@ -88,7 +102,7 @@ def render(ctx: dict, *, pretty_name: str, description: str, license: str = "oth
         data, template_path=str(TEMPLATE), pretty_name=pretty_name, description=description,
         aligndata_version=aligndata_version, method_links=[(m, PAPERS.get(m)) for m in ctx["methods"] or ["curation"]],
         rows=ctx["rows"],
-        split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], seeds=ctx["seeds"],
+        split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], filters=ctx.get("filters", []), seeds=ctx["seeds"],
         citations=[CITATIONS[m] for m in ctx["methods"]])
     return redact(str(card))
 
