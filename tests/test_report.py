@@ -33,3 +33,24 @@ def test_report_command_on_a_run(tmp_path):
     assert list(summary["funnel"]) == ["instructions", "instructions-filtered", "responses", "filtered"]
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "is it a run directory?" in missing.output
+
+
+def test_report_shows_dropped_rows_per_reason_and_the_ends_of_the_selection(tmp_path):
+    from pathlib import Path
+
+    from pipeline.recipes import curate_job
+
+    data = tmp_path / "data.jsonl"
+    planted = (Path(__file__).parent / "data" / "planted.jsonl").read_text()
+    data.write_text(planted + json.dumps({"id": "empty", "instruction": " ", "output": "x"}) + "\n")
+    spec = EngineSpec.make("fake", "report-scorer")
+    curate_job(tmp_path / "run", input_path=data, engine=spec, k=5, dedup=("exact",), fmt=None)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "<h2>What was dropped</h2>" in page
+    assert "<td>quality-filtered</td><td>instruction_words_at_least</td><td>junk-0</td><td></td><td>ok</td><td>ok</td>" in page
+    assert "<td>input</td><td>empty_turn</td>" in page  # a quarantined row shows its raw text
+    assert "&quot;instruction&quot;: &quot; &quot;" in page
+    assert "<h2>Top 5 selected rows by deita_score</h2>" in page and "<h2>Bottom 5 selected rows by deita_score</h2>" in page
+    assert "<tr><td>12.250</td><td>normal-" in page  # the fake scorer's 3.5 x 3.5, shown with each row

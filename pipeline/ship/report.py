@@ -1,6 +1,7 @@
 """A run's report: one self-contained HTML file (DIR/report/index.html, plots inline as SVG) with the funnel,
-the drops by reason, score histograms of the pool and of the selected rows, and how the selection covers the
-pool's embedding clusters."""
+the drops by reason with example rows of each, the top and bottom rows of the selection, score histograms of the
+pool and of the selected rows, and how the selection covers the pool's embedding clusters. People judge a
+curation run by reading rows, not only bars."""
 from __future__ import annotations
 
 import html
@@ -13,6 +14,9 @@ import polars as pl
 
 from pipeline.core.rundir import read_shards, write_atomic
 
+EXAMPLES = 3  # rows shown per drop reason
+EXTREMES = 5  # rows shown at each end of the selection
+PREVIEW_CHARS = 240
 SCORES = ("deita_score", "complexity", "quality", "ifd", "instruct_reward", "base_reward", "min_neighbor_distance",
           "ref_similarity")
 
@@ -150,6 +154,18 @@ def write(run_dir: Path) -> Path:
     parts = [f"<h1>aligndata run report: {html.escape(run_dir.name)}</h1>",
              f"<p>{selected.height} rows exported from a pool of {pool.height}; {len(funnel)} stages.</p>",
              "<h2>Funnel</h2>", funnel_plot(funnel), _drops_table(funnel)]
+    examples = dropped_examples(run_dir, list(funnel))
+    if examples:
+        parts += ["<h2>What was dropped</h2>", f"<p>Up to {EXAMPLES} rows per stage and reason.</p>",
+                  rows_table(examples, ["stage", "drop_reason", "id", "dup_of", "instruction", "response"])]
+    score = next((c for c in ("deita_score", "instruct_reward", "ifd") if c in selected.columns
+                  and selected[c].drop_nulls().len()), None)
+    if score:
+        ranked = selected.filter(pl.col(score).is_not_null()).sort(score, descending=True, maintain_order=True)
+        for title, rows in ((f"Top {EXTREMES} selected rows by {score}", ranked.head(EXTREMES)),
+                            (f"Bottom {EXTREMES} selected rows by {score}", ranked.tail(EXTREMES))):
+            table = rows_table(previews(rows, **{score: score}), [score, "id", "instruction", "response"])
+            parts += [f"<h2>{html.escape(title)}</h2>", table]
     scores = score_plots(pool, selected)
     parts += ["<h2>Scores</h2>", "<div class=grid>" + "".join(svg for _, svg in scores) + "</div>"] if scores else []
     if cov:
@@ -159,13 +175,56 @@ def write(run_dir: Path) -> Path:
                   coverage_plot(cov)]
     page = ("<!doctype html><meta charset=utf-8><title>aligndata report</title><style>body{font-family:sans-serif;"
             "max-width:1000px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
-            ".grid{display:flex;flex-wrap:wrap;gap:8px}</style>" + "\n".join(parts))
+            ".grid{display:flex;flex-wrap:wrap;gap:8px}table.rows td{font-size:12px;vertical-align:top;max-width:380px}</style>" + "\n".join(parts))
     path = run_dir / "report" / "index.html"
     write_atomic(path, lambda tmp: Path(tmp).write_text(page))
     write_atomic(path.with_name("report.json"), lambda tmp: Path(tmp).write_text(json.dumps(
         {"funnel": funnel, "pool": pool.height, "selected": selected.height, "scores": [c for c, _ in scores],
          "clusters": cov.get("clusters", [])}, indent=1)))
     return path
+
+
+def _short(text: str | None) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + " …"
+
+
+def previews(df: pl.DataFrame, **extra: str) -> list[dict]:
+    """Each row's id, dup_of, drop_reason, first instruction and first response, shortened; a quarantined import
+    row (no messages) shows its raw text instead. `extra` maps names to more columns to show."""
+    from pipeline.core.records import first_pairs
+
+    pairs = first_pairs(df.with_columns(pl.col("messages").fill_null([])))
+    out = []
+    for row, (instruction, response) in zip(df.iter_rows(named=True), pairs):
+        if not instruction and not response:
+            instruction = json.loads(row.get("meta") or "{}").get("import", {}).get("raw", "")
+        out.append({"id": row["id"], "dup_of": row.get("dup_of"), "drop_reason": row.get("drop_reason"),
+                    "instruction": _short(instruction), "response": _short(response),
+                    **{name: row.get(column) for name, column in extra.items()}})
+    return out
+
+
+def dropped_examples(run_dir: Path, stages: list[str]) -> list[dict]:
+    """Up to EXAMPLES dropped rows per stage and drop reason (read lazily: only those rows are loaded)."""
+    rows = []
+    for stage in stages:
+        files = sorted((Path(run_dir) / stage).glob("dropped-*.parquet"))
+        if files:
+            sample = (pl.scan_parquet(files).select("id", "drop_reason", "dup_of", "messages", "meta")
+                      .group_by("drop_reason", maintain_order=True).head(EXAMPLES).collect())
+            rows += [{"stage": stage, **row} for row in previews(sample)]
+    return rows
+
+
+def rows_table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table class=rows><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _drops_table(funnel: dict) -> str:
