@@ -35,6 +35,7 @@ def test_a_planted_token_reaches_no_file_of_the_run(tmp_path, monkeypatch):
     assert leaks == []
     assert "***" in (tmp_path / "instructions" / "stage.json").read_text()
     card_text = (tmp_path / "export" / "README.md").read_text()
+    assert "- Magpie pre-query prefix: template (from the model's chat template)" in card_text
     assert "## Filters" in card_text and "| filtered | instruction_complete, instruction_length(max_chars=2000, min_chars=10)" in card_text
     # a resumed run still recognises its stages (stage.json is compared redacted)
     magpie_job(tmp_path, n=4, seed=0, engine=spec, shard_size=2)

@@ -78,3 +78,46 @@ def test_family_lookup_and_bad_sources():
     assert family_of("SmolLM2-135M-Instruct.Q4_1.gguf") is None
     with pytest.raises(ValueError, match="cannot read a chat template"):
         load_template("no-such-thing")
+
+
+# (template file, bos, eos, model name as a user would pass it, what Magpie must use)
+FAMILY_CASES = [
+    ("NousResearch-Hermes-3-Llama-3.1-8B", "<|begin_of_text|>", "<|im_end|>", "NousResearch/Hermes-3-Llama-3.1-8B", "template"),
+    ("mistralai-Mistral-Nemo-Instruct-2407", "<s>", "</s>", "mistralai/Mistral-Nemo-Instruct-2407", "template"),
+    ("microsoft-Phi-3-small-8k-instruct", "<|endoftext|>", "<|endoftext|>", "microsoft/Phi-3-small-8k-instruct", "template"),
+    ("meta-llama-Meta-Llama-3-8B-Instruct", "<|begin_of_text|>", "<|eot_id|>", "meta-llama/Meta-Llama-3-8B-Instruct", "official:llama-3"),
+    ("Qwen-Qwen2-7B-Instruct", "", "<|im_end|>", "Qwen/Qwen2-7B-Instruct", "official:qwen2"),
+    ("meta-llama-Llama-3.1-8B-Instruct", "<|begin_of_text|>", "<|eot_id|>", "meta-llama/Llama-3.1-8B-Instruct", "official:llama-3.1"),
+    ("microsoft-Phi-3.5-mini-instruct", "<s>", "<|endoftext|>", "microsoft/Phi-3.5-mini-instruct", "official:phi-3"),
+    ("google-gemma-2-2b-it", "<bos>", "<eos>", "google/gemma-2-2b-it", "template"),
+]
+
+
+@pytest.mark.parametrize("name, bos, eos, model, origin", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_the_pre_query_comes_from_the_models_template_unless_the_registry_agrees(name, bos, eos, model, origin):
+    import warnings
+
+    from pipeline.core.rundir import StageWarning
+    from pipeline.synth import magpie
+
+    class Engine:  # pre_query reads only these
+        template, model_name = real(name, bos, eos), model.split("/")[-1]
+        spec = type("Spec", (), {"model": model})()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        query = magpie.pre_query(Engine)
+    assert query.origin == origin
+    disagreed = [str(w.message) for w in caught if issubclass(w.category, StageWarning)]
+    if origin == "template":
+        assert query.prefix == Engine.template.user_prefix() and query.sanitize is False
+        assert family_of(model) is None or (disagreed and "does not match the model's chat template" in disagreed[0])
+    else:
+        assert query.prefix == OFFICIAL[origin.split(":")[1]].pre_query_template and not disagreed
+
+
+def test_hermes3_gets_chatml_not_llama3_headers_and_nemo_no_spaces():
+    hermes = real("NousResearch-Hermes-3-Llama-3.1-8B", "<|begin_of_text|>", "<|im_end|>")
+    assert hermes.user_prefix() == "<|begin_of_text|><|im_start|>user\n"
+    nemo = real("mistralai-Mistral-Nemo-Instruct-2407", "<s>", "</s>")
+    assert nemo.user_prefix() == "<s>[INST]" and OFFICIAL["mistral"].pre_query_template == "<s> [INST] "

@@ -26,13 +26,20 @@ def test_synthesize_sends_the_derived_prefix_in_one_batched_call():
     assert sampling.stop == ("<|im_end|>", "<|im_start|>", "\n") and sampling.temperature == magpie.DERIVED_INSTRUCTION_TEMPERATURE
     assert out["messages"].to_list()[0] == [{"role": "user", "content": "How do I bake bread?"}]
     turn = meta_dicts(out)[0]["magpie"]["turns"][0]["user"]
-    assert turn["finish_reason"] == "stop" and turn["pre_query"] == "derived" and turn["engine"] == "fake"
+    assert turn["finish_reason"] == "stop" and turn["pre_query"] == "template" and turn["engine"] == "fake"
     assert len({m["magpie"]["turns"][0]["user"]["seed"] for m in meta_dicts(out)}) == 4  # each request seeded
     conform(out)
 
 
-def test_official_family_uses_pinned_prefix_stops_and_sanitizer():
-    e = load_engine(EngineSpec.make("fake", "meta-llama/Meta-Llama-3-8B-Instruct",
+def test_official_family_uses_pinned_prefix_stops_and_sanitizer(tmp_path):
+    import json
+    from pathlib import Path
+
+    # the model's own template (an HF tokenizer directory), which agrees with the registry's Llama-3 entry
+    template = (Path(__file__).parent / "data" / "templates" / "meta-llama-Meta-Llama-3-8B-Instruct.jinja").read_text()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": template, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
+    e = load_engine(EngineSpec.make("fake", "meta-llama/Meta-Llama-3-8B-Instruct", template=str(tmp_path),
                                     options={"script": {"user<|end_header_id|>": "Question: Why? Because"}}))
     query = magpie.pre_query(e)
     assert query.prefix == OFFICIAL["llama-3"].pre_query_template and query.stop[-2:] == ("assistant", "\n")

@@ -82,3 +82,18 @@ def test_run_step_frees_engines_the_step_does_not_use(tmp_path, monkeypatch):
     recipes.run_step(tmp_path, recipes.Step("cpu", "pipeline.score.deita:score", "1", engines={"target": target.to_json()}), tmp_path,
                   engine=EngineSpec.make("fake", "cpu"))
     assert len(kept) == 1  # a step without an engine, or not on vLLM, frees nothing
+
+
+def _warning_stage(df, note):
+    import warnings
+
+    from pipeline.core.rundir import StageWarning
+
+    warnings.warn(note, StageWarning)
+    return df
+
+
+def test_a_stage_warning_goes_to_the_manifest_line(tmp_path):
+    run_stage(tmp_path, "warned", _warning_stage, source=magpie.plan(2, seed=0), version="1", params={"note": "registry disagrees"})
+    [entry] = read_manifest(tmp_path)
+    assert entry["warnings"] == ["registry disagrees"]

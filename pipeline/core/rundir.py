@@ -79,6 +79,11 @@ def read_records(path: Path) -> pl.DataFrame:
     return df
 
 
+class StageWarning(UserWarning):
+    """Something a stage wants on the record (the runner writes it to the shard's manifest line and the card
+    lists it), e.g. a model template that disagrees with the Magpie registry."""
+
+
 class StageMismatch(RuntimeError):
     """A run directory holds this stage made with other parameters or other input."""
 

@@ -3,10 +3,12 @@
 Everything model-specific comes from the model's own chat template (a Jinja string read from the GGUF or
 the HF tokenizer). `OFFICIAL` pins the official Magpie settings (magpie-align/magpie
 `configs/model_configs.json`) for the families the paper lists; Magpie uses them for those families.
-Where a family's real template renders differently from the pinned prefix, the difference is the
-official code's deliberate choice and is spelled out in tests/test_chat.py:
-Llama-3.1/3.3 templates add a dated system turn (official: none); Gemma-2's official prefix has two
-newlines after `user` (template: one); Phi-3's tokenizer, not its template, adds the leading `<s> `.
+The registry is used only when it agrees with the model's own template (`registry_agrees`): a fine-tune
+whose name matches a family but whose template does not (Hermes-3 on Llama-3.1 speaks ChatML; Mistral-Nemo
+writes `[INST]` without the spaces of Mistral-7B's entry) gets the prefix of its template. Agreement allows
+what the official code deliberately leaves out: a default system turn (Llama-3.1/3.3 add a dated one) and the
+space Phi-3's tokenizer puts after `<s>`; Gemma-2's official prefix has two newlines after `user` where its
+template has one, so Gemma-2 uses its template's (tests/test_chat.py spells each case out).
 """
 from __future__ import annotations
 
@@ -213,6 +215,20 @@ OFFICIAL: dict[str, OfficialTemplate] = {
         pre_query_template="<s> [INST] ", stop_tokens=("<s>", "</s>", "[INST]", "[/INST]"),
         stop_tokens_assistant=("assistant",)),
 }
+
+
+def registry_agrees(official: str, template: ChatTemplate) -> bool:
+    """Whether an official pre-query prefix says what the model's template says: after the template's own BOS
+    (and the space a tokenizer may put after it), the official prefix is how the template's prefix ends.
+
+    >>> chatml = load_template("chatml")
+    >>> registry_agrees("<|im_start|>user\\n", chatml), registry_agrees("<s> [INST] ", chatml)
+    (True, False)
+    """
+    body = official
+    if template.bos_token and body.startswith(template.bos_token):
+        body = body[len(template.bos_token):].lstrip(" ")
+    return bool(body) and template.user_prefix().endswith(body)
 
 
 def family_of(model: str) -> str | None:

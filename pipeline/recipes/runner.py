@@ -12,13 +12,14 @@ import inspect
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import polars as pl
 
 from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
-from pipeline.core.rundir import ShardState, append_manifest, check_identity, read_shards, write_shard
+from pipeline.core.rundir import ShardState, StageWarning, append_manifest, check_identity, read_shards, write_shard
 
 
 
@@ -80,7 +81,13 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
 
 def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kwargs, max_failure_rate, computes):
     started = time.perf_counter()
-    out = stage(shard, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StageWarning)
+        out = stage(shard, **kwargs)
+    notes = sorted({str(w.message) for w in caught if issubclass(w.category, StageWarning)})
+    for w in caught:  # everything else is shown as it would have been
+        if not issubclass(w.category, StageWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if "drop_reason" not in out.columns:
         out = out.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
     dropped = out.filter(pl.col("drop_reason").is_not_null())
@@ -91,7 +98,7 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kw
     entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
              "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
              "engine": identity["engine"], "params": identity["params"],
-             "host": socket.gethostname(), "pid": os.getpid()}  # where it ran: a Ray worker, a Prefect worker
+             "host": socket.gethostname(), "pid": os.getpid(), **({"warnings": notes} if notes else {})}  # where it ran: a Ray worker, a Prefect worker
     if shard.height and failures > max_failure_rate * shard.height:
         append_manifest(run_dir, {**entry, "status": "failed"})
         raise EngineFailures(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.rundir import write_atomic
+from pipeline.core.rundir import read_manifest, write_atomic
 from pipeline.core.secrets import redact
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md.jinja"
@@ -67,11 +67,18 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
                                  if (m := s.get("function", "").rsplit(".", 1)[0]) in METHOD_OF_MODULE))
     df = pl.read_parquet(export)
     languages = sorted(set(df["language"].drop_nulls().str.to_lowercase())) if "language" in df.columns else []
-    seeds = sorted({str(json.loads(m).get("magpie", {}).get("seed")) for m in df["meta"].head(1000)} - {"None"})
+    metas = [json.loads(m) for m in df["meta"].head(1000)]
+    seeds = sorted({str(m.get("magpie", {}).get("seed")) for m in metas} - {"None"})
+    origins = sorted({turn["user"]["pre_query"] for m in metas for turn in m.get("magpie", {}).get("turns", [])
+                      if turn.get("user", {}).get("pre_query")})
+    notes = [f"Magpie pre-query prefix: {origin} ("
+             + ("from the model's chat template)" if origin == "template" else "the official registry's, which agrees "
+                "with the model's chat template)") for origin in origins]
+    notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
     return {"funnel": [{"stage": stage["stage"], "version": stage["version"], "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
                        for stage, s in zip(stages, funnel.values())],
-            "models": models, "filters": filter_steps, "methods": methods, "rows": df.height, "languages": languages or ["en"],
+            "models": models, "filters": filter_steps, "notes": notes, "methods": methods, "rows": df.height, "languages": languages or ["en"],
             "seeds": ", ".join(seeds) if seeds else "see each row's meta"}
 
 
@@ -102,7 +109,7 @@ def render(ctx: dict, *, pretty_name: str, description: str, license: str = "oth
         data, template_path=str(TEMPLATE), pretty_name=pretty_name, description=description,
         aligndata_version=aligndata_version, method_links=[(m, PAPERS.get(m)) for m in ctx["methods"] or ["curation"]],
         rows=ctx["rows"],
-        split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], filters=ctx.get("filters", []), seeds=ctx["seeds"],
+        split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], filters=ctx.get("filters", []), notes=ctx.get("notes", []), seeds=ctx["seeds"],
         citations=[CITATIONS[m] for m in ctx["methods"]])
     return redact(str(card))
 

@@ -13,13 +13,15 @@ system turn, without which it mostly writes code or junk).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.engines.templates import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of
+from pipeline.engines.templates import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of, registry_agrees
 from pipeline.engines import Completion, Engine, Sampling
 from pipeline.synth.magpie_sanitizer import sanitize_instruction
+from pipeline.core.rundir import StageWarning
 from pipeline.core.records import dump_meta, empty, meta_dicts, messages_of, record_id
 
 VERSION = "1"
@@ -42,7 +44,7 @@ class PreQuery:
     temperature: float
     top_p: float
     sanitize: bool
-    origin: str  # "official:<family>[:<task>]" or "derived"
+    origin: str  # "official:<family>[:<task>]" or "template" (the model's chat template)
 
 
 def pre_query(engine: Engine, *, task: str | None = None, system: str | None = None,
@@ -52,6 +54,11 @@ def pre_query(engine: Engine, *, task: str | None = None, system: str | None = N
         raise ValueError(f"unknown Magpie task {task!r}; valid: {list(TASKS)}")
     family = family_of(engine.model_name) or family_of(engine.spec.model)
     official = OFFICIAL.get(family) if system is None else None
+    if official and not registry_agrees(official.pre_query_template, engine.template):
+        warnings.warn(f"the Magpie registry's {family!r} prefix {official.pre_query_template!r} does not match the "
+                      f"model's chat template ({engine.template.user_prefix()!r}): using the template's", StageWarning,
+                      stacklevel=2)
+        official, family = None, None
     if official and (task is None or task in official.task_templates):
         prefix = official.task_templates[task] if task else official.pre_query_template
         stop = official.stop_tokens + official.stop_tokens_assistant
@@ -62,7 +69,7 @@ def pre_query(engine: Engine, *, task: str | None = None, system: str | None = N
         history = [{"role": "system", "content": system_text}] if system_text else []
         prefix = engine.template.user_prefix(history)
         stop = tuple(engine.template.stop_strings())
-        temperature, top_p, early, origin = DERIVED_INSTRUCTION_TEMPERATURE, 1.0, True, "derived"
+        temperature, top_p, early, origin = DERIVED_INSTRUCTION_TEMPERATURE, 1.0, True, "template"
     if task == "translation":
         early = False  # the official scripts disable early stopping for translation
     if early_stopping is not None:
