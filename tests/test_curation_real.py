@@ -67,3 +67,43 @@ def test_curate_job_on_real_models(tmp_path):
     out = pl.read_parquet(summary["export"])
     assert out.height <= 3 and out["deita_score"].null_count() == 0
     assert out["deita_score"].to_list() == sorted(out["deita_score"].to_list(), reverse=True)  # selection order
+
+
+@pytest.mark.server
+def test_a_scorer_server_killed_mid_stage_counts_engine_errors_and_the_rerun_completes(llama_server, tmp_path):
+    """curate on the real SmolLM2 behind llama.cpp's OpenAI server: the server dies while deita scores the
+    second shard; its rows are engine_error:connection, the run stops past the rate with the resume hint, and
+    the re-run (server back on the same port) scores every row exactly once."""
+    import threading
+    from pathlib import Path
+
+    from pipeline.core.rundir import read_manifest, read_shards
+    from pipeline.engines import load_engine
+    from pipeline.recipes.runner import EngineFailures
+
+    data = Path(__file__).parent / "data" / "planted.jsonl"
+    spec = EngineSpec.make("openai", "smollm2", base_url=llama_server.url,
+                           options={"retries": 1, "backoff": 0.1, "timeout": 20, "concurrency": 2})
+    engine = load_engine(spec)
+    real_generate, killed = engine.generate, threading.Event()
+
+    def generate_and_kill(prompts, sampling, seeds=None):
+        if not killed.is_set() and len(list((tmp_path / "run" / "scored").glob("shard-*"))) == 1:
+            killed.set()
+            threading.Timer(0.3, llama_server.stop).start()
+        return real_generate(prompts, sampling, seeds)
+
+    run = dict(input_path=data, engine=spec, k=5, dedup=("exact",), shard_size=8)
+    engine.generate = generate_and_kill
+    try:
+        with pytest.raises(EngineFailures, match="stage 'scored' shard 1: .*engine_error:connection.*run the same command again"):
+            curate_job(tmp_path / "run", **run)
+    finally:
+        engine.generate = real_generate
+    failed = [e for e in read_manifest(tmp_path / "run") if e.get("status") == "failed"]
+    assert failed and failed[0]["stage"] == "scored" and failed[0]["drops"].get("engine_error:connection", 0) > 0
+    llama_server.start()
+    summary = curate_job(tmp_path / "run", **run)
+    scored = read_shards(tmp_path / "run" / "scored")
+    assert scored["id"].n_unique() == scored.height == summary["stages"]["quality-filtered"]["rows_out"] == 30
+    assert scored["deita_score"].null_count() == 0

@@ -177,3 +177,15 @@ def test_openai_engine_names_the_served_models_when_model_is_wrong(llama_server,
                                       "--base-url", llama_server.url, "--model", "llama-3-8b"])
     assert result.exit_code == 2, result.output
     assert "serves ['smollm2'], not 'llama-3-8b': pass --model smollm2" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_an_over_length_prompt_fails_only_its_own_row(backend):
+    engine = load_engine(EngineSpec.make(backend))
+    prefix = engine.template.user_prefix()
+    too_long = prefix + "word " * 5000
+    out = engine.generate([prefix, too_long, prefix], Sampling(max_tokens=8), seeds=[1, 2, 3])
+    assert [c[0].failed for c in out] == [False, True, False]
+    assert out[1][0].error_kind == "too_long"
+    logprobs = engine.prompt_logprobs([prefix + "Hi", too_long])
+    assert logprobs[0] and logprobs[1] is None

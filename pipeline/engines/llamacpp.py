@@ -114,8 +114,9 @@ class LlamaCppEngine:
         for reply in self._run_all(requests):
             if "crashed" in reply:
                 flat.append(failed(f"crashed: {reply['crashed']}"))
-            elif "error" in reply:
-                flat.append(failed(f"engine: {reply['error']}"))
+            elif "error" in reply:  # llama.cpp's "Requested tokens (N) exceed context window of M" is a length failure
+                kind = "too_long" if "exceed context window" in reply["error"] else "engine"
+                flat.append(failed(f"{kind}: {reply['error']}"))
             else:
                 flat.append(Completion(text=reply["text"], finish_reason=reply["finish_reason"],
                                        n_tokens=reply["n_tokens"], logprobs=reply["logprobs"]))

@@ -53,15 +53,29 @@ class VLLMEngine:
                               max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, seed=seed,
                               logprobs=sampling.logprobs, skip_special_tokens=True, **extra)
 
+    def _too_long(self, prompt: str, max_tokens: int) -> str | None:
+        """Why vLLM would reject this prompt for its length (it rejects the whole batch), or None."""
+        limit = self.llm.llm_engine.model_config.max_model_len
+        n = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        return f"too_long: {n} prompt tokens + {max_tokens} new > max_model_len {limit}" if n + max_tokens > limit else None
+
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         requests = expand_requests(prompts, sampling, seeds)
+        # An over-length prompt fails its own row only: vLLM would reject the batch it is in.
+        length_errors = {i: error for i, (_, prompt, _) in enumerate(requests)
+                         if (error := self._too_long(prompt, sampling.max_tokens))}
+        runnable = [r for i, r in enumerate(requests) if i not in length_errors]
         try:
-            outputs = self.llm.generate([p for _, p, _ in requests], [self._params(sampling, s) for _, _, s in requests],
-                                        use_tqdm=False)
+            outputs = iter(self.llm.generate([p for _, p, _ in runnable], [self._params(sampling, s) for _, _, s in runnable],
+                                             use_tqdm=False) if runnable else [])
         except (ValueError, RuntimeError) as exc:
             return regroup(prompts, sampling, [failed(f"engine: {exc}")] * len(requests))
         flat = []
-        for out in outputs:
+        for i in range(len(requests)):
+            if i in length_errors:
+                flat.append(failed(length_errors[i]))
+                continue
+            out = next(outputs)
             c = out.outputs[0]
             logprobs = None
             if sampling.logprobs and c.logprobs:
@@ -88,12 +102,13 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        fits = [i for i, prompt in enumerate(prompts) if not self._too_long(prompt, 1)]  # the others: None, alone
         try:
-            outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+            outputs = self.llm.generate([prompts[i] for i in fits], params, use_tqdm=False) if fits else []
         except (ValueError, RuntimeError):
             return [None] * len(prompts)
-        results = []
-        for out in outputs:
+        results: list[list[float] | None] = [None] * len(prompts)
+        for i, out in zip(fits, outputs):
             ids = out.prompt_token_ids
-            results.append([float(step[tid].logprob) for tid, step in zip(ids[1:], out.prompt_logprobs[1:])])
+            results[i] = [float(step[tid].logprob) for tid, step in zip(ids[1:], out.prompt_logprobs[1:])]
         return results
