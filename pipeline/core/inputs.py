@@ -1,6 +1,7 @@
 """Bring your own data: read Parquet, JSON arrays, JSON Lines or an HF `datasets` directory in OpenAI `messages`,
 ShareGPT (`conversations` of {from, value}), Alpaca (`instruction`, `input`, `output`) or seed (`instruction`
-alone) form, in batches of bounded size, and turn each row into a record or a quarantined row.
+alone) form, in batches of bounded size, and turn each row into a record or a quarantined row; `write_input`
+writes them as a run's input stage.
 
 Rows: a row that cannot become a valid conversation is quarantined with a `drop_reason` (QUARANTINE_REASONS),
 its raw text kept in `meta.import.raw`; `strict=True` stops at the first one instead. Leading assistant turns
@@ -14,6 +15,7 @@ skipped. A UTF-8 byte-order mark is accepted.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,7 @@ from typing import Iterator
 import polars as pl
 
 from pipeline.core.records import dump_meta, empty, record_id
+from pipeline.core.rundir import append_manifest, check_identity, write_shard
 
 FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
 BATCH_ROWS = 20_000
@@ -281,6 +284,46 @@ def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], 
     bad_frame = pl.DataFrame({"id": bad["id"], "source": ["import"] * len(bad["id"]), "drop_reason": bad["drop_reason"]},
                              schema={"id": pl.String, "source": pl.String, "drop_reason": pl.String})
     return Converted(kept_frame.with_columns(dump_meta(kept["meta"])), bad_frame.with_columns(dump_meta(bad["meta"])), removed)
+
+
+def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool = False, salvage: bool = False) -> Path:
+    """DIR/input/: the input as record shards of up to BATCH_ROWS rows, read in batches (bounded memory).
+
+    Rows that cannot become records go to input/dropped-*.parquet with their reason, counted in the manifest
+    (`strict` stops at the first instead). Records written by aligndata (a run's export or a stage directory,
+    whose dropped rows are never read) keep all their columns. input/stage.json records the file's content
+    hash and the options: another input on the same run directory is refused; a re-run writes only missing shards.
+    """
+    path, input_dir = Path(path), Path(out) / "input"
+    check_identity(input_dir, {"stage": "input", "version": "1", "file": path.name, "content": content_hash(path),
+                               "format": fmt, "strict": strict, "salvage": salvage})
+    seen: set[str] = set()  # ids across batches: every batch is converted, also on resume, to find duplicates
+    index = -1
+    for index, batch in enumerate(read_batches(path, salvage=salvage)):
+        started = time.perf_counter()
+        keys = keys_of(batch.rows)
+        if {"id", "source", "meta"} <= keys:  # aligndata records
+            kept = pl.from_dicts(batch.rows, infer_schema_length=None).drop("drop_reason", strict=False)
+            converted = Converted(kept, kept.clear(), 0)
+        else:
+            fmt = fmt or detect_format(keys, path)
+            converted = to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict)
+        shard = input_dir / f"shard-{index:05d}.parquet"
+        if shard.exists():
+            continue
+        quarantined = converted.quarantined
+        drops = dict(sorted(quarantined.group_by("drop_reason").len().iter_rows())) if quarantined.height else {}
+        if quarantined.height:
+            write_shard(quarantined, input_dir / f"dropped-{index:05d}.parquet")
+        write_shard(converted.kept, shard)
+        removed = converted.leading_assistant_turns_removed
+        append_manifest(out, {"stage": "input", "version": "1", "shard": index, "status": "done", "file": str(path),
+                              "rows_in": len(batch.rows) + sum(batch.skipped.values()), "rows_out": converted.kept.height,
+                              "drops": drops | batch.skipped, "nulls": {}, "seconds": round(time.perf_counter() - started, 3),
+                              "repairs": {"leading_assistant_turns_removed": removed} if removed else {}})
+    if index < 0:
+        raise InputError(f"{path}: no rows; nothing to do")
+    return input_dir
 
 
 def load(path: Path | str, fmt: str | None = None, *, strict: bool = True) -> pl.DataFrame:

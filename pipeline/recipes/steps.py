@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import polars as pl
-
-from pipeline.core.rundir import append_manifest, check_identity, read_shards, summarize, write_shard
+from pipeline.core.inputs import write_input
+from pipeline.core.rundir import append_manifest, read_shards, summarize, write_shard
 from pipeline.recipes.runner import run_stage
 from pipeline.engines import EngineSpec, release_engines
 
@@ -87,46 +86,6 @@ def run_job(out: Path, steps: list[Step], source: Callable[[Path], Path], *, eng
     last = run_steps(out, steps, source(out), engine=engine, max_failure_rate=max_failure_rate, on_progress=on_progress)
     path = export_parquet(out, last, card=card)
     return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
-
-
-def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool = False, salvage: bool = False) -> Path:
-    """DIR/input/: the input as record shards of up to BATCH_ROWS rows, read in batches (bounded memory).
-
-    Rows that cannot become records go to input/dropped-*.parquet with their reason, counted in the manifest
-    (`strict` stops at the first instead). Records written by aligndata (a run's export or a stage directory,
-    whose dropped rows are never read) keep all their columns. input/stage.json records the file's content
-    hash and the options: another input on the same run directory is refused; a re-run writes only missing shards.
-    """
-    from pipeline.core import inputs
-
-    input_dir = Path(out) / "input"
-    check_identity(input_dir, {"stage": "input", "version": "1", "file": Path(path).name, "content": inputs.content_hash(Path(path)),
-                               "format": fmt, "strict": strict, "salvage": salvage})
-    seen: set[str] = set()
-    index = -1
-    for index, batch in enumerate(inputs.read_batches(Path(path), salvage=salvage)):
-        started = time.perf_counter()
-        keys = inputs.keys_of(batch.rows)
-        if {"id", "source", "meta"} <= keys:  # aligndata records
-            kept = pl.from_dicts(batch.rows, infer_schema_length=None).drop("drop_reason", strict=False)
-            converted = inputs.Converted(kept, kept.clear(), 0)
-        else:
-            fmt = fmt or inputs.detect_format(keys, path)
-            converted = inputs.to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict)
-        shard = input_dir / f"shard-{index:05d}.parquet"
-        if shard.exists():
-            continue
-        drops = dict(sorted(converted.quarantined.group_by("drop_reason").len().iter_rows())) if converted.quarantined.height else {}
-        if converted.quarantined.height:
-            write_shard(converted.quarantined, input_dir / f"dropped-{index:05d}.parquet")
-        write_shard(converted.kept, shard)
-        repairs = {"leading_assistant_turns_removed": converted.leading_assistant_turns_removed} if converted.leading_assistant_turns_removed else {}
-        append_manifest(out, {"stage": "input", "version": "1", "shard": index, "rows_in": len(batch.rows) + sum(batch.skipped.values()),
-                              "rows_out": converted.kept.height, "drops": drops | batch.skipped, "nulls": {}, "repairs": repairs,
-                              "seconds": round(time.perf_counter() - started, 3), "status": "done", "file": str(path)})
-    if index < 0:
-        raise inputs.InputError(f"{path}: no rows; nothing to do")
-    return input_dir
 
 
 def input_job(out: Path, *, input_path: Path, steps: list[Step], engine: EngineSpec | None, fmt: str | None = None,
