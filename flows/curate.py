@@ -17,6 +17,6 @@ def curate_flow(out: str, source: str | None = None, input_path: str | None = No
     """
     if (source is None) == (input_path is None):
         raise ValueError("pass exactly one of source (a stage directory) or input_path (your data)")
-    source = source or input_task(out, input_path)
+    source = source or input_task.submit(out, input_path).result()  # on the task runner, like every step
     steps = recipes.curate_steps(**(options or {}))
     return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

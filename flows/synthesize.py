@@ -19,9 +19,9 @@ def synthesize_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
     """
     steps = recipes.synthesis_steps(method, **(options or {}))
     if method == "magpie":
-        source = plan_task(out, n, seed)
+        source = plan_task.submit(out, n, seed).result()
     elif seeds is None:
         raise ValueError(f"method {method!r} starts from seed rows: pass seeds=PATH (Parquet, JSONL or a datasets dir)")
     else:
-        source = input_task(out, seeds)
+        source = input_task.submit(out, seeds).result()
     return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

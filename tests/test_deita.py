@@ -63,8 +63,8 @@ def test_two_scorer_models_one_step_each(tmp_path):
     complexity_model = {"backend": "fake", "model": "complexity-scorer", "options": {"top_logprobs": {"": digit("5")}}}
     quality_model = EngineSpec.make("fake", "quality-scorer", options={"top_logprobs": {"": digit("2")}})
     data = tmp_path / "data.jsonl"
-    data.write_text("".join('{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a"}]}\n' % i
-                            for i in range(3)))
+    data.write_text("".join('{"messages": [{"role": "user", "content": "Question number %d, please."}, '
+                            '{"role": "assistant", "content": "a"}]}\n' % i for i in range(3)))
     summary = curate_job(tmp_path / "run", input_path=data, engine=quality_model, complexity_engine=complexity_model,
                          dedup=(), k=2, shard_size=2)
     assert list(summary["stages"])[-3:] == ["scored-complexity", "scored", "selected"]

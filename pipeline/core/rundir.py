@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -117,8 +118,10 @@ class ShardState:
 
 
 def append_manifest(run_dir: Path, entry: dict) -> None:
-    """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND); secrets redacted."""
-    line = json.dumps(redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}), sort_keys=True, default=str)
+    """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND); secrets redacted.
+    Every line says when and where it was written (host and pid: a Ray worker, a Prefect worker)."""
+    where = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid()}
+    line = json.dumps(redact({**where, **entry}), sort_keys=True, default=str)
     fd = os.open(Path(run_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())

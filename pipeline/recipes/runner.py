@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -98,7 +96,7 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kw
     entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
              "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
              "engine": identity["engine"], "params": identity["params"],
-             "host": socket.gethostname(), "pid": os.getpid(), **({"warnings": notes} if notes else {})}  # where it ran: a Ray worker, a Prefect worker
+             **({"warnings": notes} if notes else {})}
     if shard.height and failures > max_failure_rate * shard.height:
         append_manifest(run_dir, {**entry, "status": "failed"})
         raise EngineFailures(
