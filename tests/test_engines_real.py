@@ -189,3 +189,17 @@ def test_an_over_length_prompt_fails_only_its_own_row(backend):
     assert out[1][0].error_kind == "too_long"
     logprobs = engine.prompt_logprobs([prefix + "Hi", too_long])
     assert logprobs[0] and logprobs[1] is None
+
+
+def test_a_hung_llamacpp_worker_times_out_as_a_counted_failure_and_restarts():
+    import os
+    import signal
+
+    engine = load_engine(EngineSpec.make("llamacpp", options={"timeout": 2, "n_ctx": 512}))
+    os.kill(engine.worker_pid, signal.SIGSTOP)  # hung: alive, never answering
+    prompt = engine.template.user_prefix()
+    [[hung]] = engine.generate([prompt], Sampling(max_tokens=4), seeds=[1])
+    assert hung.failed and hung.error_kind == "timeout"
+    [[again]] = engine.generate([prompt], Sampling(max_tokens=4), seeds=[1])
+    assert not again.failed and again.n_tokens > 0
+    engine.close()

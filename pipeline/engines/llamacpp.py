@@ -1,7 +1,8 @@
 """llama.cpp on a GGUF file (the CPU backend), in a worker process of its own.
 
-Options: n_ctx (2048), n_threads (all cores), n_batch (512). The high-level llama-cpp-python API decodes
-one sequence at a time, so requests run sequentially, each from a fresh context.
+Options: n_ctx (2048), n_threads (all cores), n_batch (512), timeout (600 s per request: a worker that does not
+answer by then is killed, the request fails as engine_error:timeout and the worker restarts). The high-level
+llama-cpp-python API decodes one sequence at a time, so requests run sequentially, each from a fresh context.
 
 Why a worker process: llama.cpp is native code, and a build whose kernels do not fit the CPU (AMX on some
 Intel Xeons) dies with SIGSEGV on the first multi-token prompt. In-process, that kills the run, or the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -47,6 +49,7 @@ class LlamaCppEngine:
         self.options = {"model_path": self.path, "n_ctx": int(spec.opts.get("n_ctx", 2048)),
                         "n_batch": int(spec.opts.get("n_batch", 512)),
                         "n_threads": int(spec.opts.get("n_threads", os.cpu_count() or 1))}
+        self.timeout = float(spec.opts.get("timeout", 600))
         self.template = load_template(spec.template or self.path)
         self.model_name = os.path.basename(self.path)
         self.crashes = 0  # worker crashes since this engine was built (each failed the requests in flight)
@@ -84,6 +87,13 @@ class LlamaCppEngine:
             try:
                 self._worker.stdin.write(json.dumps(request) + "\n")
                 self._worker.stdin.flush()
+                # one reply line per request, so nothing is buffered between calls and select sees the pipe
+                answered, _, _ = select.select([self._worker.stdout], [], [], self.timeout)
+                if not answered:
+                    self._worker.kill()
+                    self._worker.wait()
+                    self._worker = None  # the next request starts a fresh one
+                    return {"timeout": f"llama.cpp worker gave no answer in {self.timeout:g} s; it was restarted"}
                 reply = self._read()
             except (BrokenPipeError, OSError):
                 reply = None
@@ -102,7 +112,7 @@ class LlamaCppEngine:
                 replies.append({"crashed": f"skipped after {in_a_row} worker crashes in a row; {REBUILD_HINT}"})
                 continue
             replies.append(self._call(request))
-            in_a_row = in_a_row + 1 if "crashed" in replies[-1] else 0
+            in_a_row = in_a_row + 1 if ("crashed" in replies[-1] or "timeout" in replies[-1]) else 0
         return replies
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
@@ -112,8 +122,9 @@ class LlamaCppEngine:
                     for _, prompt, seed in expand_requests(prompts, sampling, seeds)]
         flat = []
         for reply in self._run_all(requests):
-            if "crashed" in reply:
-                flat.append(failed(f"crashed: {reply['crashed']}"))
+            if "crashed" in reply or "timeout" in reply:
+                kind = "crashed" if "crashed" in reply else "timeout"
+                flat.append(failed(f"{kind}: {reply[kind]}"))
             elif "error" in reply:  # llama.cpp's "Requested tokens (N) exceed context window of M" is a length failure
                 kind = "too_long" if "exceed context window" in reply["error"] else "engine"
                 flat.append(failed(f"{kind}: {reply['error']}"))
