@@ -144,3 +144,18 @@ def test_logprob_judge_scores_each_assistant_in_both_orders():
     assert strong == target == 5.5  # each got 10 in one order and 1 in the other: the bias cancels
     with pytest.raises(ValueError, match="valid: \\['text', 'logprobs'\\]"):
         codeclm.judge_pairs(judge, [("q", "s", "t")], mode="vibes")
+
+
+def test_contrastive_output_does_not_depend_on_the_shard_size(tmp_path):
+    """Requests are seeded by row id, not by the row's position in its shard."""
+    from pipeline.core.rundir import read_shards
+    from pipeline.recipes.runner import run_stage
+
+    spec = EngineSpec.make("fake", "codec-shards", options={"top_logprobs": {"Assistant": {d: 0.0 for d in "123456789"}}})
+    rows = frame([f"question {i}" for i in range(4)])
+    outputs = []
+    for size in (1, 4):
+        run_stage(tmp_path / str(size), "filtered", codeclm.contrastive, source=rows, version="1", engine=spec,
+                  shard_size=size, params={"judge_mode": "logprobs", "keep_unresolved": True, "max_iterations": 1})
+        outputs.append(read_shards(tmp_path / str(size) / "filtered").select("id", "messages").to_dicts())
+    assert outputs[0] == outputs[1] and all(len(row["messages"]) == 2 for row in outputs[0])

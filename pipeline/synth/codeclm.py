@@ -276,6 +276,7 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
     unparseable judgment, engine_error:<kind> for a failed request of any of the row's calls).
     """
     target_engine = target or engine
+    ids = df["id"].to_list()  # requests are seeded by row id, so the output does not depend on the shard size
     metas = meta_dicts(df)
     instructions = first_instructions(df)
     rubrics, rubric_failures = _rubrics(engine, [m["codeclm"]["metadata"] for m in metas], seed)
@@ -283,8 +284,10 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
     pending = [i for i in range(df.height) if i not in done]  # row -> (response or None, drop reason or None)
     while pending:
         questions = [instructions[i] for i in pending]
-        strong, strong_failures = _respond(engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "s") for i in pending], response_max_tokens)
-        weak, weak_failures = _respond(target_engine, questions, [_seed(seed, i, metas[i]["codeclm"]["iteration"], "t") for i in pending], response_max_tokens)
+        strong, strong_failures = _respond(engine, questions, [_seed(seed, ids[i], metas[i]["codeclm"]["iteration"], "s")
+                                                               for i in pending], response_max_tokens)
+        weak, weak_failures = _respond(target_engine, questions, [_seed(seed, ids[i], metas[i]["codeclm"]["iteration"], "t")
+                                                                  for i in pending], response_max_tokens)
         scores, judge_failures = judge_pairs(engine, [(q, s or "", w or "") for q, s, w in zip(questions, strong, weak)], mode=judge_mode)
         improve = []
         for i, s, w, (s_score, w_score), *failed in zip(pending, strong, weak, scores, strong_failures, weak_failures, judge_failures):
@@ -309,12 +312,12 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
             actions = []
             for i in improve:
                 options = rubrics[i] or [("", "Add a realistic constraint that makes the task harder.")]
-                actions.append(random.Random(_seed(seed, i, metas[i]["codeclm"]["iteration"], "a")).choice(options)[1])
+                actions.append(random.Random(_seed(seed, ids[i], metas[i]["codeclm"]["iteration"], "a")).choice(options)[1])
             prompts = [_chat(engine, IMPROVE_PROMPT.format(use_case=metas[i]["codeclm"]["metadata"]["use_case"], action=a,
                                                            instruction=instructions[i])) for i, a in zip(improve, actions)]
             replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=256,
                                                         stop=tuple(engine.template.stop_strings())),
-                                      [_seed(seed, i, metas[i]["codeclm"]["iteration"], "i") for i in improve])
+                                      [_seed(seed, ids[i], metas[i]["codeclm"]["iteration"], "i") for i in improve])
             for i, action, reply in zip(improve, actions, replies):
                 if reply[0].failed:
                     done[i] = (None, failure_reason(reply))
