@@ -91,3 +91,12 @@ def test_openai_without_a_template_is_one_line_not_a_traceback(tmp_path):
                                  "--dedup", "", "--k", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no OpenAI-compatible server answers at http://127.0.0.1:9/v1" in " ".join(result.output.split())
+
+
+def test_a_model_that_will_not_load_is_one_line_not_a_traceback(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a model")
+    result = runner.invoke(app, ["magpie", "--out", str(tmp_path / "run"), "--n", "2", "--engine", "llamacpp",
+                                 "--model", str(bad)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "the llamacpp engine could not start" in " ".join(result.output.split()) and "broken.gguf" in result.output

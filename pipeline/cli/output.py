@@ -57,6 +57,16 @@ def third_party_output_to_log(run_dir: Path, console: Console):
             terminal.close()
 
 
+def _last_line(path: Path, tail: int = 8192) -> str:
+    """The file's last complete line, reading only its end (a manifest grows with every shard)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(handle.seek(0, os.SEEK_END) - tail, 0))
+        lines = handle.read().decode(errors="replace").splitlines()
+    if not lines:
+        raise ValueError("empty")
+    return lines[-1]
+
+
 def _writes_to_fd(stream, fd: int) -> bool:
     try:
         return stream.fileno() == fd
@@ -73,8 +83,8 @@ def manifest_status(run_dir: Path, console: Console, what: str):
         def follow():
             while not stop.wait(0.5):
                 try:
-                    last = json.loads(manifest.read_text().splitlines()[-1])
-                except (OSError, IndexError, ValueError):
+                    last = json.loads(_last_line(manifest))
+                except (OSError, ValueError):
                     continue
                 shard = f" shard {last['shard'] + 1}" if "shard" in last else ""
                 status.update(f"{what}: {last.get('stage')}{shard} done ({last.get('rows_out', '?')} rows)")

@@ -162,7 +162,14 @@ def load_engine(spec: EngineSpec) -> Engine:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ImportError(f"engine {spec.backend!r} needs a package that is missing ({exc.name}): {install}") from exc
-        _ENGINES[key] = getattr(module, class_name)(spec)
+        try:
+            _ENGINES[key] = getattr(module, class_name)(spec)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that will not load (bad path, corrupt file) is one line
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise EngineUnavailable(f"the {spec.backend} engine could not start {spec.model!r}: {type(exc).__name__}: "
+                                    f"{first}; check --model (a path or a served name) and --template") from exc
     return _ENGINES[key]
 
 

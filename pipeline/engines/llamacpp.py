@@ -30,7 +30,8 @@ from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling
 from pipeline.engines.models import resolve_model
 
 MAX_CRASHES_IN_A_ROW = 3
-REBUILD_HINT = "run ./install.sh again (it builds a portable llama.cpp and self-tests it; LLAMA_CMAKE_ARGS overrides the flags)"
+REBUILD_HINT = ("rebuild llama.cpp: rm -rf ~/.cache/aligndata/wheels/llama-cpp-* .venv/.llama-cpp-build && ./install.sh "
+                "(LLAMA_CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' tries other flags)")
 
 
 def _signal_name(returncode: int | None) -> str:
@@ -77,7 +78,8 @@ class LlamaCppEngine:
         return json.loads(line) if line else None
 
     def _call(self, request: dict) -> dict:
-        """Send one request; a dead worker gives {"crashed": "..."} and is restarted on the next call."""
+        """Send one request and return the worker's reply; a failure is {"failed": "<kind>: ..."} (kinds crashed,
+        timeout, too_long, engine). A worker that crashed or hung is replaced on the next call."""
         with self._lock:
             if self._worker is None or self._worker.poll() is not None:
                 if self._worker is not None:  # it died between requests: no request was lost
@@ -93,26 +95,27 @@ class LlamaCppEngine:
                     self._worker.kill()
                     self._worker.wait()
                     self._worker = None  # the next request starts a fresh one
-                    return {"timeout": f"llama.cpp worker gave no answer in {self.timeout:g} s; it was restarted"}
+                    return {"failed": f"timeout: llama.cpp worker gave no answer in {self.timeout:g} s; it was restarted"}
                 reply = self._read()
             except (BrokenPipeError, OSError):
                 reply = None
             if reply is None:
                 self.crashes += 1
                 how = _signal_name(self._worker.wait())
+                self._worker = None  # the next request starts a fresh one
                 print(f"aligndata: the llama.cpp worker died with {how} on a request; it is failed as "
                       f"engine_error:crashed and the worker restarts. If this repeats, {REBUILD_HINT}.", file=sys.stderr)
-                return {"crashed": f"llama.cpp worker died with {how}"}
+                return {"failed": f"crashed: llama.cpp worker died with {how}"}
             return reply
 
     def _run_all(self, requests: list[dict]) -> list[dict]:
         replies, in_a_row = [], 0
         for request in requests:
             if in_a_row >= MAX_CRASHES_IN_A_ROW:
-                replies.append({"crashed": f"skipped after {in_a_row} worker crashes in a row; {REBUILD_HINT}"})
+                replies.append({"failed": f"crashed: skipped after {in_a_row} worker crashes in a row; {REBUILD_HINT}"})
                 continue
             replies.append(self._call(request))
-            in_a_row = in_a_row + 1 if ("crashed" in replies[-1] or "timeout" in replies[-1]) else 0
+            in_a_row = in_a_row + 1 if replies[-1].get("failed", "").startswith(("crashed", "timeout")) else 0
         return replies
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
@@ -122,12 +125,8 @@ class LlamaCppEngine:
                     for _, prompt, seed in expand_requests(prompts, sampling, seeds)]
         flat = []
         for reply in self._run_all(requests):
-            if "crashed" in reply or "timeout" in reply:
-                kind = "crashed" if "crashed" in reply else "timeout"
-                flat.append(failed(f"{kind}: {reply[kind]}"))
-            elif "error" in reply:  # llama.cpp's "Requested tokens (N) exceed context window of M" is a length failure
-                kind = "too_long" if "exceed context window" in reply["error"] else "engine"
-                flat.append(failed(f"{kind}: {reply['error']}"))
+            if "failed" in reply:
+                flat.append(failed(reply["failed"]))
             else:
                 flat.append(Completion(text=reply["text"], finish_reason=reply["finish_reason"],
                                        n_tokens=reply["n_tokens"], logprobs=reply["logprobs"]))
@@ -208,8 +207,8 @@ def serve_worker(options: dict) -> None:
         request = json.loads(line)
         try:
             reply = _complete(llm, grammars, request) if request["op"] == "complete" else _prompt_logprobs(llm, request)
-        except (ValueError, RuntimeError) as exc:  # e.g. a prompt longer than the context window
-            reply = {"error": str(exc)}
+        except (ValueError, RuntimeError) as exc:  # "Requested tokens (N) exceed context window of M": too long
+            reply = {"failed": f"{'too_long' if 'exceed context window' in str(exc) else 'engine'}: {exc}"}
         send(reply)
 
 

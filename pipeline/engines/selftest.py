@@ -12,9 +12,7 @@ import sys
 import time
 
 from pipeline.engines import Engine, EngineSpec, EngineUnavailable, Sampling, load_engine
-
-REBUILD = ("rebuild llama.cpp: rm -rf ~/.cache/aligndata/wheels/llama-cpp-* && ./install.sh "
-           "(set LLAMA_CMAKE_ARGS to try other flags, e.g. '-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON')")
+from pipeline.engines.llamacpp import REBUILD_HINT
 TOKENS = 64
 
 
@@ -61,7 +59,7 @@ def main() -> int:
     for failure in failures:
         print(f"self-test FAILED: {failure}", file=sys.stderr)
     if failures:
-        print(f"To fix: {REBUILD}", file=sys.stderr)
+        print(f"To fix: {REBUILD_HINT}", file=sys.stderr)
     return 1 if failures else 0
 
 

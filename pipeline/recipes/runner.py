@@ -40,8 +40,8 @@ def fingerprint(source: Path | pl.DataFrame) -> str:
 
 def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, source: Path | pl.DataFrame,
               version: str, params: dict | None = None, engine: EngineSpec | None = None,
-              engines: dict[str, EngineSpec] | None = None, shard_size: int | None = 64, max_failure_rate: float = 0.1, computes: tuple[str, ...] = (),
-              on_shard: Callable[[int, int], None] | None = None) -> Path:
+              engines: dict[str, EngineSpec] | None = None, shard_size: int | None = 64, max_failure_rate: float = 0.1,
+              computes: tuple[str, ...] = (), on_shard: Callable[[int, int], None] | None = None) -> Path:
     """Apply `stage(df, [engine=...], **params)` to `source` shard by shard; returns the stage directory.
 
     `shard_size=None` runs the whole input as one shard (stages that compare rows, such as dedup).
@@ -62,13 +62,15 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     check_identity(stage_dir, identity)
     size = shard_size or max(frame.height, 1)
     total = max(-(-frame.height // size), 1)
+    models = {**(engines or {}), **({"engine": engine} if engine else {})}
+    wants_checkpoint = "checkpoint" in inspect.signature(stage).parameters
+    loaded: dict | None = None  # the models, loaded when the first unfinished shard needs them
     for index in range(total):
         shard_path = stage_dir / f"shard-{index:05d}.parquet"
         if not shard_path.exists():
-            kwargs = dict(params, **{role: load_engine(spec) for role, spec in (engines or {}).items()})
-            if engine:
-                kwargs["engine"] = load_engine(engine)
-            if "checkpoint" in inspect.signature(stage).parameters:
+            loaded = loaded if loaded is not None else {role: load_engine(spec) for role, spec in models.items()}
+            kwargs = {**params, **loaded}
+            if wants_checkpoint:
                 kwargs["checkpoint"] = ShardState(stage_dir / f"state-{index:05d}.json")
             _run_shard(run_dir, stage_dir, shard_path, index, frame.slice(index * size, size), stage, identity,
                        kwargs, max_failure_rate, computes)

@@ -12,6 +12,8 @@ instruct model used as a generic judge. On SmolLM2 both give all six digits in t
 """
 from __future__ import annotations
 
+from itertools import accumulate
+
 import polars as pl
 
 from pipeline.engines import Engine, Sampling, failure_reason
@@ -57,7 +59,7 @@ def _per_row(values: list, lengths: list[int]) -> list[list]:
     >>> _per_row([1, 2, 3], [2, 1])
     [[1, 2], [3]]
     """
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    starts = [0, *accumulate(lengths)]
     return [values[start:start + n] for start, n in zip(starts, lengths)]
 
 
