@@ -158,8 +158,8 @@ def _json_array(path: Path, batch_rows: int, salvage: bool) -> Iterator[Batch]:
             except StopIteration:
                 break
             except (ijson.JSONError, UnicodeDecodeError) as exc:
-                truncated = isinstance(exc, ijson.IncompleteJSONError) and "premature EOF" in str(exc).lower() \
-                    or handle.tell() >= path.stat().st_size
+                at_end = handle.tell() >= path.stat().st_size
+                truncated = at_end or (isinstance(exc, ijson.IncompleteJSONError) and "premature eof" in str(exc).lower())
                 what = "is cut off (truncated)" if truncated else f"has invalid JSON or bytes ({str(exc).splitlines()[0]})"
                 if not salvage:
                     raise InputError(f"{path}: the JSON array {what} after {count} complete records, near byte "

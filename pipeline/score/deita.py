@@ -89,9 +89,10 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
     completions = [c[0] for c in engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=top_logprobs))]
     flat = [expected_score(c.logprobs[0] if c.logprobs else None) for c in completions]
     lengths = [len(c) for c in pairs]
-    by_row = _per_row(completions, lengths * (2 if part == "both" else 1))
-    failures = [failure_reason(a + b) for a, b in zip(by_row[:len(lengths)], by_row[len(lengths):])] if part == "both" \
-        else [failure_reason(c) for c in by_row]
+    row_of_turn = [row for row, n in enumerate(lengths) for _ in range(n)]
+    failures: list[str | None] = [None] * df.height  # a row fails with its first failed request, in either part
+    for row, completion in zip(row_of_turn * (2 if part == "both" else 1), completions):
+        failures[row] = failures[row] or failure_reason([completion])
     errors = pl.Series("drop_reason", failures, dtype=pl.String)
     if part == "quality":
         complexity = [list(given or []) for given in df["complexity"].to_list()]
