@@ -1,8 +1,10 @@
 """Thin Prefect tasks: a path in, one pipeline call, a path out. The library does the work and writes the manifest.
 
-A step task is cached across flow runs on its inputs (run directory, step with its VERSION and parameters,
-engine spec), its source code, and the content fingerprint of its input shards; the cache record and the
-result live in the step's own stage directory, so deleting that directory (or changing its input) recomputes it.
+A step task is cached across flow runs on its inputs (run directory, step with its parameters, engine spec), the
+task's source, and `_step_identity`: the content fingerprint of its input shards, the code hash of its stage (the
+stage's module and the project modules it imports) and the revision of each model it uses. The cache record and the
+result live in the step's own stage directory, so deleting that directory, changing its input, upgrading the code
+it runs or the weights it loads recomputes it; steps whose code and input did not change stay cached.
 Within a step, finished shards are skipped by the runner, which is what makes a killed run resume.
 """
 from __future__ import annotations
@@ -15,16 +17,21 @@ from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
 from pipeline import recipes
+from pipeline.core.codehash import code_hash
 from pipeline.engines import EngineSpec
+from pipeline.engines.models import model_revision
 from pipeline.recipes.runner import fingerprint
 from pipeline.core.secrets import redact
 
 
-def _input_fingerprint(context, parameters: dict) -> str:
-    return fingerprint(Path(parameters["source"]))
+def _step_identity(context, parameters: dict) -> str:
+    step = recipes.Step(**{**parameters["step"], "computes": tuple(parameters["step"].get("computes", ()))})
+    specs = [s for s in (parameters["engine"], step.engine, *step.engines.values()) if s]
+    revisions = [model_revision(spec.backend, spec.model) for spec in map(EngineSpec.from_json, specs)]
+    return ":".join([fingerprint(Path(parameters["source"])), code_hash(step.function()), *map(str, revisions)])
 
 
-STEP_CACHE = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_input_fingerprint)
+STEP_CACHE = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_step_identity)
 
 
 @task(task_run_name="{step[name]}", cache_policy=STEP_CACHE, persist_result=True)

@@ -21,7 +21,7 @@ def test_golden_card():
     data = DatasetCard(rendered).data.to_dict()
     assert data["license"] == "apache-2.0" and data["task_categories"] == ["text-generation"]
     assert data["size_categories"] == ["n<1K"] and data["configs"][0]["data_files"][0]["split"] == "train"
-    assert "| filtered | 1 | 23 | 16 | response_complete: 7 |" in rendered and "@inproceedings{xu2025magpie" in rendered
+    assert "| filtered | 3f2a9c1e0b7d4a65 | 23 | 16 | response_complete: 7 |" in rendered and "@inproceedings{xu2025magpie" in rendered
 
 
 def test_a_planted_token_reaches_no_file_of_the_run(tmp_path, monkeypatch):
@@ -51,7 +51,7 @@ def test_card_links_only_papers_and_lists_every_model_a_stage_used(tmp_path):
     data.write_text('{"instruction": "Explain rain.", "output": "Water falls."}\n')
     judge = EngineSpec.make("fake", "judge-model", options={"script": {"Rating": "7"}})
     base = EngineSpec.make("fake", "base-model")
-    stage = run_step(tmp_path, Step("rewarded", "pipeline.score.reward:reward_difference", "1", {},
+    stage = run_step(tmp_path, Step("rewarded", "pipeline.score.reward:reward_difference", {},
                                     engines={"base": base.to_json()}), write_input(tmp_path, data), engine=judge)
     from pipeline.recipes import export_parquet
 

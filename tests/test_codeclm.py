@@ -155,7 +155,7 @@ def test_contrastive_output_does_not_depend_on_the_shard_size(tmp_path):
     rows = frame([f"question {i}" for i in range(4)])
     outputs = []
     for size in (1, 4):
-        run_stage(tmp_path / str(size), "filtered", codeclm.contrastive, source=rows, version="1", engine=spec,
+        run_stage(tmp_path / str(size), "filtered", codeclm.contrastive, source=rows, engine=spec,
                   shard_size=size, params={"judge_mode": "logprobs", "keep_unresolved": True, "max_iterations": 1})
         outputs.append(read_shards(tmp_path / str(size) / "filtered").select("id", "messages").to_dicts())
     assert outputs[0] == outputs[1] and all(len(row["messages"]) == 2 for row in outputs[0])

@@ -63,8 +63,8 @@ def test_a_failed_request_marks_only_its_row(stage, tmp_path):
 def test_the_runner_counts_them_and_stops_past_the_rate(tmp_path):
     spec = EngineSpec.make("fake", "failing-engine", options={"fail_on": ["FAILME"]})
     with pytest.raises(EngineFailures, match="1 of 3 rows failed"):
-        run_stage(tmp_path, "scored", deita.score, source=conversations(), version="1", engine=spec, max_failure_rate=0.1)
-    run_stage(tmp_path, "scored-tolerant", deita.score, source=conversations(), version="1", engine=spec, max_failure_rate=0.5)
+        run_stage(tmp_path, "scored", deita.score, source=conversations(), engine=spec, max_failure_rate=0.1)
+    run_stage(tmp_path, "scored-tolerant", deita.score, source=conversations(), engine=spec, max_failure_rate=0.5)
     [done] = [e for e in read_manifest(tmp_path) if e["status"] == "done"]
     assert done["drops"] == {"engine_error:http_503": 1} and done["rows_out"] == 2
 

@@ -66,7 +66,7 @@ def test_killed_server_gives_retries_counted_failures_and_a_resumable_run(llama_
     engine.generate = generate_and_kill
     try:
         with pytest.raises(EngineFailures, match="rows failed in the engine .*engine_error:connection.*run the same command again"):
-            run_stage(tmp_path, "instructions", magpie.synthesize, source=magpie.plan(8, seed=0), version="1",
+            run_stage(tmp_path, "instructions", magpie.synthesize, source=magpie.plan(8, seed=0),
                       engine=spec, shard_size=4, params={"max_tokens": 48})
     finally:
         engine.generate = real_generate
@@ -74,7 +74,7 @@ def test_killed_server_gives_retries_counted_failures_and_a_resumable_run(llama_
     failed = [e for e in read_manifest(tmp_path) if e.get("status") == "failed"]
     assert failed and sum(n for k, n in failed[0]["drops"].items() if k.startswith("engine_error:")) > 0
     llama_server.start()  # same port: resume
-    run_stage(tmp_path, "instructions", magpie.synthesize, source=magpie.plan(8, seed=0), version="1",
+    run_stage(tmp_path, "instructions", magpie.synthesize, source=magpie.plan(8, seed=0),
               engine=spec, shard_size=4, params={"max_tokens": 48})
     df = read_shards(tmp_path / "instructions")
     assert df.height == 8 and df["id"].n_unique() == 8
@@ -139,7 +139,7 @@ def test_a_crashing_llamacpp_worker_is_a_counted_failure_and_the_run_resumes(tmp
         return real_generate(prompts, sampling, seeds)
 
     engine.generate = crash_then_generate
-    run = dict(source=magpie.plan(8, seed=0), version="1", engine=spec, shard_size=4,
+    run = dict(source=magpie.plan(8, seed=0), engine=spec, shard_size=4,
                params={"max_tokens": 64, "early_stopping": False})
     try:
         with pytest.raises(EngineFailures, match=r"1 of 4 rows failed .*engine_error:crashed.*run the same command again"):

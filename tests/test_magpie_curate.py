@@ -115,7 +115,7 @@ def test_extend_difficult_instructions_to_two_turns(tmp_path):
     df = frame().with_columns(pl.Series("meta", [json.dumps({"magpie": {"row_seed": i}}) for i in range(len(ROWS))]))
     path = tmp_path / "tagged.parquet"
     df.write_parquet(path)
-    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", magpie_curate.VERSION, {"min_difficulty": "medium"},
+    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", {"min_difficulty": "medium"},
                   uses_engine=False, shard_size=None)]
     steps += [s for s in magpie_steps(turns=2) if s.name.startswith(("followups", "responses-"))]
     spec = EngineSpec.make("fake", "extend", options={"script": {"<|im_start|>assistant\n": "A good answer."}})

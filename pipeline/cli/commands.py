@@ -115,10 +115,9 @@ def magpie_filter(
     salvage: bool = SALVAGE,
 ) -> None:
     """Magpie's filter presets; the funnel (drops per filter) is in the manifest."""
-    from pipeline.select import magpie_presets as magpie_curate
     from pipeline.recipes import Step
 
-    step = Step(f"filtered-{preset}", "pipeline.select.magpie_presets:magpie_filter", magpie_curate.VERSION,
+    step = Step(f"filtered-{preset}", "pipeline.select.magpie_presets:magpie_filter",
                 {"preset": preset, "k": k, "reward_threshold": reward_threshold,
                  "reward_difference_threshold": reward_difference_threshold}, uses_engine=False, shard_size=None)
     run_job("input_job", out, input_path=input, steps=[step], engine=None, strict=strict, salvage=salvage)
@@ -142,11 +141,11 @@ def magpie_dpo(
     salvage: bool = SALVAGE,
 ) -> None:
     """Magpie preference pairs: k responses, best = chosen, worst = rejected."""
-    from pipeline.select import magpie_presets as magpie_curate
     from pipeline.recipes import Step
 
-    step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs", magpie_curate.VERSION,
-                {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model}, shard_size=32)
+    step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs",
+                {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model},
+                shard_size=32)
     run_job("input_job", out, input_path=input, steps=[step], strict=strict, salvage=salvage,
              engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
@@ -167,11 +166,10 @@ def magpie_extend(
     salvage: bool = SALVAGE,
 ) -> None:
     """Extend selected difficult instructions to multi-turn conversations (Magpie-MT)."""
-    from pipeline.select import magpie_presets as magpie_curate
     from pipeline.recipes import Step, magpie_steps
 
-    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", magpie_curate.VERSION,
-                  {"min_difficulty": min_difficulty}, uses_engine=False, shard_size=None)]
+    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", {"min_difficulty": min_difficulty},
+                  uses_engine=False, shard_size=None)]
     steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
     steps.append(magpie_steps()[-1])  # the final filters
     run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage,

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import polars as pl
 
+from pipeline.core.codehash import code_hash
 from pipeline.core.records import dump_meta, empty, record_id
 from pipeline.core.rundir import append_manifest, check_identity, write_shard
 
@@ -295,7 +296,7 @@ def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool =
     hash and the options: another input on the same run directory is refused; a re-run writes only missing shards.
     """
     path, input_dir = Path(path), Path(out) / "input"
-    check_identity(input_dir, {"stage": "input", "version": "1", "file": path.name, "content": content_hash(path),
+    check_identity(input_dir, {"stage": "input", "code": code_hash(to_records), "file": path.name, "content": content_hash(path),
                                "format": fmt, "strict": strict, "salvage": salvage})
     seen: set[str] = set()  # ids across batches: every batch is converted, also on resume, to find duplicates
     index = -1
@@ -317,7 +318,7 @@ def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool =
             write_shard(quarantined, input_dir / f"dropped-{index:05d}.parquet")
         write_shard(converted.kept, shard)
         removed = converted.leading_assistant_turns_removed
-        append_manifest(out, {"stage": "input", "version": "1", "shard": index, "status": "done", "file": str(path),
+        append_manifest(out, {"stage": "input", "shard": index, "status": "done", "file": str(path),
                               "rows_in": len(batch.rows) + sum(batch.skipped.values()), "rows_out": converted.kept.height,
                               "drops": drops | batch.skipped, "nulls": {}, "seconds": round(time.perf_counter() - started, 3),
                               "repairs": {"leading_assistant_turns_removed": removed} if removed else {}})

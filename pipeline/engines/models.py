@@ -75,3 +75,31 @@ def resolve_model(backend: str, model: str) -> str:
     if backend == "vllm":
         return str(smollm2_hf_dir())
     return model
+
+
+def model_revision(backend: str, model: str) -> str | None:
+    """What identifies the weights behind `model`, for stage identities and cache keys (None when unknowable,
+    e.g. a remote server's model name). "smollm2" is its pinned sha256; a local file or directory is hashed from
+    each file's name, size and first MiB (fast on multi-GB checkpoints, and a re-download, conversion or fine-tune
+    changes it); a Hub id is the commit of its snapshot in the local Hugging Face cache."""
+    if model == DEFAULT_MODEL:
+        return SMOLLM2_SHA256[:16]
+    if backend == "openai":
+        return None
+    path = Path(model).expanduser()
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for file in files:
+            with open(file, "rb") as handle:
+                head = handle.read(2**20)
+            digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
+            digest.update(head)
+        return digest.hexdigest()[:16]
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:  # not a repo id, or no huggingface_hub: nothing more to know
+        return None
+    return Path(cached).parent.name if isinstance(cached, str) else None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.engines import EngineSpec
 import filters
-from pipeline.recipes.steps import FILTER_VERSION, Progress, Step, input_job
+from pipeline.recipes.steps import Progress, Step, input_job
 
 DEDUP_METHODS = ("exact", "minhash", "semantic")
 SELECTORS = ("diverse", "isa")
@@ -19,10 +19,6 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
     """Text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none) → exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
     scores → selection (Repr Filter or ISA). `complexity_engine` (EngineSpec.make's keyword arguments) scores
     complexity with a second model, e.g. deita's complexity scorer next to its quality scorer as the engine."""
-    from pipeline.score import deita
-    from pipeline.score import embed
-    from pipeline.select import selection
-    from pipeline.select import isa as subsample
 
     unknown = set(dedup) - set(DEDUP_METHODS)
     if unknown or selector not in SELECTORS:
@@ -30,30 +26,32 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
                          f"got {sorted(unknown)} and {selector!r}")
 
     def dedup_step(method):
-        return Step(f"dedup-{method}", "pipeline.select.selection:dedup", selection.VERSION, {"method": method},
+        return Step(f"dedup-{method}", "pipeline.select.selection:dedup", {"method": method},
                     uses_engine=False, shard_size=None)
 
     quality = filters.QUALITY if quality_filters is None else quality_filters
-    steps = [Step("quality-filtered", "filters:mark", FILTER_VERSION, {"spec": quality}, uses_engine=False,
+    steps = [Step("quality-filtered", "filters:mark", {"spec": quality}, uses_engine=False,
                   shard_size=4096)] if quality else []
     steps += [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
-    steps.append(Step("embedded", "pipeline.score.embed:embed", embed.VERSION, {"field": embed_field}, uses_engine=False,
+    steps.append(Step("embedded", "pipeline.score.embed:embed", {"field": embed_field}, uses_engine=False,
                       shard_size=4096))
     steps += [dedup_step("semantic")] if "semantic" in dedup else []
     if reference:
-        steps.append(Step("decontaminated", "pipeline.select.selection:decontaminate", selection.VERSION,
-                          {"reference": str(Path(reference).resolve()), "field": embed_field}, uses_engine=False, shard_size=None))
+        steps.append(Step("decontaminated", "pipeline.select.selection:decontaminate",
+                          {"reference": str(Path(reference).resolve()), "field": embed_field},
+                          uses_engine=False, shard_size=None))
     scoring = {"mode": score_mode, "top_logprobs": top_logprobs}
     if complexity_engine:  # two models, two steps: the engine swap happens once, between them
-        steps.append(Step("scored-complexity", "pipeline.score.deita:score", deita.VERSION, scoring | {"part": "complexity"},
+        steps.append(Step("scored-complexity", "pipeline.score.deita:score", scoring | {"part": "complexity"},
                           shard_size=shard_size, engine=EngineSpec.make(**complexity_engine).to_json()))
         scoring |= {"part": "quality"}
-    steps.append(Step("scored", "pipeline.score.deita:score", deita.VERSION, scoring, shard_size=shard_size, computes=("deita_score",)))
+    steps.append(Step("scored", "pipeline.score.deita:score", scoring, shard_size=shard_size, computes=("deita_score",)))
     if selector == "diverse":
-        steps.append(Step("selected", "pipeline.select.selection:diverse_top_k", selection.VERSION, {"k": k, "tau": tau},
+        steps.append(Step("selected", "pipeline.select.selection:diverse_top_k", {"k": k, "tau": tau},
                           uses_engine=False, shard_size=None))
     else:
-        steps.append(Step("selected", "pipeline.select.isa:isa", subsample.VERSION, {"budget": k} if isa_fraction is None else {"fraction": isa_fraction},
+        steps.append(Step("selected", "pipeline.select.isa:isa",
+                          {"budget": k} if isa_fraction is None else {"fraction": isa_fraction},
                           uses_engine=False, shard_size=None))
     return steps
 

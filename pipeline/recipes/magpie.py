@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import filters
+from pipeline.core.codehash import code_hash
 from pipeline.core.rundir import check_identity, write_shard
 from pipeline.engines import EngineSpec
-from pipeline.recipes.steps import FILTER_VERSION, Progress, Step, run_job
+from pipeline.recipes.steps import Progress, Step, run_job
 from pipeline.synth import magpie
 
 
@@ -15,7 +16,7 @@ def write_plan(out: Path, *, n: int, seed: int) -> Path:
     """DIR/plan/shard-00000.parquet: the `n` empty Magpie records to fill. `n` and `seed` are the plan's identity
     (plan/stage.json): a run directory made with others is refused, never silently reused."""
     plan_dir = Path(out) / "plan"
-    check_identity(plan_dir, {"stage": "plan", "version": "1", "n": n, "seed": seed})
+    check_identity(plan_dir, {"stage": "plan", "code": code_hash(magpie.plan), "n": n, "seed": seed})
     if not (plan_dir / "shard-00000.parquet").exists():
         write_shard(magpie.plan(n, seed=seed), plan_dir / "shard-00000.parquet")
     return plan_dir
@@ -33,20 +34,20 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
     """
     responses = {"temperature": response_temperature, "top_p": response_top_p, "max_tokens": response_max_tokens}
     steps = [
-        Step("instructions", "pipeline.synth.magpie:synthesize", magpie.VERSION, {
+        Step("instructions", "pipeline.synth.magpie:synthesize", {
             "task": task, "system": system, "temperature": instruction_temperature, "max_tokens": instruction_max_tokens},
             shard_size=shard_size),
-        Step("instructions-filtered", "filters:mark", FILTER_VERSION,
+        Step("instructions-filtered", "filters:mark",
              {"spec": filters.MAGPIE_INSTRUCTION if instruction_filter_spec is None else instruction_filter_spec},
              uses_engine=False, shard_size=None),
-        Step("responses", "pipeline.synth.magpie:respond", magpie.VERSION, responses, shard_size=shard_size),
+        Step("responses", "pipeline.synth.magpie:respond", responses, shard_size=shard_size),
     ]
     for turn in range(2, turns + 1):
-        steps += [Step(f"followups-{turn}", "pipeline.synth.magpie:follow_up", magpie.VERSION,
-                       {"max_tokens": instruction_max_tokens}, shard_size=shard_size),
-                  Step(f"responses-{turn}", "pipeline.synth.magpie:respond", magpie.VERSION, responses, shard_size=shard_size)]
+        steps += [Step(f"followups-{turn}", "pipeline.synth.magpie:follow_up", {"max_tokens": instruction_max_tokens},
+                       shard_size=shard_size),
+                  Step(f"responses-{turn}", "pipeline.synth.magpie:respond", responses, shard_size=shard_size)]
     spec = filters.MAGPIE_BASIC if filter_spec is None else filter_spec
-    return steps + [Step("filtered", "filters:mark", FILTER_VERSION, {"spec": spec}, uses_engine=False, shard_size=None)]
+    return steps + [Step("filtered", "filters:mark", {"spec": spec}, uses_engine=False, shard_size=None)]
 
 
 def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_rate: float = 0.1,

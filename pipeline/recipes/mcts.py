@@ -15,9 +15,8 @@ def mcts_search_step(*, iterations: int = 20, exploration: float = 1.0, response
                      shard_size: int = 16) -> Step:
     """MCTS instruction search over seed rows; the runner keeps each shard's trees in DIR/trees/state-*.json,
     saved every iteration. `optimizer` and `responder` default to the job's engine."""
-    from pipeline.synth import mcts
 
-    return Step("trees", "pipeline.synth.mcts:search_stage", mcts.VERSION, {
+    return Step("trees", "pipeline.synth.mcts:search_stage", {
         "iterations": iterations, "exploration": exploration, "responses": responses,
         "reward_model_path": reward_model_path, "responder_format": responder_format,
         "response_max_tokens": response_max_tokens}, shard_size=shard_size,
@@ -29,9 +28,8 @@ MCTS_DATASETS = {"sft": "sft_rows", "dpo": "dpo_rows", "steps": "step_rows"}
 
 def mcts_dataset_step(name: str) -> Step:
     """The step that builds one dataset (sft, dpo or steps) from the search's trees."""
-    from pipeline.synth import mcts
 
-    return Step(f"mcts-{name}", f"pipeline.synth.mcts:{MCTS_DATASETS[name]}", mcts.VERSION, uses_engine=False, shard_size=None)
+    return Step(f"mcts-{name}", f"pipeline.synth.mcts:{MCTS_DATASETS[name]}", uses_engine=False, shard_size=None)
 
 
 def mcts_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: bool = False, salvage: bool = False,

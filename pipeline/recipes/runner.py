@@ -17,9 +17,9 @@ from typing import Callable
 import polars as pl
 
 from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
+from pipeline.core.codehash import code_hash
+from pipeline.engines.models import model_revision
 from pipeline.core.rundir import ShardState, StageWarning, append_manifest, check_identity, read_shards, write_shard
-
-
 
 
 class EngineFailures(RuntimeError):
@@ -38,8 +38,13 @@ def fingerprint(source: Path | pl.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def describe(spec: EngineSpec) -> dict:
+    """An engine as a stage's identity records it: its spec and the revision of its weights (model_revision)."""
+    return spec.describe() | {"revision": model_revision(spec.backend, spec.model)}
+
+
 def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, source: Path | pl.DataFrame,
-              version: str, params: dict | None = None, engine: EngineSpec | None = None,
+              params: dict | None = None, engine: EngineSpec | None = None,
               engines: dict[str, EngineSpec] | None = None, shard_size: int | None = 64, max_failure_rate: float = 0.1,
               computes: tuple[str, ...] = (), on_shard: Callable[[int, int], None] | None = None) -> Path:
     """Apply `stage(df, [engine=...], **params)` to `source` shard by shard; returns the stage directory.
@@ -55,9 +60,9 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     run_dir, params = Path(run_dir), dict(params or {})
     stage_dir = run_dir / name
     frame = source if isinstance(source, pl.DataFrame) else read_shards(source).drop("drop_reason", strict=False)
-    identity = {"stage": name, "version": version, "params": params, "shard_size": shard_size,
-                "engine": engine.describe() if engine else None, "input": fingerprint(source),
-                **({"engines": {role: spec.describe() for role, spec in engines.items()}} if engines else {}),
+    identity = {"stage": name, "code": code_hash(stage), "params": params, "shard_size": shard_size,
+                "engine": describe(engine) if engine else None, "input": fingerprint(source),
+                **({"engines": {role: describe(spec) for role, spec in engines.items()}} if engines else {}),
                 "function": f"{stage.__module__}.{stage.__qualname__}"}
     check_identity(stage_dir, identity)
     size = shard_size or max(frame.height, 1)
@@ -95,7 +100,7 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kw
     failures = sum(n for reason, n in drops.items() if reason.startswith(ENGINE_ERROR))
     kept = out.filter(pl.col("drop_reason").is_null())
     nulls = {c: kept[c].null_count() for c in computes if c in kept.columns and kept[c].null_count()}
-    entry = {"stage": identity["stage"], "version": identity["version"], "shard": index, "rows_in": shard.height,
+    entry = {"stage": identity["stage"], "code": identity["code"], "shard": index, "rows_in": shard.height,
              "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
              "engine": identity["engine"], "params": identity["params"],
              **({"warnings": notes} if notes else {})}

@@ -17,7 +17,6 @@ from pipeline.core.rundir import append_manifest, read_shards, summarize, write_
 from pipeline.recipes.runner import run_stage
 from pipeline.engines import EngineSpec, release_engines
 
-FILTER_VERSION = "1"
 Progress = Callable[[str, int, int], None]
 
 
@@ -27,7 +26,6 @@ class Step:
 
     name: str
     stage: str
-    version: str
     params: dict = field(default_factory=dict)
     uses_engine: bool = True
     shard_size: int | None = 32  # None: the whole input as one shard (filters that compare rows)
@@ -49,7 +47,7 @@ def run_step(out: Path, step: Step, source: Path, *, engine: EngineSpec | None, 
     roles = {role: EngineSpec.from_json(spec) for role, spec in step.engines.items()}
     if engine is not None and engine.backend == "vllm":  # free the GPU for the models this step uses
         release_engines({engine.to_json(), *(spec.to_json() for spec in roles.values())})
-    return run_stage(out, step.name, step.function(), source=source, version=step.version, params=step.params,
+    return run_stage(out, step.name, step.function(), source=source, params=step.params,
                      engine=engine, engines=roles, shard_size=step.shard_size, max_failure_rate=max_failure_rate,
                      computes=tuple(step.computes), on_shard=on_shard)
 

@@ -20,7 +20,6 @@ from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import messages_of, turns
 from pipeline.score.ratings import expected_rating
 
-VERSION = "1"
 # Official strings (hkust-nlp/deita selection/scorer), spacing included: two spaces before "\n##Complexity",
 # a space after {output}, a trailing space after each colon.
 COMPLEXITY_PROMPT = ("You are a helpful assistant. Please identify the complexity score of the following user query. \n"

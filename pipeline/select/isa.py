@@ -16,7 +16,6 @@ import polars as pl
 
 from pipeline.score.embed import matrix
 
-VERSION = "1"
 MEASURES = ("surprisal", "posterior_entropy")
 
 

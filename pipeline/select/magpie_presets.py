@@ -15,7 +15,6 @@ from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import dump_meta, first_pairs, meta_dicts, seed_of
 from pipeline.score.reward import reward_model
 
-VERSION = "1"
 TAU_1, TAU_2 = -12.0, 0.0
 MIN_DISTANCE = {"name": "min_neighbor_distance_above", "threshold": 0.0}
 PRESETS: dict[str, dict] = {

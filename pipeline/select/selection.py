@@ -11,7 +11,6 @@ import polars as pl
 
 from pipeline.score.embed import matrix
 
-VERSION = "1"
 
 
 def _index(dim: int):

@@ -59,6 +59,7 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     funnel = summarize(run_dir)["stages"]
     stages = [json.loads((run_dir / name / "stage.json").read_text()) for name in funnel]
     models = [{"stage": s["stage"] + (f" ({role})" if role else ""), "backend": e["backend"], "model": e["model"],
+               "revision": e.get("revision"),
                "params": json.dumps(s.get("params", {}), sort_keys=True)}
               for s in stages for role, e in [(None, s.get("engine")), *s.get("engines", {}).items()] if e]
     filter_steps = [{"stage": s["stage"], "spec": ", ".join(_filter_text(f) for f in s["params"]["spec"])}
@@ -75,7 +76,7 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
              + ("from the model's chat template)" if origin == "template" else "the official registry's, which agrees "
                 "with the model's chat template)") for origin in origins]
     notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
-    return {"funnel": [{"stage": stage["stage"], "version": stage["version"], "rows_in": s["rows_in"], "rows_out": s["rows_out"],
+    return {"funnel": [{"stage": stage["stage"], "code": stage.get("code", ""), "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
                        for stage, s in zip(stages, funnel.values())],
             "models": models, "filters": filter_steps, "notes": notes, "methods": methods, "rows": df.height, "languages": languages or ["en"],

@@ -20,7 +20,6 @@ import polars as pl
 from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import dump_meta, empty, first_instructions, meta_dicts, record_id, seed_of as _seed
 
-VERSION = "1"
 TEMPERATURE = 0.7
 
 ENCODE_PROMPT = """Read the instruction and name its use case and the skills needed to respond to it. The use case is the kind of task the instruction asks for. Give at most 3 skills, each 2 or 3 words, that would transfer to other instructions, and do not use the words "skill" or "knowledge".

@@ -24,7 +24,6 @@ from pipeline.synth.magpie_sanitizer import sanitize_instruction
 from pipeline.core.rundir import StageWarning
 from pipeline.core.records import dump_meta, empty, meta_dicts, messages_of, record_id
 
-VERSION = "1"
 TASKS = tuple(TASK_SYSTEM_PROMPTS)
 # Official multi-turn system prompt (exp/gen_mt.py), typos included ("Al", "thorough,relevant").
 MT_SYSTEM_PROMPT = ("You are a helpful Al assistant. The user will engage in a multi-round conversation with you, asking "

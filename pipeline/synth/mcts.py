@@ -31,7 +31,6 @@ from pipeline.core.rundir import ShardState
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts, record_id, seed_of as _seed
 from pipeline.score.reward import reward_model
 
-VERSION = "1"
 HELPFULNESS = "Helpfulness"
 DOMAIN_CATEGORIES = ("Math", "Coding & Debugging", "Honesty", "Harmlessness")
 OPTIMIZER_SYSTEM = "You are an assistant who helps optimize user queries."
