@@ -9,6 +9,9 @@ import typer
 
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
                                  TEMPLATE, app, console, engine_spec, fail, role, run_job)
+from pipeline.cli.corpus import corpus_app
+
+app.add_typer(corpus_app, name="corpus")
 
 
 @app.command()

@@ -240,7 +240,8 @@ def dedup(df: pl.DataFrame, *, method: str = "exact", field: str = "instruction"
         first = pl.DataFrame({"key": key, "row": np.arange(n)}).select(pl.col("row").first().over("key"))["row"].to_numpy()
         dup_of = np.where(first < np.arange(n), first, -1)
     elif method == "minhash":
-        dup_of = _minhash_dups(normalized_text(df, field).to_list(), threshold or 0.7, num_perm, ngram)
+        signatures = minhash_signatures(normalized_text(df, field).to_list(), num_perm=num_perm, ngram=ngram)
+        dup_of = minhash_duplicates(signatures, threshold or 0.7)
     elif method == "semantic":
         lims, labels = similar_pairs(matrix(df), threshold or 0.95)
         dup_of = keep_first(n, lims, labels)
@@ -272,12 +273,11 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
-def _minhash_dups(texts: list[str], threshold: float, num_perm: int, ngram: int) -> np.ndarray:
+def minhash_duplicates(signatures: np.ndarray, threshold: float) -> np.ndarray:
     """keep_first over MinHash-LSH candidates (rows sharing a band bucket) whose signatures agree on at least
     `threshold` of their slots, i.e. whose estimated Jaccard similarity reaches it."""
-    signatures = minhash_signatures(texts, num_perm=num_perm, ngram=ngram)
+    n, num_perm = signatures.shape
     bands, width = lsh_bands(threshold, num_perm)
-    n = len(texts)
     rows, cols = [], []
     for band in range(bands):
         block = np.ascontiguousarray(signatures[:, band * width:(band + 1) * width])

@@ -57,11 +57,21 @@ def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: b
          commit_message: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
     """Create the dataset repository `repo_id` if needed and commit the export to it, deleting data files of an
     earlier push that this one does not have (so a re-shard never duplicates rows); returns the push's record."""
+    run_dir = Path(run_dir)
+    record = commit_files(repo_id, files(run_dir, max_shard_bytes), token_env=token_env, private=private,
+                          message=commit_message or f"aligndata: export of run {run_dir.name}", replace_data=True)
+    write_json(record, run_dir / "publish.json")
+    return record
+
+
+def commit_files(repo_id: str, uploads: dict[str, Path | bytes], *, token_env: str = "HF_TOKEN", private: bool = False,
+                 message: str, replace_data: bool = False) -> dict:
+    """One commit of `uploads` (repository path → local file or bytes) to the dataset `repo_id`, created if needed;
+    with `replace_data`, data files of the repository that `uploads` lacks are deleted in the same commit.
+    Returns the commit's record: repository, endpoint, user, commit, url, files, message (never the token)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    run_dir = Path(run_dir)
-    uploads = files(run_dir, max_shard_bytes)
     token = os.environ.get(token_env)
     if not token:
         raise PublishError(f"no Hub token: set the environment variable {token_env} to a write token "
@@ -76,17 +86,16 @@ def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: b
         status = exc.response.status_code if exc.response is not None else "no response"
         raise PublishError(f"the Hub at {api.endpoint} refused the token in {token_env} (HTTP {status}); "
                            f"check that it is valid and has write access to {repo_id}") from None
-    message = commit_message or f"aligndata: export of run {run_dir.name}"
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        remote = [s.rfilename for s in api.dataset_info(repo_id).siblings or []]
-        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in uploads.items()]
-        operations += [CommitOperationDelete(path_in_repo=path) for path in remote
-                       if path.startswith(f"{DATA_DIR}/") and path not in uploads]
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=local if isinstance(local, bytes) else str(local))
+                      for path, local in uploads.items()]
+        if replace_data:
+            remote = [s.rfilename for s in api.dataset_info(repo_id).siblings or []]
+            operations += [CommitOperationDelete(path_in_repo=path) for path in remote
+                           if path.startswith(f"{DATA_DIR}/") and path not in uploads]
         commit = api.create_commit(repo_id, operations, repo_type="dataset", commit_message=message)
     except Exception as exc:  # HTTP errors, failed uploads, unreachable endpoint: one message, token removed
         raise PublishError(redact(f"pushing to {repo_id} at {api.endpoint} failed: {exc}", [token])) from None
-    record = {"repo_id": repo_id, "endpoint": api.endpoint, "user": user, "commit": commit.oid,
-              "url": commit.commit_url, "files": sorted(uploads), "message": message}
-    write_json(record, run_dir / "publish.json")
-    return record
+    return {"repo_id": repo_id, "endpoint": api.endpoint, "user": user, "commit": commit.oid,
+            "url": commit.commit_url, "files": sorted(uploads), "message": message}

@@ -1,0 +1,64 @@
+"""`aligndata corpus add` and `aligndata corpus publish`: grow one deduplicated dataset over many runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipeline.cli.common import console, fail
+
+corpus_app = typer.Typer(no_args_is_help=True, help="Grow one deduplicated corpus over many runs and push its additions.")
+CORPUS = typer.Option(..., "--corpus", help="The corpus directory (created by the first add).")
+TITLE = typer.Option("aligndata corpus", help="The corpus card's title.")
+
+
+@corpus_app.command("add")
+def add_command(
+    run: Path = typer.Argument(..., help="A finished run directory (its export/data.parquet) or a Parquet file of records."),
+    corpus_dir: Path = CORPUS,
+    field: str = typer.Option("instruction", help="What is compared: instruction (first user turn) or conversation. "
+                                                  "Fixed by the first add."),
+    semantic_threshold: float = typer.Option(0.95, help="Embedding cosine at or above which a row is a duplicate."),
+    minhash_threshold: float = typer.Option(0.7, help="Estimated Jaccard of word 5-grams at or above which a row is a duplicate."),
+    title: str = TITLE,
+) -> None:
+    """Append the run's selected rows that are not duplicates (same id, exact, MinHash, semantic) of a corpus row
+    or of an earlier row of the run; the dropped rows go to CORPUS/dropped/ with their dup_of. Adding the same run
+    again does nothing."""
+    from pipeline.select.corpus_index import DedupSettings
+    from pipeline.ship import corpus
+
+    settings = DedupSettings(field=field, semantic_threshold=semantic_threshold, minhash_threshold=minhash_threshold)
+    try:
+        entry = corpus.add(run, corpus_dir, settings=settings, title=title)
+    except (corpus.CorpusError, ValueError, FileNotFoundError) as exc:
+        raise fail(exc) from exc
+    if entry.get("already"):
+        console.print(f"{run} is already in {corpus_dir} (addition {entry['number']}); nothing to do", soft_wrap=True)
+        return
+    drops = ", ".join(f"{k}: {v}" for k, v in entry["drops"].items()) or "-"
+    console.print(f"addition {entry['number']}: {entry['rows_in']} rows → {entry['rows_added']} added, drops: {drops}; "
+                  f"{entry['corpus_rows']} rows in {corpus_dir} ({entry['seconds']} s)", soft_wrap=True)
+
+
+@corpus_app.command("publish")
+def publish_command(
+    corpus_dir: Path = CORPUS,
+    repo_id: str = typer.Option(..., "--repo", help="Dataset repository, e.g. my-org/nightly-magpie."),
+    token_env: str = typer.Option("HF_TOKEN", help="Environment variable holding the write token."),
+    private: bool = typer.Option(False, help="Create the repository private."),
+    title: str = TITLE,
+) -> None:
+    """Push each addition not pushed yet, one Hub commit each (its Parquet file, the card and corpus.jsonl as they
+    were after it); files already pushed are never sent again."""
+    from pipeline.ship import corpus
+    from pipeline.ship.publish import PublishError
+
+    try:
+        pushed = corpus.publish(corpus_dir, repo_id, token_env=token_env, private=private, title=title)
+    except (corpus.CorpusError, PublishError) as exc:
+        raise fail(exc) from exc
+    for record in pushed:
+        console.print(f"{record['message']} → {record['endpoint']} {repo_id} @ {record['commit'][:12]}", soft_wrap=True)
+    if not pushed:
+        console.print(f"{repo_id} already has every addition of {corpus_dir}", soft_wrap=True)

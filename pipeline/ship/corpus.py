@@ -1,0 +1,213 @@
+"""A corpus that grows: each run's selected rows, deduplicated against every row already there, appended.
+
+Layout of a corpus directory::
+
+    CORPUS/data/part-00000.parquet      the rows addition 0 added (record schema); never rewritten
+    CORPUS/dropped/part-00000.parquet   rows of that run dropped as duplicates: drop_reason, dup_of (an id in the corpus)
+    CORPUS/corpus.jsonl                 one line per addition: run, seed, rows offered / added, drops by reason, files
+    CORPUS/README.md                    the cumulative dataset card (history per addition, cumulative funnel)
+    CORPUS/index/                       the dedup indexes (pipeline.select.corpus_index)
+    CORPUS/publish.json                 the Hub commit of each pushed addition
+
+`add` compares each of a run's rows with the corpus and with the run's earlier rows, in this order: same id,
+exact (folded text), MinHash (Jaccard of word n-grams), semantic (embedding cosine); the first match drops the
+row with `dup_<method>` and `dup_of`. The addition is committed by one index transaction after its Parquet files
+are written, so a crash leaves the corpus as it was and the same `add` then completes it; adding a run whose
+export is already in the corpus does nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.core.records import RecordError
+from pipeline.core.rundir import read_records, write_atomic, write_json, write_shard
+from pipeline.select.corpus_index import CorpusIndex, DedupSettings, exact_keys
+from pipeline.select.selection import keep_first, minhash_duplicates, minhash_signatures, normalized_text, similar_pairs
+
+METHODS = ("id", "exact", "minhash", "semantic")
+TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "corpus_card.md.jinja"
+
+
+class CorpusError(ValueError):
+    """A corpus operation that cannot be done as asked; the message says how to fix it."""
+
+
+def export_of(run: Path) -> Path:
+    """The Parquet file of a run's selected rows: RUN/export/data.parquet, or `run` itself if it is a file."""
+    run = Path(run)
+    path = run / "export" / "data.parquet" if run.is_dir() else run
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file; pass a finished run directory (with export/data.parquet) or a "
+                          "Parquet file of records")
+    return path
+
+
+def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title: str = "aligndata corpus") -> dict:
+    """Add the selected rows of `run` to `corpus` (created if new); returns the addition's manifest entry
+    (with `"already": True` when this export was added before, and nothing changed)."""
+    started = time.perf_counter()
+    corpus, path = Path(corpus), export_of(run)
+    content = hashlib.sha256(path.read_bytes()).hexdigest()
+    index = CorpusIndex(corpus / "index", settings)
+    try:
+        previous = index.addition_of(content)
+        if previous is not None:
+            _write_views(corpus, index, title)  # in case the last addition stopped between commit and views
+            return previous | {"already": True}
+        try:
+            df = read_records(path)
+        except RecordError as exc:
+            raise CorpusError(str(exc)) from None
+        number = len(index.additions())
+        kept, dropped, keys, signatures, vectors = _deduplicate(df, index)
+        name = f"part-{number:05d}.parquet"
+        write_shard(kept, corpus / "data" / name)
+        if dropped.height:
+            write_shard(dropped, corpus / "dropped" / name)
+        drops = dict(sorted(dropped.group_by("drop_reason").len().iter_rows())) if dropped.height else {}
+        entry = {"run": str(Path(run).resolve()), "run_info": _run_info(run), "content": content,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows_in": df.height, "rows_added": kept.height,
+                 "drops": drops, "corpus_rows": index.size() + kept.height,
+                 "files": {"data": f"data/{name}", **({"dropped": f"dropped/{name}"} if dropped.height else {})}}
+        mask = df["id"].is_in(kept["id"].implode()).to_numpy()
+        entry = index.add(ids=kept["id"].to_list(), keys=[k for k, m in zip(keys, mask) if m],
+                          signatures=signatures[mask], vectors=vectors[mask], content=content,
+                          entry=entry | {"seconds": round(time.perf_counter() - started, 2)})
+        _write_views(corpus, index, title)
+        return entry
+    finally:
+        index.close()
+
+
+def _deduplicate(df: pl.DataFrame, index: CorpusIndex):
+    """(kept rows, dropped rows with drop_reason and dup_of, exact keys, MinHash signatures, embeddings) of `df`."""
+    from pipeline.score.embed import encode, texts
+
+    s = index.settings
+    folded = normalized_text(df, s.field).to_list()
+    keys = exact_keys(folded)
+    signatures = minhash_signatures(folded, num_perm=s.num_perm, ngram=s.ngram)
+    vectors = encode(texts(df, s.field), model=s.embedder) if df.height else np.zeros((0, 1), np.float32)
+    reason = np.full(df.height, None, dtype=object)
+    dup_of = np.full(df.height, None, dtype=object)
+
+    def mark(method: str, rows: np.ndarray, targets: list[str | None]) -> None:
+        for row, target in zip(rows, targets):
+            if target is not None and reason[row] is None:
+                reason[row], dup_of[row] = f"dup_{method}", target
+
+    # against the corpus
+    all_rows = np.arange(df.height)
+    mark("id", all_rows, index.ids_of(index.find_ids(df["id"].to_list())))
+    mark("exact", all_rows, index.ids_of(index.find_exact(keys)))
+    mark("minhash", all_rows, index.ids_of(index.find_minhash(signatures)))
+    mark("semantic", all_rows, index.ids_of(index.find_semantic(vectors)[0]))
+    # within the run, among the rows still kept: the first of a group stays
+    ids = df["id"].to_list()
+    for method in METHODS:
+        rows = np.flatnonzero(reason == None)  # noqa: E711 (numpy object array)
+        if len(rows) < 2:
+            break
+        if method == "id":
+            first = _first_equal([ids[r] for r in rows])
+        elif method == "exact":
+            first = _first_equal([keys[r] for r in rows])
+        elif method == "minhash":
+            first = minhash_duplicates(signatures[rows], s.minhash_threshold)
+        else:
+            lims, labels = similar_pairs(vectors[rows], s.semantic_threshold)
+            first = keep_first(len(rows), lims, labels)
+        mark(method, rows[first >= 0], [ids[rows[f]] for f in first[first >= 0]])
+    marked = df.with_columns(pl.Series("drop_reason", reason.tolist(), dtype=pl.String),
+                             pl.Series("dup_of", dup_of.tolist(), dtype=pl.String))
+    kept = marked.filter(pl.col("drop_reason").is_null()).with_columns(pl.lit(None, dtype=pl.String).alias("dup_of"))
+    return kept, marked.filter(pl.col("drop_reason").is_not_null()), keys, signatures, vectors
+
+
+def _first_equal(values: list) -> np.ndarray:
+    """For each position, the first earlier position holding an equal value, else -1."""
+    first, out = {}, np.full(len(values), -1, dtype=np.int64)
+    for i, value in enumerate(values):
+        if first.setdefault(value, i) != i:
+            out[i] = first[value]
+    return out
+
+
+def _run_info(run: Path) -> dict:
+    """What the run recorded about itself (DIR/run.json of a scheduled run: its name and seed), if anything."""
+    path = Path(run) / "run.json"
+    return json.loads(path.read_text()) if Path(run).is_dir() and path.exists() else {}
+
+
+def _write_views(corpus: Path, index: CorpusIndex, title: str) -> None:
+    """corpus.jsonl and README.md, rewritten from the index's additions log (the record of truth)."""
+    additions = index.additions()
+    write_atomic(corpus / "corpus.jsonl", lambda tmp: Path(tmp).write_text(manifest(additions)))
+    write_atomic(corpus / "README.md", lambda tmp: Path(tmp).write_text(card(additions, index.settings, title)))
+
+
+def manifest(additions: list[dict]) -> str:
+    """corpus.jsonl's text: one JSON line per addition."""
+    return "".join(json.dumps(a, sort_keys=True) + "\n" for a in additions)
+
+
+def card(additions: list[dict], settings: DedupSettings, title: str) -> str:
+    """The cumulative dataset card: Hub metadata, the additions' history and the cumulative funnel."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from pipeline.ship.card import size_category
+
+    rows = additions[-1]["corpus_rows"] if additions else 0
+    reasons = [f"dup_{m}" for m in METHODS]
+    history = [{"number": a["number"], "run": a["run_info"].get("run") or Path(a["run"]).name,
+                "seed": a["run_info"].get("seed", "-"), "time": a["time"], "rows_in": a["rows_in"],
+                "added": a["rows_added"], "drops": [a["drops"].get(r, 0) for r in reasons], "total": a["corpus_rows"]}
+               for a in additions]
+    funnel = {"rows_in": sum(a["rows_in"] for a in additions), "added": sum(a["rows_added"] for a in additions),
+              "drops": [sum(a["drops"].get(r, 0) for a in additions) for r in reasons]}
+    data = DatasetCardData(license="other", task_categories=["text-generation"], size_categories=[size_category(rows)],
+                           pretty_name=title, tags=["synthetic", "alignment", "aligndata"],
+                           configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}])
+    return str(DatasetCard.from_template(data, template_path=str(TEMPLATE), pretty_name=title, rows=rows,
+                                         history=history, funnel=funnel, reasons=reasons, settings=settings))
+
+
+def publish(corpus: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: bool = False,
+            title: str = "aligndata corpus") -> list[dict]:
+    """Push each addition not pushed yet as one Hub commit (its data file, the card, corpus.jsonl); returns the
+    new commits' records (also kept in CORPUS/publish.json). Files already on the Hub are never re-uploaded."""
+    from pipeline.ship.publish import commit_files
+
+    corpus = Path(corpus)
+    log_path = corpus / "publish.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {"repo_id": repo_id, "commits": []}
+    if log["repo_id"] != repo_id:
+        raise CorpusError(f"{corpus} is published to {log['repo_id']}; push there, or delete {log_path} to start "
+                          f"{repo_id} from the first addition")
+    index = CorpusIndex(corpus / "index")
+    try:
+        additions, settings = index.additions(), index.settings
+    finally:
+        index.close()
+    done = {c["number"] for c in log["commits"]}
+    pushed = []
+    for position, addition in enumerate(additions):
+        if addition["number"] in done:
+            continue
+        so_far = additions[:position + 1]  # the card and log as they were after this addition
+        files = {addition["files"]["data"]: corpus / addition["files"]["data"],
+                 "README.md": card(so_far, settings, title).encode(),
+                 "corpus.jsonl": manifest(so_far).encode()}
+        record = commit_files(repo_id, files, token_env=token_env, private=private,
+                              message=f"aligndata corpus: addition {addition['number']} "
+                                      f"(+{addition['rows_added']} rows, from {Path(addition['run']).name})")
+        log["commits"].append({"number": addition["number"], **record})
+        write_json(log, log_path)
+        pushed.append(record)
+    return pushed
