@@ -76,6 +76,45 @@ def test_end_to_end_flow_writes_every_output_and_a_rerun_is_served_from_the_cach
     assert step_calls == ["scored"]
 
 
+def test_scheduled_nights_get_their_own_directory_and_seed_resume_on_retry_and_grow_one_corpus(tmp_path, step_calls):
+    from datetime import datetime, timezone
+
+    from pipeline.select.corpus_index import CorpusIndex
+
+    runs, corpus = tmp_path / "nightly", tmp_path / "corpus"
+    night = dict(runs=str(runs), n=8, seed=7, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE, corpus=str(corpus))
+    run_step = recipes.run_step
+
+    def dies_in_responses(out, step, source, **kwargs):
+        if step.name == "responses":
+            raise KeyboardInterrupt("the worker was killed")
+        return run_step(out, step, source, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(recipes, "run_step", dies_in_responses)
+        end_to_end_flow(run_name="2026-11-28", **night)
+    step_calls.clear()
+    first = end_to_end_flow(run_name="2026-11-28", **night)  # the retry resumes: the instructions are not redone
+    assert step_calls[:2] == ["responses", "filtered"] and "instructions" not in step_calls
+    second = end_to_end_flow(**night)  # no run name: the flow run's scheduled date (today, for a manual run)
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert first["run_dir"] == str(runs / "2026-11-28") and second["run_dir"] == str(runs / today)
+    recorded = [json.loads((runs / name / "run.json").read_text()) for name in ("2026-11-28", today)]
+    assert [r["seed"] for r in recorded] == [first["seed"], second["seed"]] and first["seed"] != second["seed"] != 7
+    assert recorded[0]["base_seed"] == 7 and recorded[1]["scheduled"].startswith(today)
+    nights = [pl.read_parquet(runs / name / "export" / "data.parquet") for name in ("2026-11-28", today)]
+    assert set(nights[0]["id"]).isdisjoint(nights[1]["id"])  # another seed, other rows
+
+    assert (first["corpus"]["addition"], second["corpus"]["addition"]) == (0, 1)
+    index = CorpusIndex(corpus / "index")
+    assert index.size() == first["corpus"]["rows_added"] + second["corpus"]["rows_added"] == pl.read_parquet(corpus / "data").height
+    index.close()
+    calls = len(step_calls)
+    again = end_to_end_flow(run_name="2026-11-28", **night)  # a finished night triggered again: nothing changes
+    assert len(step_calls) == calls and again["corpus"]["already"] is True
+    assert len((corpus / "corpus.jsonl").read_text().splitlines()) == 2
+
+
 def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
     data = tmp_path / "data.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Question {i} about topic {i * 7}?"},

@@ -7,11 +7,14 @@ Layout of a run directory::
     DIR/<stage>/shard-00000.parquet   kept rows; its existence marks the shard finished
     DIR/<stage>/dropped-00000.parquet rows dropped in that shard, with `drop_reason`
     DIR/export/data.parquet           the final rows
+    DIR/run.json                      a scheduled run's name, seed and scheduled time (flows with `runs`)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -117,6 +120,33 @@ class ShardState:
         write_json(obj, self.path)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def scheduled_run(base: Path, name: str, base_seed: int = 0) -> tuple[Path, int]:
+    """The run directory BASE/NAME of a scheduled run and its seed, derived from (base_seed, name), so that
+    every night samples anew while a re-run of the same night resumes it with the same seed.
+
+    >>> scheduled_run(Path("runs/nightly"), "2026-11-30")
+    (PosixPath('runs/nightly/2026-11-30'), 1189714985)
+    """
+    if not RUN_NAME.fullmatch(name):
+        raise ValueError(f"run name {name!r} is not a directory name: use letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit (e.g. 2026-11-30)")
+    digest = hashlib.sha256(f"{base_seed}:{name}".encode()).hexdigest()
+    return Path(base) / name, int(digest[:8], 16) % 2**31
+
+
+def record_run(run_dir: Path, info: dict) -> dict:
+    """DIR/run.json: what a scheduled run is (name, seed, scheduled time, first flow run), written by its first
+    attempt and kept by the retries and re-runs that resume it; returns what is recorded."""
+    path = Path(run_dir) / "run.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    write_json(info, path)
+    return info
+
+
 def append_manifest(run_dir: Path, entry: dict) -> None:
     """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND); secrets redacted.
     Every line says when and where it was written (host and pid: a Ray worker, a Prefect worker)."""
@@ -163,4 +193,4 @@ def summarize(run_dir: Path) -> dict:
     return {"stages": stages}
 
 
-__all__ = ["SCHEMA", "ShardState", "StageMismatch", "check_identity", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]
+__all__ = ["SCHEMA", "ShardState", "StageMismatch", "check_identity", "record_run", "scheduled_run", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]

@@ -17,6 +17,8 @@ export is already in the corpus does nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import time
@@ -54,8 +56,7 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title
     started = time.perf_counter()
     corpus, path = Path(corpus), export_of(run)
     content = hashlib.sha256(path.read_bytes()).hexdigest()
-    index = CorpusIndex(corpus / "index", settings)
-    try:
+    with locked(corpus), contextlib.closing(CorpusIndex(corpus / "index", settings)) as index:
         previous = index.addition_of(content)
         if previous is not None:
             _write_views(corpus, index, title)  # in case the last addition stopped between commit and views
@@ -65,7 +66,9 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title
         except RecordError as exc:
             raise CorpusError(str(exc)) from None
         number = len(index.additions())
-        kept, dropped, keys, signatures, vectors = _deduplicate(df, index)
+        marked, keys, signatures, vectors = _deduplicate(df, index)
+        mask = marked["drop_reason"].is_null().to_numpy()
+        kept, dropped = marked.filter(mask).with_columns(pl.lit(None, dtype=pl.String).alias("dup_of")), marked.filter(~mask)
         name = f"part-{number:05d}.parquet"
         write_shard(kept, corpus / "data" / name)
         if dropped.height:
@@ -74,19 +77,25 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title
         entry = {"run": str(Path(run).resolve()), "run_info": _run_info(run), "content": content,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows_in": df.height, "rows_added": kept.height,
                  "drops": drops, "corpus_rows": index.size() + kept.height,
-                 "files": {"data": f"data/{name}", **({"dropped": f"dropped/{name}"} if dropped.height else {})}}
-        mask = df["id"].is_in(kept["id"].implode()).to_numpy()
+                 "files": {"data": f"data/{name}", **({"dropped": f"dropped/{name}"} if dropped.height else {})},
+                 "seconds": round(time.perf_counter() - started, 2)}
         entry = index.add(ids=kept["id"].to_list(), keys=[k for k, m in zip(keys, mask) if m],
-                          signatures=signatures[mask], vectors=vectors[mask], content=content,
-                          entry=entry | {"seconds": round(time.perf_counter() - started, 2)})
+                          signatures=signatures[mask], vectors=vectors[mask], content=content, entry=entry)
         _write_views(corpus, index, title)
         return entry
-    finally:
-        index.close()
+
+
+@contextlib.contextmanager
+def locked(corpus: Path):
+    """Hold the corpus's lock (CORPUS/.lock, an flock): one addition or push at a time, across processes."""
+    corpus.mkdir(parents=True, exist_ok=True)
+    with open(corpus / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _deduplicate(df: pl.DataFrame, index: CorpusIndex):
-    """(kept rows, dropped rows with drop_reason and dup_of, exact keys, MinHash signatures, embeddings) of `df`."""
+    """`df` with drop_reason and dup_of set on its duplicates, and its exact keys, MinHash signatures, embeddings."""
     from pipeline.score.embed import encode, texts
 
     s = index.settings
@@ -126,8 +135,7 @@ def _deduplicate(df: pl.DataFrame, index: CorpusIndex):
         mark(method, rows[first >= 0], [ids[rows[f]] for f in first[first >= 0]])
     marked = df.with_columns(pl.Series("drop_reason", reason.tolist(), dtype=pl.String),
                              pl.Series("dup_of", dup_of.tolist(), dtype=pl.String))
-    kept = marked.filter(pl.col("drop_reason").is_null()).with_columns(pl.lit(None, dtype=pl.String).alias("dup_of"))
-    return kept, marked.filter(pl.col("drop_reason").is_not_null()), keys, signatures, vectors
+    return marked, keys, signatures, vectors
 
 
 def _first_equal(values: list) -> np.ndarray:
@@ -190,11 +198,12 @@ def publish(corpus: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private:
     if log["repo_id"] != repo_id:
         raise CorpusError(f"{corpus} is published to {log['repo_id']}; push there, or delete {log_path} to start "
                           f"{repo_id} from the first addition")
-    index = CorpusIndex(corpus / "index")
-    try:
-        additions, settings = index.additions(), index.settings
-    finally:
-        index.close()
+    with locked(corpus):
+        index = CorpusIndex(corpus / "index")
+        try:
+            additions, settings = index.additions(), index.settings
+        finally:
+            index.close()
     done = {c["number"] for c in log["commits"]}
     pushed = []
     for position, addition in enumerate(additions):
