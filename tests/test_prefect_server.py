@@ -38,72 +38,139 @@ def test_prefect_yaml_shares_engines_through_anchors_and_schedules_the_gpu_run()
         assert set(d["parameters"]) <= set(flows[d["entrypoint"]].parameters.properties), d["name"]
 
 
+class Server:
+    """A `prefect server` on 127.0.0.1 with the cpu and gpu process pools and every deployment of prefect.yaml."""
+
+    def __init__(self, home: Path):
+        port = free_port()
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home / "prefect_home"), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+        self.logs = home / "logs"
+        self.logs.mkdir()
+        self.processes = [self._start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))]
+        _wait(lambda: httpx.get(f"{self.api}/health", timeout=2).json() is True, 120, "prefect server")
+        for pool in ("cpu", "gpu"):  # the README's recipe
+            self.prefect("work-pool", "create", pool, "--type", "process")
+        self.prefect("deploy", "--all")
+        self.deployments = {d["name"]: d for d in httpx.post(f"{self.api}/deployments/filter", json={}).json()}
+
+    def _start(self, log: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen([PREFECT, *args], cwd=ROOT, env={**self.env, **(env or {})}, start_new_session=True,
+                                stdout=open(self.logs / f"{log}.log", "w"), stderr=subprocess.STDOUT)
+
+    def prefect(self, *args, timeout=120):
+        done = subprocess.run([PREFECT, "--no-prompt", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def worker(self, pool: str, env: dict | None = None) -> None:
+        self.processes.append(self._start(f"worker-{pool}", "worker", "start", "--pool", pool, "--type", "process", env=env))
+
+    def runs(self, deployment: str) -> list[dict]:
+        query = {"flow_runs": {"deployment_id": {"any_": [self.deployments[deployment]["id"]]}}}
+        return httpx.post(f"{self.api}/flow_runs/filter", json=query).json()
+
+    def trigger(self, deployment: str, parameters: dict, scheduled: str) -> str:
+        """A flow run of `deployment` scheduled at `scheduled`, as the scheduler makes one; returns its id."""
+        body = {"parameters": parameters, "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled}}}
+        reply = httpx.post(f"{self.api}/deployments/{self.deployments[deployment]['id']}/create_flow_run", json=body)
+        assert reply.status_code == 201, reply.text
+        return reply.json()["id"]
+
+    def wait_completed(self, run_id: str, seconds: float) -> None:
+        def finished():
+            state = httpx.get(f"{self.api}/flow_runs/{run_id}").json()["state"]["type"]
+            logs = "".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("worker-*.log")))
+            assert state not in ("FAILED", "CRASHED", "CANCELLED"), logs
+            return state == "COMPLETED"
+
+        _wait(finished, seconds, f"flow run {run_id}")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            os.killpg(process.pid, signal.SIGINT)  # a worker stops on SIGINT, not SIGTERM
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    started = Server(tmp_path_factory.mktemp("prefect"))
+    yield started
+    started.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.real_llm
 @pytest.mark.vllm
-def test_deployments_on_a_prefect_server_with_a_process_worker(tmp_path):
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    logs = tmp_path / "logs"
-    logs.mkdir()
-
-    def prefect(*args, timeout=120):
-        done = subprocess.run([PREFECT, "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    worker = None
-    try:
-        _wait(lambda: httpx.get(f"{api}/health", timeout=2).json() is True, 120, "prefect server")
-        for pool in ("cpu", "gpu"):
-            prefect("work-pool", "create", pool, "--type", "process")
-        prefect("deploy", "--all")
-        deployments = httpx.post(f"{api}/deployments/filter", json={}).json()
-        assert sorted(d["name"] for d in deployments) == ["cpu-smoke", "nightly-gpu", "publish-manual"]
-        nightly = next(d for d in deployments if d["name"] == "nightly-gpu")
-        assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
-
-        out = tmp_path / "smoke"
-        params = {"out": str(out), "n": 6, "curate": {"k": 3}}
-        prefect("deployment", "run", "end-to-end/cpu-smoke", "--params", json.dumps(params))
-        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "cpu", "--type", "process"], cwd=ROOT, env=env,
-                                  stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-        smoke = next(d["id"] for d in deployments if d["name"] == "cpu-smoke")
-
-        def finished():
-            runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [smoke]}}}).json()
-            states = [r["state"]["type"] for r in runs]
-            assert "FAILED" not in states and "CRASHED" not in states, (logs / "worker.log").read_text()[-4000:]
-            return states == ["COMPLETED"]
-
-        _wait(finished, 540, "the cpu-smoke flow run")
-        # the scheduler (which SQLAlchemy 2.1 breaks) has created the nightly deployment's cron runs
-        def nightly_runs():
-            return httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}}).json()
-
-        _wait(lambda: len(nightly_runs()) > 0, 120, "the scheduler")
-        scheduled = nightly_runs()
-        assert {r["state"]["type"] for r in scheduled} == {"SCHEDULED"}
-        assert all(r["expected_start_time"].endswith("T02:00:00Z") for r in scheduled)
-    finally:
-        for process in (worker, server):
-            if process is not None:
-                os.killpg(process.pid, signal.SIGINT)  # the worker stops on SIGINT, not SIGTERM
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+def test_deployments_on_a_prefect_server_with_a_process_worker(server, tmp_path):
+    assert sorted(server.deployments) == ["cpu-smoke", "nightly-gpu", "publish-manual"]
+    assert server.deployments["nightly-gpu"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    out = tmp_path / "smoke"
+    server.prefect("deployment", "run", "end-to-end/cpu-smoke", "--params", json.dumps({"out": str(out), "n": 6, "curate": {"k": 3}}))
+    server.worker("cpu")
+    server.wait_completed(server.runs("cpu-smoke")[0]["id"], 540)
+    # the scheduler (which SQLAlchemy 2.1 breaks) has created the nightly deployment's cron runs
+    _wait(lambda: any(r["state"]["type"] == "SCHEDULED" for r in server.runs("nightly-gpu")), 120, "the scheduler")
+    scheduled = [r for r in server.runs("nightly-gpu") if r["state"]["type"] == "SCHEDULED"]
+    assert scheduled and all(r["expected_start_time"].endswith("T02:00:00Z") for r in scheduled)
     exported = pl.read_parquet(out / "export" / "data.parquet")
     assert 0 < exported.height <= 3
     stages = [json.loads(line)["stage"] for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {"instructions", "responses", "scored", "selected", "export"} <= set(stages)
     assert (out / "export" / "README.md").exists() and (out / "report" / "index.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.real_llm
+def test_the_nightly_deployment_makes_a_new_night_per_scheduled_date_and_grows_one_corpus(server, tmp_path):
+    from fakehub import FakeHub
+    from huggingface_hub import DatasetCard
+
+    from pipeline.score.embed import encode, texts
+    from pipeline.select.selection import normalized_text
+
+    runs, corpus = tmp_path / "nightly", tmp_path / "corpus"
+    # the nightly deployment as prefect.yaml defines it, on SmolLM2 with llama.cpp on this CPU, small
+    night = {"runs": str(runs), "corpus": str(corpus), "corpus_repo_id": "tester/nightly", "n": 8, "scorer": None,
+             "engine": {"backend": "llamacpp", "model": "smollm2"}, "curate": {"k": 4},
+             "synthesize": {"response_max_tokens": 256, "response_temperature": 0.6, "response_top_p": 0.9, "shard_size": 4}}
+    token = "hf_NIGHTLYtokenForTheLoopbackHub01"
+    with FakeHub(tmp_path / "hub", tokens={token}) as hub:
+        server.worker("gpu", env={"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1",
+                                  "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"})  # online to the loopback Hub only
+        for date in ("2026-11-28", "2026-11-29"):
+            server.wait_completed(server.trigger("nightly-gpu", night, f"{date}T02:00:00+00:00"), 300)
+        manifest = (runs / "2026-11-28" / "manifest.jsonl").read_text()
+        server.wait_completed(server.trigger("nightly-gpu", night, "2026-11-28T02:00:00+00:00"), 300)  # again
+        commits = hub.repos["datasets/tester/nightly"]["commits"]
+        pushed_card = hub.repos["datasets/tester/nightly"]["files"]["README.md"]
+
+    first, second = (json.loads((runs / d / "run.json").read_text()) for d in ("2026-11-28", "2026-11-29"))
+    assert first["seed"] != second["seed"] and first["scheduled"].startswith("2026-11-28T02:00")
+    shards = lambda text: [line for line in text.splitlines() if '"status": "done"' in line]  # noqa: E731
+    assert shards((runs / "2026-11-28" / "manifest.jsonl").read_text()) == shards(manifest)  # the third run redid nothing
+    log = [json.loads(line) for line in (corpus / "corpus.jsonl").read_text().splitlines()]
+    assert [e["run_info"]["run"] for e in log] == ["2026-11-28", "2026-11-29"]
+    nights = [pl.read_parquet(runs / d / "export" / "data.parquet") for d in ("2026-11-28", "2026-11-29")]
+    added = [pl.read_parquet(corpus / "data" / f"part-0000{i}.parquet") for i in range(2)]
+    assert added[0]["id"].to_list() == nights[0]["id"].to_list()  # the first night is all new
+    assert 0 < added[1].height <= nights[1].height and log[1]["rows_added"] == added[1].height
+    # none of the second night's additions duplicates a row of the first night, by text or by meaning
+    assert set(normalized_text(added[1])).isdisjoint(normalized_text(added[0]))
+    similarity = encode(texts(added[1], "instruction")) @ encode(texts(added[0], "instruction")).T
+    assert similarity.max() < 0.95
+    # one Hub commit per addition, the second with the cumulative card
+    assert [c["summary"] for c in commits] == [
+        f"aligndata corpus: addition {i} (+{added[i].height} rows, from {d})" for i, d in enumerate(("2026-11-28", "2026-11-29"))]
+    assert pushed_card == (corpus / "README.md").read_bytes()
+    assert "| 1 | 2026-11-29 |" in pushed_card.decode() and DatasetCard(pushed_card.decode()).data.pretty_name
 
 
 def _wait(condition, seconds: float, what: str) -> None:
