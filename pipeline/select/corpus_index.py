@@ -163,7 +163,7 @@ class CorpusIndex:
         seqs = np.arange(first, first + len(ids), dtype=np.int64)
         bands, width = lsh_bands(self.settings.minhash_threshold, self.settings.num_perm)
         buckets = band_buckets(signatures, bands, width) if len(ids) else np.zeros((0, bands), np.int64)
-        segments = self._plan_segments(first, vectors, seqs)  # files written before the commit, swapped in by it
+        segments = self._plan_segments(vectors, seqs)  # files written before the commit, swapped in by it
         entry = {**entry, "number": number}
         self.db.execute("BEGIN")
         try:
@@ -196,7 +196,7 @@ class CorpusIndex:
                 faiss.downcast_index(index.index).hnsw.efSearch = 128
             yield index
 
-    def _plan_segments(self, first: int, vectors: np.ndarray, seqs: np.ndarray) -> list[tuple] | None:
+    def _plan_segments(self, vectors: np.ndarray, seqs: np.ndarray) -> list[tuple] | None:
         """Write the new segment (merged with the newest existing ones while they are no larger); returns the
         segment table to commit, or None when nothing is added."""
         if not len(seqs):
