@@ -74,11 +74,11 @@ def test_search_shape_batching_unused_actions_and_raw_reward():
              for i in range(3)]
     search = Search(engine, reward=reward, responses=2)
     run_search(trees, search, iterations=5, c=0.1)
-    assert engine.calls == [3] + [3, 3] * 5  # roots, then one rewrite and one response call per iteration, all trees
+    assert engine.calls == [3, 3] * 5 + [3]  # one rewrite and one response call per iteration, all trees; roots last
     assert search.calls == {"rewrite": 5, "respond": 6, "reward": 6}
     for tree in trees:
         nodes = list(tree.root.walk())
-        assert len(nodes) == 6 and tree.root.visits == 6 and tree.iteration == 5
+        assert len(nodes) == 6 and tree.root.visits == 5 and tree.iteration == 5  # the reference: visits = iterations
         for node in nodes:
             actions = [c.action for c in node.children]
             assert len(actions) == len(set(actions)) <= 3  # no principle twice at a node
@@ -88,7 +88,8 @@ def test_search_shape_batching_unused_actions_and_raw_reward():
     assert len(root.children) == 3  # fully expanded first, then deeper
     best = max(root.children, key=lambda ch: uct(ch, root, 0.1))
     assert all(len(ch.children) == (2 if ch is best else 0) for ch in root.children)
-    assert root.reward == max(n.local_avg_reward for n in root.walk())
+    assert root.local_avg_reward is not None  # simulated once, after the loop, as in the reference
+    assert root.reward == max(n.local_avg_reward for n in root.walk() if n is not root)  # the root's own value is not backed up
 
 
 def test_failed_rewrites_are_retried_and_the_search_ends():
@@ -112,7 +113,7 @@ def test_stage_saves_trees_every_iteration_and_resumes(tmp_path, monkeypatch):
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda obj: (saved.append(json.dumps(obj)), real_save(obj)))
     out = mcts.search_stage(df, engine=engine, iterations=2, checkpoint=checkpoint)
-    assert len(saved) == 3  # after the roots and after each of 2 iterations
+    assert len(saved) == 3  # after each of 2 iterations and after the roots
     calls = len(engine.calls)
     again = mcts.search_stage(df, engine=engine, iterations=2, checkpoint=checkpoint)
     assert len(engine.calls) == calls  # finished trees are loaded, nothing is recomputed

@@ -203,21 +203,17 @@ def _set_value(node: Node, responses: list, rewards: list) -> bool:
 
 def run_search(trees: list[Tree], search: Search, *, iterations: int, c: float = 1.0,
                save: "callable | None" = None) -> list[Tree]:
-    """Advance every tree to `iterations` expansions in lockstep (roots are evaluated first)."""
-    roots = [t for t in trees if t.root.local_avg_reward is None and t.iteration == 0]
-    if roots:
-        results = search.evaluate([t.raw for t in roots], [t.raw for t in roots], [_seed(t.seed_id, "root") for t in roots])
-        for tree, (responses, rewards, failure) in zip(roots, results):
-            tree.engine_error = tree.engine_error or failure
-            _set_value(tree.root, responses, rewards)
-            tree.root.visits = 1
-            tree.root.reward = tree.root.local_avg_reward
-        if save:
-            save(trees)
+    """Advance every tree to `iterations` expansions in lockstep, then evaluate the roots.
+
+    As in the reference (online_synthesis/mcts_utils.py): the root is simulated once, after the loop, so during
+    the search its visits count the iterations only and its `reward` is the best of its subtrees; its own value
+    (local_avg_reward) is set afterwards, for the dataset builders, and changes neither. Every request is seeded,
+    so evaluating the root last changes no other result.
+    """
     while True:
         active = [t for t in trees if t.iteration < iterations and t.failures < iterations]
         if not active:
-            return trees
+            break
         picks = []
         for tree in active:
             path = select(tree.root, len(tree.actions), c)
@@ -247,6 +243,15 @@ def run_search(trees: list[Tree], search: Search, *, iterations: int, c: float =
                 tree.failures += 1
         if save:
             save(trees)
+    roots = [t for t in trees if t.root.local_avg_reward is None]
+    if roots:
+        results = search.evaluate([t.raw for t in roots], [t.raw for t in roots], [_seed(t.seed_id, "root") for t in roots])
+        for tree, (responses, rewards, failure) in zip(roots, results):
+            tree.engine_error = tree.engine_error or failure
+            _set_value(tree.root, responses, rewards)
+        if save:
+            save(trees)
+    return trees
 
 
 def search_stage(df: pl.DataFrame, *, engine: Engine, checkpoint: ShardState, iterations: int = 20,
@@ -267,7 +272,7 @@ def search_stage(df: pl.DataFrame, *, engine: Engine, checkpoint: ShardState, it
                     responses=responses, response_max_tokens=response_max_tokens, responder_format=responder_format)
     run_search(trees, search, iterations=iterations, c=exploration, save=lambda ts: checkpoint.save([t.to_dict() for t in ts]))
     for meta, tree in zip(metas, trees):
-        meta["mcts"] = {"tree": tree.to_dict(), "calls": search.calls, "exploration": exploration, "iterations": iterations}
+        meta["mcts"] = {"tree": tree.to_dict(), "exploration": exploration, "iterations": iterations}  # nothing per shard
     return df.with_columns(dump_meta(metas), pl.Series("drop_reason", [t.engine_error for t in trees], dtype=pl.String))
 
 
