@@ -26,6 +26,8 @@ def run(
     base_url: Optional[str] = typer.Option(None),
     repo: Optional[str] = typer.Option(None, help="Also push to this Hub dataset repository (token from HF_TOKEN)."),
     ray: Optional[str] = typer.Option(None, help="Run synthesize and curate on Ray: 'local' or a cluster address."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Rows per shard in every step (default: 8 "
+                                                                       "for synthesis, 64 for scoring)."),
 ) -> None:
     """The main job, as the end-to-end Prefect flow: Magpie synthesis → dedup, deita scores, diverse selection →
     Parquet, dataset card, trainer exports (TRL, HF, LLaMA-Factory, axolotl) → report, all in --out.
@@ -41,7 +43,8 @@ def run(
         try:
             summary = end_to_end_flow(out=str(out), n=n, seed=seed, engine={"backend": engine, "model": model,
                                                                             "base_url": base_url},
-                                      synthesize=QUICKSTART_SYNTHESIS, curate={"k": k},
+                                      synthesize=QUICKSTART_SYNTHESIS | ({"shard_size": shard_size} if shard_size else {}),
+                                      curate={"k": k, **({"shard_size": shard_size} if shard_size else {})},
                                       title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray)
         except job_errors() as exc:
             raise fail(exc) from exc

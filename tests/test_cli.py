@@ -100,3 +100,14 @@ def test_a_model_that_will_not_load_is_one_line_not_a_traceback(tmp_path):
                                  "--model", str(bad)])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "the llamacpp engine could not start" in " ".join(result.output.split()) and "broken.gguf" in result.output
+
+
+def test_every_command_that_runs_a_model_takes_a_shard_size():
+    from typer.main import get_command
+
+    from flows.cli import app
+
+    commands = get_command(app).commands
+    engine_commands = {name for name, command in commands.items() if "engine" in {p.name for p in command.params}}
+    assert {"magpie", "curate", "tag", "mcts", "codeclm", "magpie-dpo", "magpie-extend"} <= engine_commands
+    assert all("shard_size" in {p.name for p in commands[name].params} for name in engine_commands | {"run"})

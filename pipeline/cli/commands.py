@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
-                                 TEMPLATE, app, console, engine_spec, fail, role, run_job)
+                                 TEMPLATE, app, console, engine_spec, fail, role, run_job,
+                                 shard_size_option)
 from pipeline.cli.corpus import corpus_app
 
 app.add_typer(corpus_app, name="corpus")
@@ -31,7 +32,7 @@ def magpie(
     temperature: Optional[float] = typer.Option(None, help="Instruction temperature (default: per model family)."),
     response_temperature: float = typer.Option(0.0, help="Response temperature (paper: greedy)."),
     response_max_tokens: int = typer.Option(512),
-    shard_size: int = typer.Option(32, help="Rows per shard: the unit of batching and of resume."),
+    shard_size: int = shard_size_option(32),
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
 ) -> None:
     """Magpie self-synthesis: instructions, responses, optional extra turns, basic filters, Parquet export."""
@@ -64,6 +65,7 @@ def curate(
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
     quality_filters: bool = typer.Option(True, help="Drop junk before any model call: too few words, repetitive text "
                                                     "(filters.QUALITY, Data-Juicer's definitions)."),
+    shard_size: int = shard_size_option(64),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -72,7 +74,7 @@ def curate(
     run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage, engine=spec, k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
-             quality_filters=None if quality_filters else [],
+             quality_filters=None if quality_filters else [], shard_size=shard_size,
              complexity_engine=role(spec, complexity_model).describe() if complexity_model else None)
 
 
@@ -93,6 +95,7 @@ def tag(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(64),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -102,7 +105,7 @@ def tag(
     spec = engine_spec(engine, model, base_url, template, option, api_key_env)
     base = role(spec, base_model)
     steps = tag_steps(tags=tuple(t for t in tags.split(",") if t), language=language, reward=reward,
-                      reward_model_path=reward_model, base=base)
+                      reward_model_path=reward_model, base=base, shard_size=shard_size)
     run_job("input_job", out, input_path=input, steps=steps, engine=spec, strict=strict, salvage=salvage)
 
 
@@ -140,6 +143,7 @@ def magpie_dpo(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -148,7 +152,7 @@ def magpie_dpo(
 
     step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs",
                 {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model},
-                shard_size=32)
+                shard_size=shard_size)
     run_job("input_job", out, input_path=input, steps=[step], strict=strict, salvage=salvage,
              engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
@@ -165,6 +169,7 @@ def magpie_extend(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -173,7 +178,7 @@ def magpie_extend(
 
     steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", {"min_difficulty": min_difficulty},
                   uses_engine=False, shard_size=None)]
-    steps += [s for s in magpie_steps(turns=turns) if s.name.startswith(("followups", "responses-"))]
+    steps += [s for s in magpie_steps(turns=turns, shard_size=shard_size) if s.name.startswith(("followups", "responses-"))]
     steps.append(magpie_steps()[-1])  # the final filters
     run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage,
              engine=engine_spec(engine, model, base_url, template, option, api_key_env))
@@ -199,6 +204,7 @@ def mcts(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(16),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -207,7 +213,7 @@ def mcts(
 
     run_job("mcts_job", out, input_path=seeds, engine=spec, strict=strict, salvage=salvage, iterations=iterations, exploration=exploration,
              responses=responses, reward_model_path=reward_model, optimizer=role(spec, optimizer_model),
-             responder=role(spec, responder_model), responder_format=responder_format)
+             responder=role(spec, responder_model), responder_format=responder_format, shard_size=shard_size)
 
 
 @app.command()
@@ -227,6 +233,7 @@ def codeclm(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -236,7 +243,7 @@ def codeclm(
     spec = engine_spec(engine, model, base_url, template, option, api_key_env)
     target = role(spec, target_model)
     steps = codeclm_steps(n_metadata=n_metadata, per_metadata=per_metadata, theta=theta, max_iterations=max_iterations,
-                          target=target, keep_unresolved=keep_unresolved, judge_mode=judge_mode)
+                          target=target, keep_unresolved=keep_unresolved, judge_mode=judge_mode, shard_size=shard_size)
     run_job("input_job", out, input_path=seeds, steps=steps, strict=strict, salvage=salvage, engine=spec)
 
 

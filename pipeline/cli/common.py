@@ -105,6 +105,12 @@ def print_summary(summary: dict, out: Path) -> None:
     console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
 
 
+def shard_size_option(default: int):
+    """--shard-size, which every job takes: rows per shard, the unit of batching and of resume. With a seeded,
+    batch-invariant engine (llama.cpp) the rows do not depend on it."""
+    return typer.Option(default, "--shard-size", help="Rows per shard: the unit of batching and of resume.")
+
+
 INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
 # Every command that imports data takes these two, defined once.
 STRICT = typer.Option(False, "--strict", help="Stop at the first row that cannot become a record (default: quarantine it "
