@@ -12,7 +12,7 @@ from pipeline.cli import output
 from pipeline.cli.commands import app
 from pipeline.cli.common import ENGINE_HELP, console, fail, job_errors, print_summary
 
-QUICKSTART_SYNTHESIS = {"response_max_tokens": 384, "response_temperature": 0.6, "response_top_p": 0.9, "shard_size": 8}
+QUICKSTART_SYNTHESIS = {"shard_size": 8}  # and the `auto` profile: `cpu` for SmolLM2, the official settings for a registry model
 
 
 @app.command()
@@ -32,8 +32,9 @@ def run(
     """The main job, as the end-to-end Prefect flow: Magpie synthesis → dedup, deita scores, diverse selection →
     Parquet, dataset card, trainer exports (TRL, HF, LLaMA-Factory, axolotl) → report, all in --out.
 
-    Runs on Prefect's ephemeral API unless PREFECT_API_URL names a server. Responses are sampled at T=0.6,
-    top_p=0.9 (the official Llama-3.1 response setting) rather than the paper's greedy decoding: greedy
+    Runs on Prefect's ephemeral API unless PREFECT_API_URL names a server. Magpie samples with the `auto`
+    profile: the official settings for a model of the registry; for others (SmolLM2) the CPU profile, whose
+    responses are sampled at T=0.6, top_p=0.9 (the official Llama-3.1 setting) rather than greedy: greedy
     SmolLM2-135M loops until the token limit on most prompts.
     """
     from flows.end_to_end import end_to_end_flow

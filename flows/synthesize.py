@@ -17,7 +17,10 @@ def synthesize_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
     the keyword arguments of recipes.magpie_steps / codeclm_steps / mcts_search_step. `engine` is EngineSpec.make's
     keyword arguments (default: SmolLM2 on vLLM).
     """
-    steps = recipes.synthesis_steps(method, **(options or {}))
+    options = dict(options or {})
+    if method == "magpie":  # the model decides the `auto` profile: the official settings for a registry family
+        options.setdefault("model", (engine or {}).get("model", "smollm2"))
+    steps = recipes.synthesis_steps(method, **options)
     if method == "magpie":
         source = plan_task.submit(out, n, seed).result()
     elif seeds is None:

@@ -91,3 +91,37 @@ def test_respond_uses_the_chat_template_and_greedy_default():
     magpie.respond(df, engine=e)
     assert e.calls[-1][1].temperature == 0.0
     assert isinstance(df, pl.DataFrame)
+
+
+def test_sampling_follows_the_official_family_and_the_cpu_profile_pins_its_own(tmp_path):
+    import json
+    from pathlib import Path
+
+    from pipeline.recipes.magpie import CPU_PROFILE, magpie_steps
+
+    template = (Path(__file__).parent / "data" / "templates" / "meta-llama-Meta-Llama-3-8B-Instruct.jinja").read_text()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": template, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
+    e = load_engine(EngineSpec.make("fake", "meta-llama/Llama-3.1-8B-Instruct", template=str(tmp_path)))
+    out = magpie.respond(magpie.synthesize(magpie.plan(1, seed=0), engine=e), engine=e)
+    turn = meta_dicts(out)[0]["magpie"]["turns"][0]
+    assert (turn["user"]["sampling"]["temperature"], turn["user"]["sampling"]["max_tokens"]) == (0.8, 1024)  # llama3.1 script
+    assert {k: turn["assistant"]["sampling"][k] for k in ("temperature", "top_p", "max_tokens")} == {
+        "temperature": 0.6, "top_p": 0.9, "max_tokens": magpie.PAPER_RESPONSE_MAX_TOKENS}
+    derived = engine()  # a model without an official entry: the official scripts' defaults, greedy responses
+    before = len(derived.calls)
+    magpie.respond(magpie.synthesize(magpie.plan(1, seed=0), engine=derived), engine=derived)
+    (_, instructions), (_, responses) = derived.calls[before:]
+    assert (instructions.temperature, instructions.max_tokens) == (0.7, magpie.PAPER_INSTRUCTION_MAX_TOKENS)
+    assert (responses.temperature, responses.top_p, responses.max_tokens) == (0.0, 1.0, magpie.PAPER_RESPONSE_MAX_TOKENS)
+
+    def settings(**options):
+        steps = {s.name: s.params for s in magpie_steps(**options)}
+        return steps["instructions"]["max_tokens"], steps["responses"]
+    assert settings(model="meta-llama/Meta-Llama-3-70B-Instruct") == (None, {"temperature": None, "top_p": None, "max_tokens": None})
+    cpu = (CPU_PROFILE["instruction_max_tokens"], {"temperature": CPU_PROFILE["response_temperature"],
+                                                   "top_p": CPU_PROFILE["response_top_p"], "max_tokens": CPU_PROFILE["response_max_tokens"]})
+    assert settings(model="smollm2") == settings(profile="cpu", model="meta-llama/Meta-Llama-3-70B-Instruct") == cpu
+    assert settings(model="smollm2", response_max_tokens=64)[1]["max_tokens"] == 64  # an explicit setting wins
+    with pytest.raises(ValueError, match="valid: \\['auto', 'paper', 'cpu'\\]"):
+        magpie_steps(profile="fast")

@@ -29,16 +29,23 @@ def magpie(
     turns: int = typer.Option(1, help="Conversation turns (Magpie multi-turn extension for > 1)."),
     task: Optional[str] = typer.Option(None, help="Task control via the official system prompts: math, code, translation."),
     system: Optional[str] = typer.Option(None, help="A custom system prompt in the pre-query prefix."),
+    profile: str = typer.Option("auto", help="Sampling defaults: paper (the official scripts' settings per model family), "
+                                             "cpu (short, sampled: for small models on a CPU) or auto (paper for a model "
+                                             "of the official registry, else cpu). Options below override it."),
     temperature: Optional[float] = typer.Option(None, help="Instruction temperature (default: per model family)."),
-    response_temperature: float = typer.Option(0.0, help="Response temperature (paper: greedy)."),
-    response_max_tokens: int = typer.Option(512),
+    instruction_max_tokens: Optional[int] = typer.Option(None, help="Default: per profile and family (paper: 2048)."),
+    response_temperature: Optional[float] = typer.Option(None, help="Default: per profile and family (paper: greedy; Llama-3.1: 0.6)."),
+    response_top_p: Optional[float] = typer.Option(None, help="Default: per profile and family."),
+    response_max_tokens: Optional[int] = typer.Option(None, help="Default: per profile (paper: 4096)."),
     shard_size: int = shard_size_option(32),
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
 ) -> None:
     """Magpie self-synthesis: instructions, responses, optional extra turns, basic filters, Parquet export."""
     run_job("magpie_job", out, n=n, seed=seed, engine=engine_spec(engine, model, base_url, template, option, api_key_env), turns=turns, task=task,
-                system=system, instruction_temperature=temperature, response_temperature=response_temperature,
-                response_max_tokens=response_max_tokens, shard_size=shard_size, max_failure_rate=max_failure_rate)
+                system=system, profile=profile, instruction_temperature=temperature,
+                instruction_max_tokens=instruction_max_tokens, response_temperature=response_temperature,
+                response_top_p=response_top_p, response_max_tokens=response_max_tokens, shard_size=shard_size,
+                max_failure_rate=max_failure_rate)
 
 
 

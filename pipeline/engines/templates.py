@@ -165,6 +165,7 @@ class OfficialTemplate:
     instruction_top_p: float = 1.0
     response_temperature: float = 0.0
     response_top_p: float = 1.0
+    instruction_max_tokens: int = 2048  # exp/gen_ins.py's default; the Llama-3.1/3.3 scripts pass 1024
     early_stopping: bool = True  # add "\n" as a stop string: instructions are single-line
     sanitize: bool = False  # the official instruction_post_process applies to Llama-3 and Gemma-2 only
 
@@ -198,8 +199,8 @@ _QWEN = dict(stop_tokens=("<|im_start|>", "<|im_end|>", "<|endoftext|>"), stop_t
 OFFICIAL: dict[str, OfficialTemplate] = {
     "llama-3": OfficialTemplate(**_LLAMA3),
     "llama-3.1": OfficialTemplate(**{**_LLAMA3, "instruction_temperature": 0.8, "response_temperature": 0.6,
-                                     "response_top_p": 0.9, "early_stopping": False}),
-    "llama-3.3": OfficialTemplate(**{**_LLAMA3, "early_stopping": False}),
+                                     "response_top_p": 0.9, "early_stopping": False, "instruction_max_tokens": 1024}),
+    "llama-3.3": OfficialTemplate(**{**_LLAMA3, "early_stopping": False, "instruction_max_tokens": 1024}),
     "qwen2": OfficialTemplate(pre_query_template="<|im_start|>user\n", **_QWEN),
     "qwen2.5": OfficialTemplate(
         pre_query_template="<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n",

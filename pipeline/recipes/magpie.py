@@ -8,6 +8,7 @@ import filters
 from pipeline.core.codehash import code_hash
 from pipeline.core.rundir import check_identity, write_shard
 from pipeline.engines import EngineSpec
+from pipeline.engines.templates import family_of
 from pipeline.recipes.steps import Progress, Step, run_job
 from pipeline.synth import magpie
 
@@ -22,28 +23,52 @@ def write_plan(out: Path, *, n: int, seed: int) -> Path:
     return plan_dir
 
 
-def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None = None,
-                 instruction_temperature: float | None = None, instruction_max_tokens: int = 256,
-                 response_temperature: float = 0.0, response_top_p: float = 1.0, response_max_tokens: int = 512,
+# The CPU profile: a 135M model on a laptop CPU. The official scripts' lengths (2048-token instructions, 4096-token
+# responses) let a small model that loops run for minutes per row, and greedy SmolLM2-135M loops on most prompts, so
+# responses are sampled as the official Llama-3.1 script samples them. Listed in the README's deviation table.
+CPU_PROFILE = {"instruction_max_tokens": 256, "response_max_tokens": 384, "response_temperature": 0.6, "response_top_p": 0.9}
+PROFILES = ("auto", "paper", "cpu")
+
+
+def profile_settings(profile: str, model: str | None) -> dict:
+    """The sampling settings of a Magpie profile. `paper`: none pinned, so each stage takes the model family's
+    official settings, else the official scripts' defaults; `cpu`: CPU_PROFILE; `auto`: `paper` for a model of
+    the official registry (Llama-3.x, Qwen2.x, Phi-3, Gemma-2, Mistral), else `cpu`."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown Magpie profile {profile!r}; valid: {list(PROFILES)}")
+    if profile == "auto":
+        profile = "paper" if model and family_of(model) else "cpu"
+    return dict(CPU_PROFILE) if profile == "cpu" else {}
+
+
+def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None = None, profile: str = "auto",
+                 model: str | None = None, instruction_temperature: float | None = None,
+                 instruction_max_tokens: int | None = None, response_temperature: float | None = None,
+                 response_top_p: float | None = None, response_max_tokens: int | None = None,
                  instruction_filter_spec: list | None = None, filter_spec: list | None = None,
                  shard_size: int = 32) -> list[Step]:
     """Instructions → instruction filters → responses (→ follow-up + response per extra turn) → filters.
 
-    Instructions are filtered before any response is generated so no engine time goes to rows that would
-    be dropped; the final filters check every turn again.
+    Sampling: the settings given, else the `profile`'s (profile_settings; `model` decides `auto`), else the
+    model family's official ones. Instructions are filtered before any response is generated so no engine time
+    goes to rows that would be dropped; the final filters check every turn again.
     """
-    responses = {"temperature": response_temperature, "top_p": response_top_p, "max_tokens": response_max_tokens}
+    given = {"instruction_max_tokens": instruction_max_tokens, "response_temperature": response_temperature,
+             "response_top_p": response_top_p, "response_max_tokens": response_max_tokens}
+    s = profile_settings(profile, model) | {k: v for k, v in given.items() if v is not None}
+    responses = {"temperature": s.get("response_temperature"), "top_p": s.get("response_top_p"),
+                 "max_tokens": s.get("response_max_tokens")}
     steps = [
         Step("instructions", "pipeline.synth.magpie:synthesize", {
-            "task": task, "system": system, "temperature": instruction_temperature, "max_tokens": instruction_max_tokens},
-            shard_size=shard_size),
+            "task": task, "system": system, "temperature": instruction_temperature,
+            "max_tokens": s.get("instruction_max_tokens")}, shard_size=shard_size),
         Step("instructions-filtered", "filters:mark",
              {"spec": filters.MAGPIE_INSTRUCTION if instruction_filter_spec is None else instruction_filter_spec},
              uses_engine=False, shard_size=None),
         Step("responses", "pipeline.synth.magpie:respond", responses, shard_size=shard_size),
     ]
     for turn in range(2, turns + 1):
-        steps += [Step(f"followups-{turn}", "pipeline.synth.magpie:follow_up", {"max_tokens": instruction_max_tokens},
+        steps += [Step(f"followups-{turn}", "pipeline.synth.magpie:follow_up", {"max_tokens": s.get("instruction_max_tokens")},
                        shard_size=shard_size),
                   Step(f"responses-{turn}", "pipeline.synth.magpie:respond", responses, shard_size=shard_size)]
     spec = filters.MAGPIE_BASIC if filter_spec is None else filter_spec
@@ -53,5 +78,5 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
 def magpie_job(out: Path, *, n: int, seed: int, engine: EngineSpec, max_failure_rate: float = 0.1,
                on_progress: Progress | None = None, **step_options) -> dict:
     """Magpie end to end into `out`: plan, the magpie_steps(**step_options), Parquet export; returns summarize()."""
-    return run_job(out, magpie_steps(**step_options), lambda d: write_plan(d, n=n, seed=seed), engine=engine,
+    return run_job(out, magpie_steps(**{"model": engine.model, **step_options}), lambda d: write_plan(d, n=n, seed=seed), engine=engine,
                 card="Magpie conversations", max_failure_rate=max_failure_rate, on_progress=on_progress)

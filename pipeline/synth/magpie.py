@@ -31,6 +31,9 @@ MT_SYSTEM_PROMPT = ("You are a helpful Al assistant. The user will engage in a m
                     "thorough,relevant and insightful responses to help the user with their queries.")
 # Models without an official entry: the small-model setting of the official scripts (Qwen2.5-3B/7B: T=0.7).
 DERIVED_INSTRUCTION_TEMPERATURE = 0.7
+# The official scripts' lengths (exp/gen_ins.py, exp/gen_res.py) for models without a pinned one.
+PAPER_INSTRUCTION_MAX_TOKENS = 2048
+PAPER_RESPONSE_MAX_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class PreQuery:
     family: str | None
     temperature: float
     top_p: float
+    max_tokens: int
     sanitize: bool
     origin: str  # "official:<family>[:<task>]" or "template" (the model's chat template)
 
@@ -62,6 +66,7 @@ def pre_query(engine: Engine, *, task: str | None = None, system: str | None = N
         prefix = official.task_templates[task] if task else official.pre_query_template
         stop = official.stop_tokens + official.stop_tokens_assistant
         temperature, top_p, early = official.instruction_temperature, official.instruction_top_p, official.early_stopping
+        max_tokens = official.instruction_max_tokens
         origin = f"official:{family}" + (f":{task}" if task else "")
     else:
         system_text = system if system is not None else TASK_SYSTEM_PROMPTS.get(task)
@@ -69,12 +74,13 @@ def pre_query(engine: Engine, *, task: str | None = None, system: str | None = N
         prefix = engine.template.user_prefix(history)
         stop = tuple(engine.template.stop_strings())
         temperature, top_p, early, origin = DERIVED_INSTRUCTION_TEMPERATURE, 1.0, True, "template"
+        max_tokens = PAPER_INSTRUCTION_MAX_TOKENS
     if task == "translation":
         early = False  # the official scripts disable early stopping for translation
     if early_stopping is not None:
         early = early_stopping
     return PreQuery(prefix=prefix, stop=stop + (("\n",) if early else ()), family=family, temperature=temperature,
-                    top_p=top_p, sanitize=bool(official and official.sanitize), origin=origin)
+                    top_p=top_p, max_tokens=max_tokens, sanitize=bool(official and official.sanitize), origin=origin)
 
 
 def plan(n: int, *, seed: int) -> pl.DataFrame:
@@ -102,9 +108,12 @@ def _drop_reasons(completions: list[Completion]) -> pl.Series:
 
 
 def synthesize(df: pl.DataFrame, *, engine: Engine, task: str | None = None, system: str | None = None,
-               temperature: float | None = None, top_p: float | None = None, max_tokens: int = 256,
+               temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                early_stopping: bool | None = None, sanitize: bool | None = None) -> pl.DataFrame:
     """Sample one user instruction per row from the pre-query prefix; one engine call for the frame.
+
+    Sampling settings left None are the model family's official ones (pre_query), else the official scripts'
+    defaults (T = DERIVED_INSTRUCTION_TEMPERATURE for models without an entry, PAPER_INSTRUCTION_MAX_TOKENS).
 
     Rows whose request failed keep their messages empty and get `drop_reason = "engine_error:<kind>"`.
     """
@@ -112,7 +121,8 @@ def synthesize(df: pl.DataFrame, *, engine: Engine, task: str | None = None, sys
         return df
     query = pre_query(engine, task=task, system=system, early_stopping=early_stopping)
     sampling = Sampling(temperature=query.temperature if temperature is None else temperature,
-                        top_p=query.top_p if top_p is None else top_p, max_tokens=max_tokens, stop=query.stop)
+                        top_p=query.top_p if top_p is None else top_p,
+                        max_tokens=query.max_tokens if max_tokens is None else max_tokens, stop=query.stop)
     metas = meta_dicts(df)
     seeds = _row_seeds(metas, 1, "user")
     completions = [c[0] for c in engine.generate([query.prefix] * df.height, sampling, seeds)]
@@ -128,16 +138,22 @@ def synthesize(df: pl.DataFrame, *, engine: Engine, task: str | None = None, sys
                            _drop_reasons(completions))
 
 
-def respond(df: pl.DataFrame, *, engine: Engine, temperature: float = 0.0, top_p: float = 1.0,
-            max_tokens: int = 1024) -> pl.DataFrame:
-    """Append the assistant's reply to each conversation ending in a user turn (greedy by default, as the paper)."""
+def respond(df: pl.DataFrame, *, engine: Engine, temperature: float | None = None, top_p: float | None = None,
+            max_tokens: int | None = None) -> pl.DataFrame:
+    """Append the assistant's reply to each conversation ending in a user turn. Settings left None are the model
+    family's official response sampling (e.g. Llama-3.1: T 0.6, top_p 0.9), else the paper's greedy decoding, and
+    PAPER_RESPONSE_MAX_TOKENS."""
     if df.is_empty():
         return df
     conversations = messages_of(df)
     if any(not c or c[-1]["role"] != "user" for c in conversations):
         bad = next(i for i, c in enumerate(conversations) if not c or c[-1]["role"] != "user")
         raise ValueError(f"respond: row {bad} (id={df['id'][bad]!r}) does not end with a user turn")
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings()))
+    official = OFFICIAL.get(family_of(engine.model_name) or family_of(engine.spec.model))
+    sampling = Sampling(temperature=(official.response_temperature if official else 0.0) if temperature is None else temperature,
+                        top_p=(official.response_top_p if official else 1.0) if top_p is None else top_p,
+                        max_tokens=PAPER_RESPONSE_MAX_TOKENS if max_tokens is None else max_tokens,
+                        stop=tuple(engine.template.stop_strings()))
     metas = meta_dicts(df)
     turn = [sum(m["role"] == "user" for m in c) for c in conversations]
     seeds = [s for t, meta in zip(turn, metas) for s in _row_seeds([meta], t, "assistant")]
@@ -154,7 +170,7 @@ def respond(df: pl.DataFrame, *, engine: Engine, temperature: float = 0.0, top_p
                            _drop_reasons(completions))
 
 
-def follow_up(df: pl.DataFrame, *, engine: Engine, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256,
+def follow_up(df: pl.DataFrame, *, engine: Engine, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int | None = None,
               early_stopping: bool | None = None, system: str = MT_SYSTEM_PROMPT) -> pl.DataFrame:
     """Append a follow-up user instruction to each finished conversation (Magpie's multi-turn step 1).
 
@@ -167,6 +183,7 @@ def follow_up(df: pl.DataFrame, *, engine: Engine, temperature: float = 1.0, top
     official = OFFICIAL.get(family)
     stop = tuple(official.stop_tokens) if official else tuple(engine.template.stop_strings())
     early = (official.early_stopping if official else True) if early_stopping is None else early_stopping
+    max_tokens = (official.instruction_max_tokens if official else PAPER_INSTRUCTION_MAX_TOKENS) if max_tokens is None else max_tokens
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop + (("\n",) if early else ()))
     metas = meta_dicts(df)
     turn = [sum(m["role"] == "user" for m in c) + 1 for c in conversations]
