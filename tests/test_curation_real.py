@@ -10,6 +10,7 @@ from pipeline.score import ifd
 from pipeline.select import selection
 from pipeline.engines import EngineSpec
 from pipeline.recipes import curate_job
+from pipeline.core.records import first_instructions
 
 pytestmark = pytest.mark.real_llm
 
@@ -107,3 +108,26 @@ def test_a_scorer_server_killed_mid_stage_counts_engine_errors_and_the_rerun_com
     scored = read_shards(tmp_path / "run" / "scored")
     assert scored["id"].n_unique() == scored.height == summary["stages"]["quality-filtered"]["rows_out"] == 30
     assert scored["deita_score"].null_count() == 0
+
+
+def test_the_embedder_is_a_choice_and_the_card_says_which_and_over_what(tmp_path):
+    from pipeline.engines.models import smollm2_hf_dir
+
+    same_question = [PAIRS[2], (PAIRS[2][0], "Pasta needs salted water and ten minutes at a rolling boil."), PAIRS[3]]
+    minilm = embed.matrix(embed.embed(frame(same_question)))  # the first user turn
+    deita = embed.matrix(embed.embed(frame(same_question), embedder=f"deita:{smollm2_hf_dir()}"))  # the whole conversation
+    assert minilm.shape == (3, 384) and deita.shape == (3, 576)
+    assert minilm[0] @ minilm[1] > 0.9999 and deita[0] @ deita[1] < 0.999  # only deita's reads the answers
+
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                              for q, a in PAIRS))
+    # a small causal LM's last-token vectors are anisotropic (unrelated conversations at cosine ~0.98, the two egg
+    # answers at 0.999), so tau is set per embedder: 0.995 here keeps one egg answer and the two other rows
+    summary = curate_job(tmp_path / "run", input_path=source, engine=EngineSpec.make("llamacpp"), k=3, tau=0.995,
+                         dedup=("exact",), embedder=f"deita:{smollm2_hf_dir()}")
+    selected = pl.read_parquet(summary["export"])
+    assert selected.height == 3 and len({PAIRS[0][0], PAIRS[1][0]} & set(first_instructions(selected))) == 1
+    card = (tmp_path / "run" / "export" / "README.md").read_text()
+    assert f"embedded: embeddings are deita's model-based embedding ({smollm2_hf_dir()}" in card
+    assert "of the whole conversation (vicuna_v1.1)" in card

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
-                                 TEMPLATE, app, console, engine_spec, fail, role, run_job,
+                                 TEMPLATE, EMBEDDER, app, console, engine_spec, fail, role, run_job,
                                  shard_size_option)
 from pipeline.cli.corpus import corpus_app
 
@@ -72,6 +72,7 @@ def curate(
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
     quality_filters: bool = typer.Option(True, help="Drop junk before any model call: too few words, repetitive text "
                                                     "(filters.QUALITY, Data-Juicer's definitions)."),
+    embedder: str = EMBEDDER,
     shard_size: int = shard_size_option(64),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
@@ -81,7 +82,7 @@ def curate(
     run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage, engine=spec, k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
-             quality_filters=None if quality_filters else [], shard_size=shard_size,
+             quality_filters=None if quality_filters else [], embedder=embedder, shard_size=shard_size,
              complexity_engine=role(spec, complexity_model).describe() if complexity_model else None)
 
 
@@ -102,6 +103,7 @@ def tag(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    embedder: str = EMBEDDER,
     shard_size: int = shard_size_option(64),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
@@ -112,7 +114,7 @@ def tag(
     spec = engine_spec(engine, model, base_url, template, option, api_key_env)
     base = role(spec, base_model)
     steps = tag_steps(tags=tuple(t for t in tags.split(",") if t), language=language, reward=reward,
-                      reward_model_path=reward_model, base=base, shard_size=shard_size)
+                      reward_model_path=reward_model, base=base, embedder=embedder, shard_size=shard_size)
     run_job("input_job", out, input_path=input, steps=steps, engine=spec, strict=strict, salvage=salvage)
 
 

@@ -105,6 +105,11 @@ def print_summary(summary: dict, out: Path) -> None:
     console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
 
 
+EMBEDDER = typer.Option("minilm", help="Embeddings for selection and min-neighbour distance: minilm (offline default, "
+                                        "first user turn), deita[:<causal LM>] (deita's model-based embedding of the "
+                                        "whole conversation; default Mistral-7B-v0.1), or a sentence-transformers name or path.")
+
+
 def shard_size_option(default: int):
     """--shard-size, which every job takes: rows per shard, the unit of batching and of resume. With a seeded,
     batch-invariant engine (llama.cpp) the rows do not depend on it."""

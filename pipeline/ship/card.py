@@ -11,6 +11,7 @@ import polars as pl
 
 from pipeline.core.rundir import read_manifest, write_atomic
 from pipeline.core.secrets import redact
+from pipeline.score.embed import describe_embedder
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md.jinja"
 METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
@@ -75,6 +76,8 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     notes = [f"Magpie pre-query prefix: {origin} ("
              + ("from the model's chat template)" if origin == "template" else "the official registry's, which agrees "
                 "with the model's chat template)") for origin in origins]
+    notes += [f"{s['stage']}: embeddings are {describe_embedder(s['params'].get('embedder', 'minilm'), s['params'].get('field', 'instruction'))}"
+              for s in stages if s.get("function") == "pipeline.score.embed.embed"]
     notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
     return {"funnel": [{"stage": stage["stage"], "code": stage.get("code", ""), "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
