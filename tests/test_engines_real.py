@@ -203,3 +203,25 @@ def test_a_hung_llamacpp_worker_times_out_as_a_counted_failure_and_restarts():
     [[again]] = engine.generate([prompt], Sampling(max_tokens=4), seeds=[1])
     assert not again.failed and again.n_tokens > 0
     engine.close()
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_a_first_token_ban_changes_the_first_token_and_nothing_after_it(backend):
+    """Magpie's logits processors act on the first generated token only: through vLLM V1's logits-processor
+    interface and llama.cpp's. Greedy SmolLM2 from the Magpie pre-query prefix, its own first two tokens banned."""
+    from transformers import AutoTokenizer
+
+    from pipeline.engines.models import smollm2_hf_dir
+
+    engine = load_engine(EngineSpec.make(backend))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir())
+    prefix = magpie.pre_query(engine).prefix
+    greedy = Sampling(temperature=0.0, max_tokens=16)
+    [[plain]] = engine.generate([prefix], greedy, [1])
+    first, second = tokenizer.encode(plain.text, add_special_tokens=False)[:2]
+    assert first != second
+    [[banned_first]] = engine.generate([prefix], Sampling(temperature=0.0, max_tokens=16, first_token_ban=(first,)), [1])
+    assert tokenizer.encode(banned_first.text, add_special_tokens=False)[0] != first
+    # banning the token that comes second changes nothing: the rule is not applied after the first token
+    [[banned_second]] = engine.generate([prefix], Sampling(temperature=0.0, max_tokens=16, first_token_ban=(second,)), [1])
+    assert banned_second.text == plain.text

@@ -125,3 +125,25 @@ def test_sampling_follows_the_official_family_and_the_cpu_profile_pins_its_own(t
     assert settings(model="smollm2", response_max_tokens=64)[1]["max_tokens"] == 64  # an explicit setting wins
     with pytest.raises(ValueError, match="valid: \\['auto', 'paper', 'cpu'\\]"):
         magpie_steps(profile="fast")
+
+
+def test_the_official_logits_processor_is_on_for_llama_3_1_and_an_engine_without_them_says_so(tmp_path):
+    import json
+    from pathlib import Path
+
+    from pipeline.core.rundir import StageWarning
+    from pipeline.synth.magpie_logits import LLAMA3_MARKDOWN_HEADERS
+
+    template = (Path(__file__).parent / "data" / "templates" / "meta-llama-Meta-Llama-3-8B-Instruct.jinja").read_text()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": template, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
+    e = load_engine(EngineSpec.make("fake", "meta-llama/Llama-3.1-8B-Instruct", template=str(tmp_path)))
+    with pytest.warns(StageWarning, match="cannot apply Magpie's 'de-markdown' logits processor"):
+        out = magpie.synthesize(magpie.plan(1, seed=0), engine=e)
+    assert e.calls[-1][1].first_token_ban == LLAMA3_MARKDOWN_HEADERS  # recorded in the row's provenance too
+    assert meta_dicts(out)[0]["magpie"]["turns"][0]["user"]["sampling"]["first_token_ban"] == list(LLAMA3_MARKDOWN_HEADERS)
+    magpie.synthesize(magpie.plan(1, seed=0), engine=e, logits_processor="none")
+    assert e.calls[-1][1].first_token_rule is None
+    derived = engine()  # no official processor for other models
+    magpie.synthesize(magpie.plan(1, seed=0), engine=derived)
+    assert derived.calls[-1][1].first_token_rule is None

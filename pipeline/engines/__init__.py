@@ -28,6 +28,9 @@ BACKENDS = {
 }
 
 
+BANNED_LOGIT = -9999.999  # what Magpie's official de-markdown processor sets a banned token's logit to
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling parameters for one `generate` call (applied to every prompt in it)."""
@@ -41,6 +44,17 @@ class Sampling:
     # Constrain the output to this JSON schema where the backend can (vLLM structured outputs, llama.cpp
     # grammars); other backends ignore it, so callers still parse defensively.
     json_schema: tuple[tuple[str, object], ...] | None = None
+    # First generated token only (Magpie's logits processors): token ids it may not be, and a divisor of its
+    # logits (1.2 = "flaming tokens"). Backends without logits processors (openai, fake) ignore both.
+    first_token_ban: tuple[int, ...] = ()
+    first_token_temperature: float = 1.0
+
+    @property
+    def first_token_rule(self) -> dict | None:
+        """The first-token rule as plain data for a backend, or None when there is none."""
+        if not self.first_token_ban and self.first_token_temperature == 1.0:
+            return None
+        return {"ban": list(self.first_token_ban), "temperature": self.first_token_temperature}
 
     @staticmethod
     def schema(schema: dict) -> tuple:

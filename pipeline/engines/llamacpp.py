@@ -26,7 +26,8 @@ import threading
 from typing import Sequence
 
 from pipeline.engines.templates import load_template
-from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup
+from pipeline.engines import (BANNED_LOGIT, Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed,
+                              regroup)
 from pipeline.engines.models import resolve_model
 
 MAX_CRASHES_IN_A_ROW = 3
@@ -44,6 +45,8 @@ def _signal_name(returncode: int | None) -> str:
 
 
 class LlamaCppEngine:
+    supports_logits_processors = True  # Sampling's first-token rule (_first_token_processor)
+
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.path = resolve_model("llamacpp", spec.model)
@@ -121,7 +124,8 @@ class LlamaCppEngine:
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         requests = [{"op": "complete", "prompt": prompt, "seed": seed, "max_tokens": sampling.max_tokens,
                      "temperature": sampling.temperature, "top_p": sampling.top_p, "stop": list(sampling.stop),
-                     "logprobs": sampling.logprobs, "json_schema": sampling.json_schema_text}
+                     "logprobs": sampling.logprobs, "json_schema": sampling.json_schema_text,
+                     "first_token": sampling.first_token_rule}
                     for _, prompt, seed in expand_requests(prompts, sampling, seeds)]
         flat = []
         for reply in self._run_all(requests):
@@ -160,16 +164,33 @@ def _complete(llm, grammars: dict, request: dict) -> dict:
     if schema and schema not in grammars:
         grammars[schema] = LlamaGrammar.from_json_schema(schema, verbose=False)
     seed = request["seed"] if request["seed"] is not None else int(np.random.randint(2**31))
+    rule = request.get("first_token")
     out = llm.create_completion(
         request["prompt"], max_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
         top_k=0, min_p=0.0, repeat_penalty=1.0, stop=request["stop"] or None, seed=seed, logprobs=request["logprobs"],
-        grammar=grammars.get(schema))
+        grammar=grammars.get(schema), logits_processor=_first_token_processor(rule) if rule else None)
     choice = out["choices"][0]
     logprobs = None
     if request["logprobs"] and choice.get("logprobs"):
         logprobs = [{tok: float(lp) for tok, lp in (top or {}).items()} for top in choice["logprobs"]["top_logprobs"]]
     return {"text": choice["text"], "finish_reason": choice.get("finish_reason") or "stop",
             "n_tokens": out["usage"]["completion_tokens"], "logprobs": logprobs}
+
+
+def _first_token_processor(rule: dict):
+    """llama.cpp's logits processor for a first-token rule: called once per generated token, it acts on the first."""
+    from llama_cpp import LogitsProcessorList
+
+    calls = [0]
+
+    def first_token(input_ids, scores):
+        calls[0] += 1
+        if calls[0] == 1:
+            scores = scores / rule["temperature"]
+            scores[rule["ban"]] = BANNED_LOGIT
+        return scores
+
+    return LogitsProcessorList([first_token])
 
 
 def _prompt_logprobs(llm, request: dict) -> dict:

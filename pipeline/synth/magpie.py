@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline.engines.templates import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of, registry_agrees
 from pipeline.engines import Completion, Engine, Sampling
+from pipeline.synth.magpie_logits import default_processor, sampling_fields
 from pipeline.synth.magpie_sanitizer import sanitize_instruction
 from pipeline.core.rundir import StageWarning
 from pipeline.core.records import dump_meta, empty, meta_dicts, messages_of, record_id
@@ -109,18 +110,25 @@ def _drop_reasons(completions: list[Completion]) -> pl.Series:
 
 def synthesize(df: pl.DataFrame, *, engine: Engine, task: str | None = None, system: str | None = None,
                temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-               early_stopping: bool | None = None, sanitize: bool | None = None) -> pl.DataFrame:
+               early_stopping: bool | None = None, sanitize: bool | None = None,
+               logits_processor: str | None = None) -> pl.DataFrame:
     """Sample one user instruction per row from the pre-query prefix; one engine call for the frame.
 
     Sampling settings left None are the model family's official ones (pre_query), else the official scripts'
     defaults (T = DERIVED_INSTRUCTION_TEMPERATURE for models without an entry, PAPER_INSTRUCTION_MAX_TOKENS).
+    `logits_processor` ("none", "de-markdown", "flaming-tokens"; None: the official one for the model, see
+    magpie_logits) acts on the first generated token, on the vLLM and llama.cpp engines.
 
     Rows whose request failed keep their messages empty and get `drop_reason = "engine_error:<kind>"`.
     """
     if df.is_empty():
         return df
     query = pre_query(engine, task=task, system=system, early_stopping=early_stopping)
-    sampling = Sampling(temperature=query.temperature if temperature is None else temperature,
+    processor = logits_processor or default_processor(f"{engine.spec.model} {engine.model_name}")  # name or path
+    if processor != "none" and not getattr(engine, "supports_logits_processors", False):
+        warnings.warn(f"the {engine.spec.backend} engine cannot apply Magpie's {processor!r} logits processor: "
+                      "instructions are sampled without it", StageWarning, stacklevel=2)
+    sampling = Sampling(**sampling_fields(processor), temperature=query.temperature if temperature is None else temperature,
                         top_p=query.top_p if top_p is None else top_p,
                         max_tokens=query.max_tokens if max_tokens is None else max_tokens, stop=query.stop)
     metas = meta_dicts(df)
