@@ -84,8 +84,10 @@ def test_adding_the_same_run_again_changes_nothing_and_a_crash_mid_addition_is_r
         corpus.add(night2, out)
     monkeypatch.undo()
     index = CorpusIndex(out / "index")
-    assert index.size() == 2 and len(index.additions()) == 1  # the corpus is as it was
+    assert index.size() == 2 and len(index.additions()) == 1  # the index is as it was
     index.close()
+    corpus.add(night1, out)  # any later add (here a no-op) first removes the uncommitted addition's file
+    assert sorted(p.name for p in (out / "data").iterdir()) == files
     entry = corpus.add(night2, out)
     assert (entry["number"], entry["rows_added"], entry["corpus_rows"]) == (1, 1, 3)
     assert len((out / "corpus.jsonl").read_text().splitlines()) == 2

@@ -57,6 +57,7 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title
     corpus, path = Path(corpus), export_of(run)
     content = hashlib.sha256(path.read_bytes()).hexdigest()
     with locked(corpus), contextlib.closing(CorpusIndex(corpus / "index", settings)) as index:
+        _remove_uncommitted_parts(corpus, len(index.additions()))
         previous = index.addition_of(content)
         if previous is not None:
             _write_views(corpus, index, title)  # in case the last addition stopped between commit and views
@@ -83,6 +84,14 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title
                           signatures=signatures[mask], vectors=vectors[mask], content=content, entry=entry)
         _write_views(corpus, index, title)
         return entry
+
+
+def _remove_uncommitted_parts(corpus: Path, committed: int) -> None:
+    """Parquet files of an addition that stopped before its commit (numbered `committed` or more)."""
+    for folder in ("data", "dropped"):
+        for path in (corpus / folder).glob("part-*.parquet"):
+            if int(path.stem.split("-")[1]) >= committed:
+                path.unlink()
 
 
 @contextlib.contextmanager
