@@ -93,6 +93,26 @@ def test_adding_the_same_run_again_changes_nothing_and_a_crash_mid_addition_is_r
     assert len((out / "corpus.jsonl").read_text().splitlines()) == 2
 
 
+def test_rebalance_selects_a_global_budget_as_a_new_version_and_leaves_the_corpus_alone(tmp_path):
+    out = tmp_path / "corpus"
+    texts = ["Plan a picnic for six people.", "Explain how vaccines train the immune system.",
+             "Write a limerick about a cat.", "Give three tips for learning a language."]
+    for night, (first, second) in enumerate([(0, 1), (2, 3)]):
+        scores = {0: 1.0, 1: 4.0, 2: 3.0, 3: 2.0}
+        rows = records([(f"r{i}", texts[i]) for i in (first, second)]).with_columns(
+            pl.Series("deita_score", [scores[first], scores[second]]))
+        run = tmp_path / f"night{night}"
+        write_shard(rows, run / "export" / "data.parquet")
+        corpus.add(run, out)
+    before = {p: p.read_bytes() for p in (out / "data").iterdir()}
+    version = corpus.rebalance(out, 3)
+    assert pl.read_parquet(version / "data.parquet")["id"].to_list() == ["r1", "r2", "r3"]  # by score, across nights
+    assert json.loads((version / "version.json").read_text())["additions"] == [0, 1]
+    assert corpus.rebalance(out, 1).name == "v1" and {p: p.read_bytes() for p in (out / "data").iterdir()} == before
+    with pytest.raises(corpus.CorpusError, match="no row of .* has a 'ifd'"):
+        corpus.rebalance(out, 1, score="ifd")
+
+
 def test_a_corpus_keeps_its_dedup_settings(tmp_path):
     night = export(tmp_path, "night", [("a1", "Plan a picnic for six people.")])
     corpus.add(night, tmp_path / "corpus", settings=DedupSettings(semantic_threshold=0.9))

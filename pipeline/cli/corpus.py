@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -20,6 +21,9 @@ def add_command(
                                                   "Fixed by the first add."),
     semantic_threshold: float = typer.Option(0.95, help="Embedding cosine at or above which a row is a duplicate."),
     minhash_threshold: float = typer.Option(0.7, help="Estimated Jaccard of word 5-grams at or above which a row is a duplicate."),
+    rebalance: Optional[int] = typer.Option(None, help="Then re-select K rows over the whole corpus with deita's Repr "
+                                                       "Filter (by deita_score), written as CORPUS/versions/vN."),
+    tau: float = typer.Option(0.9, help="The Repr Filter's tau for --rebalance."),
     title: str = TITLE,
 ) -> None:
     """Append the run's selected rows that are not duplicates (same id, exact, MinHash, semantic) of a corpus row
@@ -34,11 +38,17 @@ def add_command(
     except (corpus.CorpusError, ValueError, FileNotFoundError) as exc:
         raise fail(exc) from exc
     if entry.get("already"):
-        console.print(f"{run} is already in {corpus_dir} (addition {entry['number']}); nothing to do", soft_wrap=True)
-        return
-    drops = ", ".join(f"{k}: {v}" for k, v in entry["drops"].items()) or "-"
-    console.print(f"addition {entry['number']}: {entry['rows_in']} rows → {entry['rows_added']} added, drops: {drops}; "
-                  f"{entry['corpus_rows']} rows in {corpus_dir} ({entry['seconds']} s)", soft_wrap=True)
+        console.print(f"{run} is already in {corpus_dir} (addition {entry['number']}); nothing to add", soft_wrap=True)
+    else:
+        drops = ", ".join(f"{k}: {v}" for k, v in entry["drops"].items()) or "-"
+        console.print(f"addition {entry['number']}: {entry['rows_in']} rows → {entry['rows_added']} added, drops: {drops}; "
+                      f"{entry['corpus_rows']} rows in {corpus_dir} ({entry['seconds']} s)", soft_wrap=True)
+    if rebalance is not None:
+        try:
+            version = corpus.rebalance(corpus_dir, rebalance, tau=tau)
+        except (corpus.CorpusError, ValueError) as exc:
+            raise fail(exc) from exc
+        console.print(f"rebalanced to {rebalance} rows: {version / 'data.parquet'}", soft_wrap=True)
 
 
 @corpus_app.command("publish")

@@ -195,6 +195,32 @@ def card(additions: list[dict], settings: DedupSettings, title: str) -> str:
                                          history=history, funnel=funnel, reasons=reasons, settings=settings))
 
 
+def rebalance(corpus: Path, k: int, *, tau: float = 0.9, score: str = "deita_score") -> Path:
+    """Re-run deita's Repr Filter over the whole corpus to a global budget of `k` rows (by `score`, with the corpus's
+    embedder over its dedup field) and write the selection as a new version, CORPUS/versions/vN/data.parquet
+    (with version.json: k, tau, score, the additions it covers). The corpus itself is never changed."""
+    from pipeline.score.embed import as_column, encode, texts
+    from pipeline.select.selection import select_table
+
+    corpus = Path(corpus)
+    with locked(corpus), contextlib.closing(CorpusIndex(corpus / "index")) as index:
+        additions, settings = index.additions(), index.settings
+        parts = [corpus / a["files"]["data"] for a in additions]
+        if not parts:
+            raise CorpusError(f"{corpus} has no additions to rebalance; run `aligndata corpus add` first")
+        rows = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+        if score not in rows.columns or rows[score].null_count() == rows.height:
+            raise CorpusError(f"no row of {corpus} has a {score!r}; rebalance selects by the score the runs' curation "
+                              "computed (pass --score for another column)")
+        table = rows.with_columns(as_column(encode(texts(rows, settings.field), model=settings.embedder)))
+        selected = select_table(table, k=k, tau=tau, score=score, where=str(corpus))
+        version = corpus / "versions" / f"v{len(list((corpus / 'versions').glob('v*')))}"
+        write_shard(selected.drop("embedding"), version / "data.parquet")
+        write_json({"k": k, "tau": tau, "score": score, "rows": selected.height, "embedder": settings.embedder,
+                    "additions": [a["number"] for a in additions]}, version / "version.json")
+        return version
+
+
 def publish(corpus: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: bool = False,
             title: str = "aligndata corpus") -> list[dict]:
     """Push each addition not pushed yet as one Hub commit (its data file, the card, corpus.jsonl); returns the
