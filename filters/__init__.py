@@ -56,7 +56,7 @@ def apply(df: pl.DataFrame, spec: list) -> tuple[pl.DataFrame, dict[str, int]]:
     return marked.filter(pl.col("drop_reason").is_null()).drop("drop_reason"), counts
 
 
-from filters import conversation, magpie, quality  # noqa: E402,F401  (registers the built-in filters)
+from filters import conversation, long_output, magpie, quality  # noqa: E402,F401  (registers the built-in filters)
 
 # Instruction filters: what "passes" means for the instruction pass rate.
 MAGPIE_INSTRUCTION = [
@@ -66,6 +66,8 @@ MAGPIE_INSTRUCTION = [
     "unique_instruction",
 ]
 MAGPIE_BASIC = [*MAGPIE_INSTRUCTION, "response_complete", {"name": "response_length", "min_chars": 1}]
+# Long-output SFT data (arXiv 2410.10210): one stated length requirement, met with S_l >= 80.
+LONG_OUTPUT = long_output.LONG_OUTPUT
 # Text quality before any engine call (curate's first step; Data-Juicer's defaults, see filters/quality.py).
 QUALITY = [
     {"name": "instruction_words_at_least", "min_words": 3},

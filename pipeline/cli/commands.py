@@ -72,6 +72,10 @@ def curate(
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
     quality_filters: bool = typer.Option(True, help="Drop junk before any model call: too few words, repetitive text "
                                                     "(filters.QUALITY, Data-Juicer's definitions)."),
+    long_output: bool = typer.Option(False, "--long-output", help="Keep only prompts with one stated output length that "
+                                                                 "the response meets (length score >= 80; arXiv 2410.10210)."),
+    ifd_max: Optional[float] = typer.Option(None, help="Score IFD (Cherry LLM) with the engine and drop rows above this "
+                                                       "(1.0: the instruction does not help predict the answer)."),
     embedder: str = EMBEDDER,
     shard_size: int = shard_size_option(64),
     strict: bool = STRICT,
@@ -82,7 +86,8 @@ def curate(
     run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage, engine=spec, k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
-             quality_filters=None if quality_filters else [], embedder=embedder, shard_size=shard_size,
+             quality_filters=None if quality_filters else [], long_output=long_output, ifd_max=ifd_max,
+             embedder=embedder, shard_size=shard_size,
              complexity_engine=role(spec, complexity_model).describe() if complexity_model else None)
 
 

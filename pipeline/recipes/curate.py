@@ -14,11 +14,14 @@ SELECTORS = ("diverse", "isa")
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
                  isa_fraction: float | None = None, score_mode: str = "scorer", top_logprobs: int = 20,
-                 embed_field: str = "instruction", embedder: str = "minilm", reference: str | None = None, complexity_engine: dict | None = None,
-                 quality_filters: list | None = None, shard_size: int = 64) -> list[Step]:
-    """Text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none) → exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`) → deita
-    scores → selection (Repr Filter or ISA). `complexity_engine` (EngineSpec.make's keyword arguments) scores
-    complexity with a second model, e.g. deita's complexity scorer next to its quality scorer as the engine."""
+                 embed_field: str = "instruction", embedder: str = "minilm", reference: str | None = None,
+                 complexity_engine: dict | None = None, quality_filters: list | None = None, long_output: bool = False,
+                 ifd_max: float | None = None, shard_size: int = 64) -> list[Step]:
+    """Text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none; with `long_output` also
+    filters.LONG_OUTPUT) → exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`)
+    (→ IFD, dropping IFD > `ifd_max`) → deita scores → selection (Repr Filter or ISA). `complexity_engine`
+    (EngineSpec.make's keyword arguments) scores complexity with a second model, e.g. deita's complexity scorer next
+    to its quality scorer as the engine."""
 
     unknown = set(dedup) - set(DEDUP_METHODS)
     if unknown or selector not in SELECTORS:
@@ -29,7 +32,7 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
         return Step(f"dedup-{method}", "pipeline.select.selection:dedup", {"method": method},
                     uses_engine=False, shard_size=None)
 
-    quality = filters.QUALITY if quality_filters is None else quality_filters
+    quality = (filters.QUALITY if quality_filters is None else quality_filters) + (filters.LONG_OUTPUT if long_output else [])
     steps = [Step("quality-filtered", "filters:mark", {"spec": quality}, uses_engine=False,
                   shard_size=4096)] if quality else []
     steps += [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
@@ -40,6 +43,10 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
         steps.append(Step("decontaminated", "pipeline.select.selection:decontaminate",
                           {"reference": str(Path(reference).resolve()), "field": embed_field},
                           uses_engine=False, shard_size=None))
+    if ifd_max is not None:  # Cherry LLM's IFD with the scoring engine; rows above ifd_max are misaligned pairs
+        steps += [Step("ifd", "pipeline.score.ifd:score", {}, shard_size=shard_size, computes=("ifd",)),
+                  Step("ifd-filtered", "filters:mark", {"spec": [{"name": "ifd_at_most", "limit": ifd_max}]},
+                       uses_engine=False, shard_size=None)]
     scoring = {"mode": score_mode, "top_logprobs": top_logprobs}
     if complexity_engine:  # two models, two steps: the engine swap happens once, between them
         steps.append(Step("scored-complexity", "pipeline.score.deita:score", scoring | {"part": "complexity"},

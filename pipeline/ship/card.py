@@ -17,10 +17,12 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md
 METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
                     "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
                     "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd"}
+METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
           "p-aligner": "https://arxiv.org/abs/2508.04626", "codeclm": "https://arxiv.org/abs/2404.05875",
-          "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032"}
+          "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032",
+          "long-output": "https://arxiv.org/abs/2410.10210"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -33,6 +35,8 @@ CITATIONS = {
                "  booktitle={Findings of NAACL}, year={2024}}",
     "isa": "@article{khera2024efficient,\n  title={Efficient Alignment of Large Language Models via Data Sampling},\n"
            "  author={Khera, Amrit and Ghosh, Rajat and Dutta, Debojyoti},\n  journal={arXiv preprint arXiv:2411.10545}, year={2024}}",
+    "long-output": "@article{longoutput2024minimum,\n  title={Minimum Tuning to Unlock Long Output from LLMs with High Quality Data as the Key},\n"
+                   "  journal={arXiv preprint arXiv:2410.10210}, year={2024}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
            "  booktitle={NAACL}, year={2024}}",
 }
@@ -65,8 +69,11 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
               for s in stages for role, e in [(None, s.get("engine")), *s.get("engines", {}).items()] if e]
     filter_steps = [{"stage": s["stage"], "spec": ", ".join(_filter_text(f) for f in s["params"]["spec"])}
                     for s in stages if s.get("function") == "filters.mark"]
-    methods = list(dict.fromkeys(METHOD_OF_MODULE[m] for s in stages
-                                 if (m := s.get("function", "").rsplit(".", 1)[0]) in METHOD_OF_MODULE))
+    methods = list(dict.fromkeys([METHOD_OF_MODULE[m] for s in stages
+                                  if (m := s.get("function", "").rsplit(".", 1)[0]) in METHOD_OF_MODULE] +
+                                 [METHOD_OF_FILTER[name] for s in stages if s.get("function") == "filters.mark"
+                                  for item in s["params"]["spec"]
+                                  if (name := item if isinstance(item, str) else item["name"]) in METHOD_OF_FILTER]))
     df = pl.read_parquet(export)
     languages = sorted(set(df["language"].drop_nulls().str.to_lowercase())) if "language" in df.columns else []
     metas = [json.loads(m) for m in df["meta"].head(1000)]
