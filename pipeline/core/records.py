@@ -35,6 +35,10 @@ SCHEMA = pa.schema(
         # Overlap with a reference set (decontamination): max cosine, and share of word n-grams found there.
         pa.field("ref_similarity", pa.float64()),
         pa.field("ref_ngram_overlap", pa.float64()),
+        # The audit (arXiv 2510.18554): max normalized Indel similarity to a reference text, and the reference row
+        # nearest in embedding space.
+        pa.field("ref_string_similarity", pa.float64()),
+        pa.field("ref_nearest", pa.string()),
         # Magpie tags (LLM tagger) and language; reward-model scores.
         pa.field("input_quality", pa.string()),
         pa.field("difficulty", pa.string()),

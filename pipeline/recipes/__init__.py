@@ -3,6 +3,7 @@ stage shard by shard, run in-process by the CLI and as Prefect tasks by flows/. 
 subpackage but cli."""
 from __future__ import annotations
 
+from pipeline.recipes.audit import audit_job
 from pipeline.recipes.codeclm import codeclm_steps
 from pipeline.recipes.curate import DEDUP_METHODS, SELECTORS, curate_job, curate_steps
 from pipeline.recipes.magpie import magpie_job, magpie_steps, write_plan
@@ -25,6 +26,6 @@ def synthesis_steps(method: str, **options) -> list[Step]:
     raise ValueError(f"unknown synthesis method {method!r}; valid: {list(SYNTHESIS_METHODS)}")
 
 
-__all__ = ["DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
+__all__ = ["audit_job", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
            "curate_steps", "export_parquet", "input_job", "magpie_job", "magpie_steps", "mcts_dataset_step", "mcts_job",
            "mcts_search_step", "run_step", "run_steps", "synthesis_steps", "tag_steps", "write_input", "write_plan"]

@@ -18,7 +18,7 @@ EXAMPLES = 3  # rows shown per drop reason
 EXTREMES = 5  # rows shown at each end of the selection
 PREVIEW_CHARS = 240
 SCORES = ("deita_score", "complexity", "quality", "ifd", "instruct_reward", "base_reward", "min_neighbor_distance",
-          "ref_similarity")
+          "ref_similarity", "ref_string_similarity")
 
 
 def _svg(fig) -> str:
@@ -57,13 +57,15 @@ def funnel_plot(stages: dict) -> str:
 
 
 def score_plots(pool: pl.DataFrame, selected: pl.DataFrame) -> list[tuple[str, str]]:
-    """(column, svg) per score column present: a histogram of the pool with the selected rows on top."""
+    """(column, svg) per score column present: a histogram of the pool with the selected rows on top (of the
+    exported rows alone for a score the last stage computed, e.g. an audit's similarities)."""
     plt = _pyplot()
     plots = []
     for column in SCORES:
-        if column not in pool.columns or pool[column].drop_nulls().is_empty():
+        in_pool = column in pool.columns and not pool[column].drop_nulls().is_empty()
+        if not in_pool and (column not in selected.columns or selected[column].drop_nulls().is_empty()):
             continue
-        values, chosen = _values(pool, column), _values(selected, column)
+        values, chosen = (_values(pool, column), _values(selected, column)) if in_pool else (_values(selected, column), [])
         if not len(values):
             continue
         bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 4)))
