@@ -2,7 +2,6 @@
 re-running a command on the same --out resumes it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import typer
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
                                  TEMPLATE, EMBEDDER, app, console, engine_spec, fail, role, run_job,
                                  shard_size_option)
+from pipeline.cli import mining  # noqa: F401  (registers `bleuberi` and `audit`)
 from pipeline.cli.corpus import corpus_app
 
 app.add_typer(corpus_app, name="corpus")
@@ -325,39 +325,6 @@ def publish(
     except PublishError as exc:
         raise fail(exc) from exc
     console.print(f"pushed {len(record['files'])} files to {record['endpoint']} {repo_id} @ {record['commit'][:12]}", soft_wrap=True)
-
-
-@app.command()
-def audit(
-    against: Path = typer.Option(..., help="The reference set: the suspected training data or an eval set (any format curate reads)."),
-    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
-    input: Optional[Path] = typer.Option(None, help="The dataset to audit (any format curate reads)."),
-    n: int = typer.Option(0, help="With --model: sample this many Magpie-style generations from the model's pre-query "
-                                  "prefix and audit them (the paper's extraction experiment)."),
-    seed: int = typer.Option(0),
-    threshold: float = typer.Option(0.95, help="Embedding cosine counted as semantic overlap (the paper's 0.95)."),
-    engine: str = ENGINE,
-    model: Optional[str] = typer.Option(None, help="The model to extract from (with --n)."),
-    base_url: Optional[str] = BASE_URL,
-    template: Optional[str] = TEMPLATE,
-    option: list[str] = OPTION,
-    api_key_env: Optional[str] = API_KEY_ENV,
-    strict: bool = STRICT,
-    salvage: bool = SALVAGE,
-) -> None:
-    """Overlap audit (arXiv 2510.18554): per row, the max embedding cosine to --against (and its nearest row), the max
-    normalized Indel similarity and the n-gram overlap; counts by meaning and by string in DIR/audit.json, histograms
-    in DIR/report/index.html."""
-    from pipeline.ship import report as reports
-
-    spec = engine_spec(engine, model, base_url, template, option, api_key_env) if model else None
-    if (input is None) == (spec is None or n <= 0):
-        raise fail(ValueError("pass --input DATA, or --model M with --n N (generations to sample), to audit against --against"))
-    run_job("audit_job", out, against=against, input_path=input, engine=spec, n=n, seed=seed, threshold=threshold,
-            strict=strict, salvage=salvage)
-    counts = json.loads((out / "audit.json").read_text())
-    console.print(f"audit: {counts['semantic_overlap']} of {counts['rows']} rows overlap by meaning (cosine >= "
-                  f"{counts['threshold']}), {counts['string_overlap']} by string; report: {reports.write(out)}", soft_wrap=True)
 
 
 @app.command()

@@ -27,6 +27,11 @@ from pipeline.core.records import dump_meta, empty, record_id
 from pipeline.core.rundir import append_manifest, check_identity, write_shard
 
 FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
+# The fields a format makes the conversation from; a row's other fields are kept in meta.fields (e.g. the references
+# BLEUBERI scores against), except what has a place of its own (id, category).
+CONSUMED = {"messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "input", "output"},
+            "instructions": {"instruction", "input", "output"}}
+OWN_PLACE = {"id", "category", "source", "meta"}
 BATCH_ROWS = 20_000
 RAW_CHARS = 2_000  # of a quarantined row's raw JSON kept in meta
 # Roles of real exports: ShareGPT (human, gpt, chatgpt, bing, bard), Gemini (model), LLaMA-Factory (observation).
@@ -276,6 +281,9 @@ def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], 
             meta["import"]["leading_assistant_turns_removed"] = leading
         if isinstance(row.get("category"), str):
             meta["category"] = row["category"]
+        fields = {k: v for k, v in row.items() if k not in CONSUMED[fmt] and k not in OWN_PLACE}
+        if fields:
+            meta["fields"] = fields
         kept["id"].append(rid)
         kept["messages"].append(messages)
         kept["meta"].append(meta)

@@ -39,6 +39,8 @@ SCHEMA = pa.schema(
         # nearest in embedding space.
         pa.field("ref_string_similarity", pa.float64()),
         pa.field("ref_nearest", pa.string()),
+        # BLEUBERI: sentence BLEU in [0, 1] of the policy model's output against the row's references.
+        pa.field("bleu", pa.float64()),
         # Magpie tags (LLM tagger) and language; reward-model scores.
         pa.field("input_quality", pa.string()),
         pa.field("difficulty", pa.string()),
@@ -131,7 +133,7 @@ def meta_dicts(df: pl.DataFrame) -> list[dict]:
 
 def dump_meta(metas: list[dict]) -> pl.Series:
     """Encode provenance dicts as the `meta` column."""
-    return pl.Series("meta", [json.dumps(m, ensure_ascii=False, sort_keys=True) for m in metas], dtype=pl.String)
+    return pl.Series("meta", [json.dumps(m, ensure_ascii=False, sort_keys=True, default=str) for m in metas], dtype=pl.String)
 
 
 def messages_of(df: pl.DataFrame) -> list[list[dict]]:

@@ -63,6 +63,9 @@ def rows() -> list[tuple[str, str, str, str, str]]:
          f"the job's engine for all three (n = {_default(mcts_search_step, 'responses')}; `--responder-format base` "
          "for the reference's template; the engine as a 1-9 judge unless `--reward-model`)",
          "offline on one model; every role can be given its own model"),
+        ("BLEUBERI", "BLEU implementation", "HF `evaluate` BLEU, smooth=True (add-one on every order; shortest "
+         "reference length)", "sacrebleu sentence BLEU, 13a, add-one smoothing from bigrams on, closest reference length, "
+         "in [0, 1]", "evaluate downloads its BLEU script from the Hub at run time; aligndata runs offline"),
         ("CodecLM", "prompts", "the paper's figures (no official code)", "our wording of them",
          "no reference text to copy"),
     ]

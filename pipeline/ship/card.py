@@ -16,13 +16,15 @@ from pipeline.score.embed import describe_embedder
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md.jinja"
 METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
                     "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
-                    "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd"}
+                    "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd",
+                    "pipeline.score.bleu": "bleuberi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
           "p-aligner": "https://arxiv.org/abs/2508.04626", "codeclm": "https://arxiv.org/abs/2404.05875",
           "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032",
-          "long-output": "https://arxiv.org/abs/2410.10210"}
+          "long-output": "https://arxiv.org/abs/2410.10210", "bleuberi": "https://arxiv.org/abs/2505.11080",
+          "audit": "https://arxiv.org/abs/2510.18554"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -37,6 +39,10 @@ CITATIONS = {
            "  author={Khera, Amrit and Ghosh, Rajat and Dutta, Debojyoti},\n  journal={arXiv preprint arXiv:2411.10545}, year={2024}}",
     "long-output": "@article{longoutput2024minimum,\n  title={Minimum Tuning to Unlock Long Output from LLMs with High Quality Data as the Key},\n"
                    "  journal={arXiv preprint arXiv:2410.10210}, year={2024}}",
+    "bleuberi": "@article{chang2025bleuberi,\n  title={BLEUBERI: BLEU is a surprisingly effective reward for instruction following},\n"
+                "  journal={arXiv preprint arXiv:2505.11080}, year={2025}}",
+    "audit": "@article{barbero2025extracting,\n  title={Extracting alignment data in open models},\n"
+             "  journal={arXiv preprint arXiv:2510.18554}, year={2025}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
            "  booktitle={NAACL}, year={2024}}",
 }

@@ -1,0 +1,75 @@
+"""`aligndata bleuberi` and `aligndata audit`: commands over data users already have."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, app, console,
+                                 engine_spec, fail, run_job, shard_size_option)
+
+
+@app.command()
+def bleuberi(
+    input: Path = typer.Option(..., help="Prompts with references (any format curate reads; the gold answer is a reference)."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    k: int = typer.Option(..., help="Prompts to select."),
+    mode: str = typer.Option("hard", help="hard (lowest BLEU: the paper's), easy, medium or random."),
+    references_column: Optional[str] = typer.Option(None, help="The input field holding the reference(s) (a string or a "
+                                                               "list); default: each row's gold answer."),
+    max_tokens: int = typer.Option(512, help="The policy's answer length (the paper's GRPO runs: 512)."),
+    seed: int = typer.Option(0, help="Seed of the random mode."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """BLEUBERI (arXiv 2505.11080): the policy model (--model) answers every prompt, BLEU against the references scores
+    it, and the mode's k prompts are kept; train on them with pipeline.score.bleu.reward_function() as GRPO's reward."""
+    from pipeline.select.bleuberi import MODES
+
+    if mode not in MODES:
+        raise fail(ValueError(f"unknown --mode {mode!r}; valid: {list(MODES)}"))
+    run_job("bleuberi_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
+            strict=strict, salvage=salvage, k=k, mode=mode, references_column=references_column, max_tokens=max_tokens,
+            seed=seed, shard_size=shard_size)
+
+
+@app.command()
+def audit(
+    against: Path = typer.Option(..., help="The reference set: the suspected training data or an eval set (any format curate reads)."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    input: Optional[Path] = typer.Option(None, help="The dataset to audit (any format curate reads)."),
+    n: int = typer.Option(0, help="With --model: sample this many Magpie-style generations from the model's pre-query "
+                                  "prefix and audit them (the paper's extraction experiment)."),
+    seed: int = typer.Option(0),
+    threshold: float = typer.Option(0.95, help="Embedding cosine counted as semantic overlap (the paper's 0.95)."),
+    engine: str = ENGINE,
+    model: Optional[str] = typer.Option(None, help="The model to extract from (with --n)."),
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """Overlap audit (arXiv 2510.18554): per row, the max embedding cosine to --against (and its nearest row), the max
+    normalized Indel similarity and the n-gram overlap; counts by meaning and by string in DIR/audit.json, histograms
+    in DIR/report/index.html."""
+    from pipeline.ship import report as reports
+
+    spec = engine_spec(engine, model, base_url, template, option, api_key_env) if model else None
+    if (input is None) == (spec is None or n <= 0):
+        raise fail(ValueError("pass --input DATA, or --model M with --n N (generations to sample), to audit against --against"))
+    run_job("audit_job", out, against=against, input_path=input, engine=spec, n=n, seed=seed, threshold=threshold,
+            strict=strict, salvage=salvage)
+    counts = json.loads((out / "audit.json").read_text())
+    console.print(f"audit: {counts['semantic_overlap']} of {counts['rows']} rows overlap by meaning (cosine >= "
+                  f"{counts['threshold']}), {counts['string_overlap']} by string; report: {reports.write(out)}", soft_wrap=True)

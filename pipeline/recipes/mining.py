@@ -1,0 +1,23 @@
+"""Jobs that mine data users already have: BLEUBERI's hard-prompt selection (and its GRPO reward)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.engines import EngineSpec
+from pipeline.recipes.steps import Progress, Step, input_job
+
+
+def bleuberi_steps(*, k: int, mode: str = "hard", references_column: str | None = None, temperature: float = 0.0,
+                   max_tokens: int = 512, seed: int = 0, shard_size: int = 32) -> list[Step]:
+    """The policy (the job's engine) answers each prompt and is scored by BLEU against the references → the mode's k."""
+    return [Step("bleu", "pipeline.score.bleu:score", {"references_column": references_column, "temperature": temperature,
+                                                      "max_tokens": max_tokens}, shard_size=shard_size, computes=("bleu",)),
+            Step("selected", "pipeline.select.bleuberi:select", {"k": k, "mode": mode, "seed": seed},
+                 uses_engine=False, shard_size=None)]
+
+
+def bleuberi_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: bool = False, salvage: bool = False,
+                 max_failure_rate: float = 0.1, on_progress: Progress | None = None, **step_options) -> dict:
+    """BLEUBERI selection of the prompts at `input_path` into `out`; exported in selection order."""
+    return input_job(out, input_path=input_path, steps=bleuberi_steps(**step_options), engine=engine, strict=strict,
+                     salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)
