@@ -1,4 +1,4 @@
-"""`aligndata bleuberi` and `aligndata audit`: commands over data users already have."""
+"""`aligndata feedback`, `aligndata bleuberi` and `aligndata audit`: commands over data users already have."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,28 @@ import typer
 
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, app, console,
                                  engine_spec, fail, run_job, shard_size_option)
+
+
+@app.command()
+def feedback(
+    input: Path = typer.Option(..., help="Multi-turn chat logs (any format curate reads: messages, ShareGPT, ...)."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    max_tokens: int = typer.Option(1024, help="Length of the preferred responses."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """WildFeedback (arXiv 2408.15549): classify each user follow-up as SAT/DSAT/NEITHER, extract what dissatisfied
+    users want, and build preference pairs (rejected = the answer that dissatisfied, chosen = one written to the
+    preference, which the pair's prompt does not keep); trainer-ready with `aligndata export --format trl`."""
+    run_job("feedback_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
+            strict=strict, salvage=salvage, max_tokens=max_tokens, shard_size=shard_size)
 
 
 @app.command()

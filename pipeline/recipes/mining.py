@@ -1,4 +1,5 @@
-"""Jobs that mine data users already have: BLEUBERI's hard-prompt selection (and its GRPO reward)."""
+"""Jobs that mine data users already have: WildFeedback's preference pairs from chat logs, BLEUBERI's hard-prompt
+selection (and its GRPO reward)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,4 +21,18 @@ def bleuberi_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: boo
                  max_failure_rate: float = 0.1, on_progress: Progress | None = None, **step_options) -> dict:
     """BLEUBERI selection of the prompts at `input_path` into `out`; exported in selection order."""
     return input_job(out, input_path=input_path, steps=bleuberi_steps(**step_options), engine=engine, strict=strict,
+                     salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)
+
+
+def feedback_steps(*, max_tokens: int = 1024, shard_size: int = 32) -> list[Step]:
+    """SAT/DSAT verdicts → the dissatisfied users' preferences → preferred responses and pairs."""
+    return [Step("feedback-classified", "pipeline.synth.feedback:classify", {}, shard_size=shard_size),
+            Step("feedback-preferences", "pipeline.synth.feedback:extract_preferences", {}, shard_size=shard_size),
+            Step("feedback-pairs", "pipeline.synth.feedback:preferred_pairs", {"max_tokens": max_tokens}, shard_size=shard_size)]
+
+
+def feedback_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: bool = False, salvage: bool = False,
+                 max_failure_rate: float = 0.1, on_progress: Progress | None = None, **step_options) -> dict:
+    """WildFeedback preference pairs from the chat logs at `input_path` into `out`."""
+    return input_job(out, input_path=input_path, steps=feedback_steps(**step_options), engine=engine, strict=strict,
                      salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)

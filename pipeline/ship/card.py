@@ -17,14 +17,14 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md
 METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
                     "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
                     "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd",
-                    "pipeline.score.bleu": "bleuberi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit"}
+                    "pipeline.score.bleu": "bleuberi", "pipeline.synth.feedback": "wildfeedback", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
           "p-aligner": "https://arxiv.org/abs/2508.04626", "codeclm": "https://arxiv.org/abs/2404.05875",
           "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032",
           "long-output": "https://arxiv.org/abs/2410.10210", "bleuberi": "https://arxiv.org/abs/2505.11080",
-          "audit": "https://arxiv.org/abs/2510.18554"}
+          "audit": "https://arxiv.org/abs/2510.18554", "wildfeedback": "https://arxiv.org/abs/2408.15549"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -41,6 +41,8 @@ CITATIONS = {
                    "  journal={arXiv preprint arXiv:2410.10210}, year={2024}}",
     "bleuberi": "@article{chang2025bleuberi,\n  title={BLEUBERI: BLEU is a surprisingly effective reward for instruction following},\n"
                 "  journal={arXiv preprint arXiv:2505.11080}, year={2025}}",
+    "wildfeedback": "@article{shi2024wildfeedback,\n  title={WildFeedback: Aligning LLMs With In-situ User Interactions And Feedback},\n"
+                    "  journal={arXiv preprint arXiv:2408.15549}, year={2024}}",
     "audit": "@article{barbero2025extracting,\n  title={Extracting alignment data in open models},\n"
              "  journal={arXiv preprint arXiv:2510.18554}, year={2025}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
@@ -91,6 +93,10 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
                 "with the model's chat template)") for origin in origins]
     notes += [f"{s['stage']}: embeddings are {describe_embedder(s['params'].get('embedder', 'minilm'), s['params'].get('field', 'instruction'))}"
               for s in stages if s.get("function") == "pipeline.score.embed.embed"]
+    if any(s.get("function") == "pipeline.synth.feedback.classify" for s in stages):
+        from pipeline.synth.feedback import RUBRIC
+
+        notes.append(f"WildFeedback's SAT/DSAT rubric, in our words: {RUBRIC}")
     notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
     return {"funnel": [{"stage": stage["stage"], "code": stage.get("code", ""), "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
