@@ -115,6 +115,27 @@ def test_scheduled_nights_get_their_own_directory_and_seed_resume_on_retry_and_g
     assert len((corpus / "corpus.jsonl").read_text().splitlines()) == 2
 
 
+def test_the_mine_flow_runs_wildfeedback_and_bleuberi_as_tasks(tmp_path, step_calls):
+    from flows.mine import mine_flow
+
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [
+        [{"role": "user", "content": "How far is the Moon?"}, {"role": "assistant", "content": "About 100 km."},
+         {"role": "user", "content": "No, that is wrong!"}],
+        [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A pear."}]]))
+    judge = {"backend": "fake", "model": "miner", "options": {"script": {
+        "last message: No": '{"verdict": "DSAT", "reason": "an error"}', "State what": '{"preference": "Be exact."}',
+        "Be exact": "384,400 km."}}}
+    last = mine_flow(out=str(tmp_path / "feedback"), input_path=str(logs), method="feedback", engine=judge)
+    assert step_calls == ["feedback-classified", "feedback-preferences", "feedback-pairs"]
+    pairs = read_shards(last)
+    assert pairs.height == 1 and pairs["chosen"][0].to_list()[-1]["content"] == "384,400 km."
+    step_calls.clear()
+    last = mine_flow(out=str(tmp_path / "bleuberi"), input_path=str(logs), method="bleuberi", engine=judge,
+                     options={"k": 1, "mode": "hard"})
+    assert step_calls == ["bleu", "selected"] and read_shards(last).height == 1
+
+
 def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
     data = tmp_path / "data.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Question {i} about topic {i * 7}?"},

@@ -3,7 +3,7 @@ stage shard by shard, run in-process by the CLI and as Prefect tasks by flows/. 
 subpackage but cli."""
 from __future__ import annotations
 
-from pipeline.recipes.audit import audit_job
+from pipeline.recipes.audit import audit_job, audit_step
 from pipeline.recipes.codeclm import codeclm_steps
 from pipeline.recipes.curate import DEDUP_METHODS, SELECTORS, curate_job, curate_steps
 from pipeline.recipes.magpie import magpie_job, magpie_steps, write_plan
@@ -13,6 +13,21 @@ from pipeline.recipes.steps import Step, export_parquet, input_job, run_step, ru
 from pipeline.recipes.tag import tag_steps
 
 SYNTHESIS_METHODS = ("magpie", "codeclm", "mcts")
+
+
+MINING_METHODS = ("feedback", "bleuberi", "audit")
+
+
+def mining_steps(method: str, **options) -> list[Step]:
+    """The steps of one mining method over the user's data: feedback_steps, bleuberi_steps or the audit step
+    (options: against=PATH, field, ngram)."""
+    if method == "feedback":
+        return feedback_steps(**options)
+    if method == "bleuberi":
+        return bleuberi_steps(**options)
+    if method == "audit":
+        return [audit_step(**options)]
+    raise ValueError(f"unknown mining method {method!r}; valid: {list(MINING_METHODS)}")
 
 
 def synthesis_steps(method: str, **options) -> list[Step]:
@@ -27,6 +42,6 @@ def synthesis_steps(method: str, **options) -> list[Step]:
     raise ValueError(f"unknown synthesis method {method!r}; valid: {list(SYNTHESIS_METHODS)}")
 
 
-__all__ = ["audit_job", "bleuberi_job", "bleuberi_steps", "feedback_job", "feedback_steps", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
+__all__ = ["MINING_METHODS", "audit_job", "audit_step", "mining_steps", "bleuberi_job", "bleuberi_steps", "feedback_job", "feedback_steps", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
            "curate_steps", "export_parquet", "input_job", "magpie_job", "magpie_steps", "mcts_dataset_step", "mcts_job",
            "mcts_search_step", "run_step", "run_steps", "synthesis_steps", "tag_steps", "write_input", "write_plan"]

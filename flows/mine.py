@@ -1,0 +1,18 @@
+"""The mine flow: a mining method (WildFeedback pairs, BLEUBERI selection, overlap audit) over the user's data."""
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.tasks import engine_json, input_task, run_steps
+from pipeline import recipes
+
+
+@flow(name="mine")
+def mine_flow(out: str, input_path: str, method: str, engine: dict | None = None, options: dict | None = None,
+              max_failure_rate: float = 0.1, gpus: float = 0.0) -> str:
+    """Run `method` (recipes.MINING_METHODS) over the data at `input_path` into the run directory `out`; returns the
+    last stage directory. `options` are the keyword arguments of recipes.mining_steps(method) (e.g. k and mode for
+    bleuberi, against for audit); `engine` is EngineSpec.make's keyword arguments (default SmolLM2 on vLLM)."""
+    steps = recipes.mining_steps(method, **(options or {}))
+    source = input_task.submit(out, input_path).result()
+    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)
