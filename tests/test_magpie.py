@@ -118,9 +118,11 @@ def test_sampling_follows_the_official_family_and_the_cpu_profile_pins_its_own(t
     def settings(**options):
         steps = {s.name: s.params for s in magpie_steps(**options)}
         return steps["instructions"]["max_tokens"], steps["responses"]
-    assert settings(model="meta-llama/Meta-Llama-3-70B-Instruct") == (None, {"temperature": None, "top_p": None, "max_tokens": None})
+    assert settings(model="meta-llama/Meta-Llama-3-70B-Instruct") == (None, {"temperature": None, "top_p": None,
+                                                                            "max_tokens": None, "mode": "chat"})
     cpu = (CPU_PROFILE["instruction_max_tokens"], {"temperature": CPU_PROFILE["response_temperature"],
-                                                   "top_p": CPU_PROFILE["response_top_p"], "max_tokens": CPU_PROFILE["response_max_tokens"]})
+                                                   "top_p": CPU_PROFILE["response_top_p"], "max_tokens": CPU_PROFILE["response_max_tokens"],
+                                                   "mode": "chat"})
     assert settings(model="smollm2") == settings(profile="cpu", model="meta-llama/Meta-Llama-3-70B-Instruct") == cpu
     assert settings(model="smollm2", response_max_tokens=64)[1]["max_tokens"] == 64  # an explicit setting wins
     with pytest.raises(ValueError, match="valid: \\['auto', 'paper', 'cpu'\\]"):

@@ -54,5 +54,7 @@ def test_reward_difference_uses_urial_answers_of_the_base_model():
                        "messages": [[{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "Four."}]]})
     out = reward.reward_difference(df, engine=judge, base=load_engine(base))
     assert out["instruct_reward"].to_list() == [1.0] and out["base_reward"].to_list() == [0.25]  # (9-1)/8, (3-1)/8
-    prompt = reward.urial_prompt("What is 2+2?")
+    from pipeline.engines import urial
+
+    prompt = urial.render([{"role": "user", "content": "What is 2+2?"}])
     assert prompt.startswith("# Instruction") and prompt.endswith("# Query:\n```\nWhat is 2+2?\n```\n\n# Answer:\n```\n")

@@ -38,6 +38,8 @@ def magpie(
     response_temperature: Optional[float] = typer.Option(None, help="Default: per profile and family (paper: greedy; Llama-3.1: 0.6)."),
     response_top_p: Optional[float] = typer.Option(None, help="Default: per profile and family."),
     response_max_tokens: Optional[int] = typer.Option(None, help="Default: per profile (paper: 4096)."),
+    response_mode: str = typer.Option("chat", help="chat (the model's template) or urial (a base model answering "
+                                                   "through URIAL's in-context prompt; --model is then a base model)."),
     shard_size: int = shard_size_option(32),
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
 ) -> None:
@@ -45,7 +47,8 @@ def magpie(
     run_job("magpie_job", out, n=n, seed=seed, engine=engine_spec(engine, model, base_url, template, option, api_key_env), turns=turns, task=task,
                 system=system, profile=profile, instruction_temperature=temperature,
                 instruction_max_tokens=instruction_max_tokens, response_temperature=response_temperature,
-                response_top_p=response_top_p, response_max_tokens=response_max_tokens, shard_size=shard_size,
+                response_top_p=response_top_p, response_max_tokens=response_max_tokens, response_mode=response_mode,
+                shard_size=shard_size,
                 max_failure_rate=max_failure_rate)
 
 

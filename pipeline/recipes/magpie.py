@@ -44,7 +44,7 @@ def profile_settings(profile: str, model: str | None) -> dict:
 def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None = None, profile: str = "auto",
                  model: str | None = None, instruction_temperature: float | None = None,
                  instruction_max_tokens: int | None = None, response_temperature: float | None = None,
-                 response_top_p: float | None = None, response_max_tokens: int | None = None,
+                 response_top_p: float | None = None, response_max_tokens: int | None = None, response_mode: str = "chat",
                  instruction_filter_spec: list | None = None, filter_spec: list | None = None,
                  shard_size: int = 32) -> list[Step]:
     """Instructions → instruction filters → responses (→ follow-up + response per extra turn) → filters.
@@ -57,7 +57,7 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
              "response_top_p": response_top_p, "response_max_tokens": response_max_tokens}
     s = profile_settings(profile, model) | {k: v for k, v in given.items() if v is not None}
     responses = {"temperature": s.get("response_temperature"), "top_p": s.get("response_top_p"),
-                 "max_tokens": s.get("response_max_tokens")}
+                 "max_tokens": s.get("response_max_tokens"), "mode": response_mode}
     steps = [
         Step("instructions", "pipeline.synth.magpie:synthesize", {
             "task": task, "system": system, "temperature": instruction_temperature,

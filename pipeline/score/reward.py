@@ -8,8 +8,8 @@
   are not all returned is None, never a default.
 
 `reward_model(spec)` picks one: a path or HF name of a reward model, or None for the judge on the
-stage's engine. Also the URIAL prompt for eliciting responses from a *base* model (Magpie's reward
-difference r* - r_base).
+stage's engine. Also Magpie's reward difference r* - r_base, whose base model answers through URIAL
+(pipeline/engines/urial.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, failure_reason, urial
 from pipeline.core.records import first_pairs
 from pipeline.score.ratings import expected_rating
 
@@ -105,82 +105,6 @@ def score_rewards(df: pl.DataFrame, *, engine: Engine | None = None, reward_mode
                            pl.Series("drop_reason", failures, dtype=pl.String))
 
 
-# URIAL (Lin et al., arXiv 2312.01552): a base model answers in the assistant's style when shown a
-# system block and a few constant examples. Same structure as the official prompts (instruction block,
-# "# Query:" / "# Answer:" with fenced text, stop at the next "# Query"); our own example texts. Pass
-# the official file with `urial_prompt=` to use it instead.
-URIAL_PROMPT = '''# Instruction
-
-Below are conversations between a person and an AI assistant. The person's queries follow "# Query:" and the
-assistant's answers follow "# Answer:". The assistant is helpful, honest and careful; its answers are well
-organised, detailed where it helps, and friendly.
-
-# Query:
-```
-What are some good ways to save money on groceries?
-```
-
-# Answer:
-```
-Hi! Here are a few ways that work for most households:
-
-1. Plan meals for the week and shop with a list, so you buy only what you will use.
-2. Compare unit prices rather than package prices; store brands are often the best value.
-3. Buy staples such as rice, beans and oats in bulk, and seasonal fruit and vegetables fresh.
-4. Cook in batches and freeze portions to cut waste and takeaway spending.
-
-Small changes add up quickly. Let me know if you would like a sample weekly plan!
-```
-
-# Query:
-```
-A train travels 180 km in 2 hours and then 120 km in 1.5 hours. What is its average speed?
-```
-
-# Answer:
-```
-Hello! Average speed is total distance divided by total time.
-
-- Total distance: 180 km + 120 km = 300 km
-- Total time: 2 h + 1.5 h = 3.5 h
-- Average speed: 300 km / 3.5 h ≈ 85.7 km/h
-
-So the train's average speed is about 85.7 km/h. Happy to help with more problems like this!
-```
-
-# Query:
-```
-How can I help a friend who seems stressed at work?
-```
-
-# Answer:
-```
-Hi! It's kind of you to want to help. A few things that usually make a difference:
-
-1. Listen first: ask how they are doing and let them talk without rushing to fix things.
-2. Offer concrete help, such as a walk, a meal together, or a hand with a task.
-3. Encourage rest and activities they enjoy, and gently suggest professional support if the stress lasts.
-
-Being there consistently matters more than having perfect advice. I hope this helps!
-```
-'''
-URIAL_STOP = ("# Query", "# User")
-
-
-def urial_prompt(instruction: str, prefix: str = URIAL_PROMPT) -> str:
-    """The base-model prompt for one instruction (URIAL's backtick format), ending where the answer starts."""
-    return f"{prefix}\n# Query:\n```\n{instruction}\n```\n\n# Answer:\n```\n"
-
-
-def urial_answer(text: str | None) -> str | None:
-    """A base model's URIAL continuation cut at the closing fence.
-
-    >>> urial_answer("Hello! Paris.\\n```\\n\\n")
-    'Hello! Paris.'
-    """
-    return None if text is None else text.split("```")[0].strip()
-
-
 def reward_difference(df: pl.DataFrame, *, engine: Engine, base: Engine, reward_model_path: str | None = None,
                       max_tokens: int = 1024, urial_prompt_path: str | None = None) -> pl.DataFrame:
     """Stage: Magpie's r* - r_base: `base_reward` is the reward of the *base* model's URIAL-elicited answer to
@@ -188,11 +112,11 @@ def reward_difference(df: pl.DataFrame, *, engine: Engine, base: Engine, reward_
     base model's engine (the runner loads it: the step's `engines={"base": ...}`)."""
     from pathlib import Path
 
-    prefix = Path(urial_prompt_path).read_text() if urial_prompt_path else URIAL_PROMPT
+    prefix = Path(urial_prompt_path).read_text() if urial_prompt_path else urial.PREFIX
     pairs = first_pairs(df)
-    replies = base.generate([urial_prompt(q, prefix) for q, _ in pairs],
-                            Sampling(temperature=0.0, max_tokens=max_tokens, stop=URIAL_STOP))
-    answers = [urial_answer(c[0].text) for c in replies]
+    replies = base.generate([urial.render([{"role": "user", "content": q}], prefix) for q, _ in pairs],
+                            Sampling(temperature=0.0, max_tokens=max_tokens, stop=urial.STOP))
+    answers = [urial.answer(c[0].text) for c in replies]
     judge = reward_model(engine, reward_model_path)
     base_scores, judge_failures = judge.score([(q, a or "") for (q, _), a in zip(pairs, answers)])
     base_scores = [s if a is not None else None for s, a in zip(base_scores, answers)]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.engines.templates import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of, registry_agrees
-from pipeline.engines import Completion, Engine, Sampling
+from pipeline.engines import Completion, Engine, Sampling, urial
 from pipeline.synth.magpie_logits import default_processor, sampling_fields
 from pipeline.synth.magpie_sanitizer import sanitize_instruction
 from pipeline.core.rundir import StageWarning
@@ -35,6 +35,7 @@ DERIVED_INSTRUCTION_TEMPERATURE = 0.7
 # The official scripts' lengths (exp/gen_ins.py, exp/gen_res.py) for models without a pinned one.
 PAPER_INSTRUCTION_MAX_TOKENS = 2048
 PAPER_RESPONSE_MAX_TOKENS = 4096
+RESPONSE_MODES = ("chat", "urial")
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,13 @@ def synthesize(df: pl.DataFrame, *, engine: Engine, task: str | None = None, sys
 
 
 def respond(df: pl.DataFrame, *, engine: Engine, temperature: float | None = None, top_p: float | None = None,
-            max_tokens: int | None = None) -> pl.DataFrame:
+            max_tokens: int | None = None, mode: str = "chat") -> pl.DataFrame:
     """Append the assistant's reply to each conversation ending in a user turn. Settings left None are the model
     family's official response sampling (e.g. Llama-3.1: T 0.6, top_p 0.9), else the paper's greedy decoding, and
-    PAPER_RESPONSE_MAX_TOKENS."""
+    PAPER_RESPONSE_MAX_TOKENS. `mode`: "chat" (the model's chat template) or "urial" (a base model answering through
+    URIAL's in-context prompt, for 1 and more turns; pipeline/engines/urial.py)."""
+    if mode not in RESPONSE_MODES:
+        raise ValueError(f"unknown response mode {mode!r}; valid: {list(RESPONSE_MODES)}")
     if df.is_empty():
         return df
     conversations = messages_of(df)
@@ -161,19 +165,21 @@ def respond(df: pl.DataFrame, *, engine: Engine, temperature: float | None = Non
     sampling = Sampling(temperature=(official.response_temperature if official else 0.0) if temperature is None else temperature,
                         top_p=(official.response_top_p if official else 1.0) if top_p is None else top_p,
                         max_tokens=PAPER_RESPONSE_MAX_TOKENS if max_tokens is None else max_tokens,
-                        stop=tuple(engine.template.stop_strings()))
+                        stop=urial.STOP if mode == "urial" else tuple(engine.template.stop_strings()))
     metas = meta_dicts(df)
     turn = [sum(m["role"] == "user" for m in c) for c in conversations]
     seeds = [s for t, meta in zip(turn, metas) for s in _row_seeds([meta], t, "assistant")]
-    prompts = [engine.template.render(c, add_generation_prompt=True) for c in conversations]
+    prompts = [urial.render(c) if mode == "urial" else engine.template.render(c, add_generation_prompt=True)
+               for c in conversations]
     completions = [c[0] for c in engine.generate(prompts, sampling, seeds)]
     for conversation, meta, completion, seed, t in zip(conversations, metas, completions, seeds, turn):
         turns = meta.setdefault("magpie", {}).setdefault("turns", [])
         while len(turns) < t:
             turns.append({})
-        turns[t - 1]["assistant"] = _provenance(engine, sampling, completion, seed, error=completion.error)
+        turns[t - 1]["assistant"] = _provenance(engine, sampling, completion, seed, error=completion.error, mode=mode)
         if completion.text is not None:
-            conversation.append({"role": "assistant", "content": completion.text.strip()})
+            text = urial.answer(completion.text) if mode == "urial" else completion.text.strip()
+            conversation.append({"role": "assistant", "content": text})
     return df.with_columns(pl.Series("messages", conversations, dtype=df.schema["messages"]), dump_meta(metas),
                            _drop_reasons(completions))
 
