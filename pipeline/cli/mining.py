@@ -1,4 +1,4 @@
-"""`aligndata feedback`, `aligndata bleuberi` and `aligndata audit`: commands over data users already have."""
+"""`aligndata feedback`, `bleuberi`, `audit` and `honesty`: commands over data users already have."""
 from __future__ import annotations
 
 import json
@@ -95,3 +95,33 @@ def audit(
     counts = json.loads((out / "audit.json").read_text())
     console.print(f"audit: {counts['semantic_overlap']} of {counts['rows']} rows overlap by meaning (cosine >= "
                   f"{counts['threshold']}), {counts['string_overlap']} by string; report: {reports.write(out)}", soft_wrap=True)
+
+
+@app.command()
+def honesty(
+    input: Path = typer.Option(..., help="Questions with gold answers (any format curate reads; the gold answer is the "
+                                         "row's answer unless --answers-column names a field of aliases)."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    method: str = typer.Option("absolute", help="absolute, confidence-num, confidence-verb or multisample."),
+    m: int = typer.Option(10, help="Sampled answers per question (T = 1), besides the greedy one."),
+    answers_column: Optional[str] = typer.Option(None, help="The input field with the gold answer(s) (a string or a list)."),
+    matcher: str = typer.Option("contains", help="contains (a normalized gold answer in the answer: TriviaQA's) or exact."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """Alignment for Honesty (arXiv 2312.07000): SFT data that answers what the model knows and says "I don't know"
+    for what it does not, from its greedy and sampled answers labeled against the gold answers."""
+    from pipeline.synth.honesty import MATCHERS, METHODS
+
+    if method not in METHODS or matcher not in MATCHERS:
+        raise fail(ValueError(f"--method must be one of {list(METHODS)} and --matcher one of {list(MATCHERS)}"))
+    run_job("honesty_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
+            strict=strict, salvage=salvage, method=method, m=m, answers_column=answers_column, matcher=matcher,
+            shard_size=shard_size)
