@@ -1,4 +1,4 @@
-"""`aligndata feedback`, `bleuberi`, `audit` and `honesty`: commands over data users already have."""
+"""`aligndata feedback`, `bleuberi`, `audit`, `honesty` and `moi`: commands over data users already have."""
 from __future__ import annotations
 
 import json
@@ -125,3 +125,25 @@ def honesty(
     run_job("honesty_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
             strict=strict, salvage=salvage, method=method, m=m, answers_column=answers_column, matcher=matcher,
             shard_size=shard_size)
+
+
+@app.command()
+def moi(
+    input: Path = typer.Option(..., help="Rows with domains: Magpie's task_category (aligndata tag) or a `category` field."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    system_prompts: Path = typer.Option(..., help='JSON file {"<domain>": "<system prompt>", "*": "<for other domains>"}.'),
+    max_tokens: int = typer.Option(2048, help="Length limit of a packed sample."),
+    quota: list[str] = typer.Option([], help="DOMAIN=N: at most N rows of a domain (repeatable)."),
+    tokenizer: Optional[str] = typer.Option(None, help="HF tokenizer to count tokens with (default: characters / 4)."),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """Mixture-of-Instructions (arXiv 2404.18410): pack instructions from different domains, each under its domain's
+    system prompt, into multi-turn samples of at most --max-tokens; export with `aligndata export --format trl`."""
+    try:
+        prompts = json.loads(system_prompts.read_text())
+        quotas = {k: int(v) for k, _, v in (q.partition("=") for q in quota)}
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
+        raise fail(ValueError(f"{system_prompts}: {exc}; give a JSON object of system prompts, and quotas as DOMAIN=N"))
+    run_job("moi_job", out, input_path=input, system_prompts=prompts, max_tokens=max_tokens, quotas=quotas or None,
+            tokenizer=tokenizer, strict=strict, salvage=salvage)

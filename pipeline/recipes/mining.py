@@ -1,5 +1,5 @@
-"""Jobs that mine data users already have: WildFeedback's preference pairs from chat logs, BLEUBERI's hard-prompt
-selection (and its GRPO reward)."""
+"""Jobs over data users already have: WildFeedback's preference pairs from chat logs, BLEUBERI's hard-prompt
+selection (and its GRPO reward), Mixture-of-Instructions packing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,3 +36,14 @@ def feedback_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: boo
     """WildFeedback preference pairs from the chat logs at `input_path` into `out`."""
     return input_job(out, input_path=input_path, steps=feedback_steps(**step_options), engine=engine, strict=strict,
                      salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)
+
+
+def moi_job(out: Path, *, input_path: Path, system_prompts: dict[str, str], max_tokens: int = 2048,
+            quotas: dict[str, int] | None = None, tokenizer: str | None = None, strict: bool = False,
+            salvage: bool = False, on_progress: Progress | None = None) -> dict:
+    """Mixture-of-Instructions packing of the rows at `input_path` into `out` (pipeline.select.moi.pack)."""
+    step = Step("packed", "pipeline.select.moi:pack", {"system_prompts": system_prompts, "max_tokens": max_tokens,
+                                                       "quotas": quotas, "tokenizer": tokenizer},
+                uses_engine=False, shard_size=None)
+    return input_job(out, input_path=input_path, steps=[step], engine=None, strict=strict, salvage=salvage,
+                     on_progress=on_progress)

@@ -18,7 +18,7 @@ METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "m
                     "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
                     "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd",
                     "pipeline.score.bleu": "bleuberi", "pipeline.synth.feedback": "wildfeedback",
-                    "pipeline.synth.honesty": "honesty", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit"}
+                    "pipeline.synth.honesty": "honesty", "pipeline.select.moi": "moi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
@@ -26,7 +26,7 @@ PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.
           "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032",
           "long-output": "https://arxiv.org/abs/2410.10210", "bleuberi": "https://arxiv.org/abs/2505.11080",
           "audit": "https://arxiv.org/abs/2510.18554", "wildfeedback": "https://arxiv.org/abs/2408.15549",
-          "honesty": "https://arxiv.org/abs/2312.07000"}
+          "honesty": "https://arxiv.org/abs/2312.07000", "moi": "https://arxiv.org/abs/2404.18410"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -46,6 +46,8 @@ CITATIONS = {
     "wildfeedback": "@article{shi2024wildfeedback,\n  title={WildFeedback: Aligning LLMs With In-situ User Interactions And Feedback},\n"
                     "  journal={arXiv preprint arXiv:2408.15549}, year={2024}}",
     "honesty": "@article{yang2023alignment,\n  title={Alignment for Honesty},\n  journal={arXiv preprint arXiv:2312.07000}, year={2023}}",
+    "moi": "@article{lu2024moi,\n  title={Mixture-of-Instructions: Comprehensive Alignment of a Large Language Model through the Mixture of Diverse System Prompting Instructions},\n"
+           "  journal={arXiv preprint arXiv:2404.18410}, year={2024}}",
     "audit": "@article{barbero2025extracting,\n  title={Extracting alignment data in open models},\n"
              "  journal={arXiv preprint arXiv:2510.18554}, year={2025}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
