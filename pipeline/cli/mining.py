@@ -79,6 +79,7 @@ def audit(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
 ) -> None:
@@ -91,7 +92,7 @@ def audit(
     if (input is None) == (spec is None or n <= 0):
         raise fail(ValueError("pass --input DATA, or --model M with --n N (generations to sample), to audit against --against"))
     run_job("audit_job", out, against=against, input_path=input, engine=spec, n=n, seed=seed, threshold=threshold,
-            strict=strict, salvage=salvage)
+            strict=strict, salvage=salvage, shard_size=shard_size)
     counts = json.loads((out / "audit.json").read_text())
     console.print(f"audit: {counts['semantic_overlap']} of {counts['rows']} rows overlap by meaning (cosine >= "
                   f"{counts['threshold']}), {counts['string_overlap']} by string; report: {reports.write(out)}", soft_wrap=True)

@@ -17,7 +17,8 @@ def audit_step(against: Path, *, field: str = "instruction", ngram: int = 8) -> 
 
 
 def audit_job(out: Path, *, against: Path, input_path: Path | None = None, engine: EngineSpec | None = None,
-              n: int = 0, seed: int = 0, threshold: float = 0.95, field: str = "instruction", strict: bool = False,
+              n: int = 0, seed: int = 0, threshold: float = 0.95, field: str = "instruction", shard_size: int = 32,
+              strict: bool = False,
               salvage: bool = False, max_failure_rate: float = 0.1, on_progress: Progress | None = None) -> dict:
     """Audit `input_path` against `against`, or (with `engine` and `n`) `n` generations of the engine's model from
     its pre-query prefix; writes DIR/audit.json (counts at `threshold` by meaning and by string, histograms) and
@@ -31,7 +32,7 @@ def audit_job(out: Path, *, against: Path, input_path: Path | None = None, engin
         result = input_job(out, input_path=input_path, steps=steps, engine=None, strict=strict, salvage=salvage,
                            on_progress=on_progress)
     else:  # the extraction experiment: the model's own instructions, unfiltered
-        generate = magpie_steps(model=engine.model, profile="auto")[:1]
+        generate = magpie_steps(model=engine.model, profile="auto", shard_size=shard_size)[:1]
         result = run_job(out, generate + steps, lambda d: write_plan(d, n=n, seed=seed), engine=engine,
                          card="Magpie extraction audit", max_failure_rate=max_failure_rate, on_progress=on_progress)
     counts = audit.summary(read_records(Path(result["export"])), threshold)
