@@ -66,6 +66,11 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         ("BLEUBERI", "BLEU implementation", "HF `evaluate` BLEU, smooth=True (add-one on every order; shortest "
          "reference length)", "sacrebleu sentence BLEU, 13a, add-one smoothing from bigrams on, closest reference length, "
          "in [0, 1]", "evaluate downloads its BLEU script from the Hub at run time; aligndata runs offline"),
+        ("URIAL", "decoding", "greedy with repetition penalty 1.15 (MT-Bench scripts)",
+         "greedy, no repetition penalty", "no engine of ours exposes a repetition penalty yet"),
+        ("WildFeedback", "DSAT turns mined per conversation", "not stated in what we read",
+         "the first DSAT turn of each conversation", "one pair per conversation; its prompt never contains another "
+         "dissatisfied exchange"),
         ("CodecLM", "prompts", "the paper's figures (no official code)", "our wording of them",
          "no reference text to copy"),
     ]
