@@ -196,8 +196,9 @@ def magpie_extend(
 
     steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", {"min_difficulty": min_difficulty},
                   uses_engine=False, shard_size=None)]
-    steps += [s for s in magpie_steps(turns=turns, shard_size=shard_size) if s.name.startswith(("followups", "responses-"))]
-    steps.append(magpie_steps()[-1])  # the final filters
+    steps += [s for s in magpie_steps(turns=turns, model=model, shard_size=shard_size)  # the model picks the profile
+              if s.name.startswith(("followups", "responses-"))]
+    steps.append(magpie_steps(model=model)[-1])  # the final filters
     run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage,
              engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
