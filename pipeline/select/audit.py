@@ -24,19 +24,15 @@ def audit(df: pl.DataFrame, *, against: str, field: str = "instruction", ngram: 
     from rapidfuzz.distance import Indel
 
     from pipeline.core.inputs import InputError, load
-    from pipeline.score.embed import encode, texts
+    from pipeline.score.embed import texts
 
     reference = load(against)
     if reference.is_empty():
         raise InputError(f"{against}: no rows to audit against; pass a non-empty reference set")
     ref_texts = texts(reference, field)
-    ref_vectors = encode(ref_texts)
-    scored = reference_overlap(df, reference=ref_texts, reference_vectors=ref_vectors, field=field, ngram=ngram)
-    rows = texts(df, field)
-    nearest = np.argmax(encode(rows) @ ref_vectors.T, axis=1) if rows else np.zeros(0, np.int64)
-    strings = [process.extractOne(text, ref_texts, scorer=Indel.normalized_similarity)[1] for text in rows]
-    return scored.with_columns(pl.Series("ref_string_similarity", strings, dtype=pl.Float64),
-                               pl.Series("ref_nearest", [reference["id"][int(i)] for i in nearest], dtype=pl.String))
+    scored = reference_overlap(df, reference=ref_texts, reference_ids=reference["id"].to_list(), field=field, ngram=ngram)
+    strings = [process.extractOne(text, ref_texts, scorer=Indel.normalized_similarity)[1] for text in texts(df, field)]
+    return scored.with_columns(pl.Series("ref_string_similarity", strings, dtype=pl.Float64))
 
 
 def summary(df: pl.DataFrame, threshold: float = SEMANTIC_THRESHOLD) -> dict:

@@ -321,9 +321,10 @@ def word_ngrams(text: str, n: int) -> set[str]:
 
 
 def reference_overlap(df: pl.DataFrame, *, reference: list[str], reference_vectors: np.ndarray | None = None,
-                      field: str = "instruction", ngram: int = 8) -> pl.DataFrame:
+                      reference_ids: list[str] | None = None, field: str = "instruction", ngram: int = 8) -> pl.DataFrame:
     """Stage: `ref_similarity` (max embedding cosine to any reference text) and `ref_ngram_overlap` (share
-    of the row's word n-grams found in the reference set), for decontamination against eval sets."""
+    of the row's word n-grams found in the reference set), for decontamination against eval sets; with
+    `reference_ids`, also `ref_nearest`, the id of the most similar reference row."""
     from pipeline.score.embed import encode, texts
 
     rows = texts(df, field)
@@ -333,9 +334,12 @@ def reference_overlap(df: pl.DataFrame, *, reference: list[str], reference_vecto
     index = _index(ref.shape[1])
     index.add(np.ascontiguousarray(ref, dtype=np.float32))
     # Both sides in the same (default) embedding space, whatever embedder the `embedding` column came from.
-    similarity, _ = index.search(encode(rows), 1)
-    return df.with_columns(pl.Series("ref_similarity", similarity[:, 0].astype(np.float64)),
-                           pl.Series("ref_ngram_overlap", overlap, dtype=pl.Float64))
+    similarity, nearest = index.search(encode(rows), 1)
+    out = df.with_columns(pl.Series("ref_similarity", similarity[:, 0].astype(np.float64)),
+                          pl.Series("ref_ngram_overlap", overlap, dtype=pl.Float64))
+    if reference_ids is None:
+        return out
+    return out.with_columns(pl.Series("ref_nearest", [reference_ids[i] for i in nearest[:, 0]], dtype=pl.String))
 
 
 def select_table(table: pl.DataFrame, *, k: int, tau: float = 0.9, score: str | None = None, where: str = "input") -> pl.DataFrame:
