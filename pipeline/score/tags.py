@@ -149,17 +149,37 @@ def parse_json_object(text: str | None) -> dict | None:
     >>> parse_json_object('{"difficulty": "easy"} and then some chatter')
     {'difficulty': 'easy'}
     >>> parse_json_object('"difficulty": "easy"')  # no braces at all
+    >>> parse_json_object('{{"verdict": "SAT"}')  # a model that wrote the prefilled brace again
+    {'verdict': 'SAT'}
     """
     if not text:
         return None
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end < start:
         return None
-    try:
-        value = json.loads(text[start:end + 1])
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+    again = text.find("{", start + 1)
+    for begin in (start, again) if again > start and not text[start + 1:again].strip() else (start,):
+        try:
+            value = json.loads(text[begin:end + 1])
+        except json.JSONDecodeError:
+            continue
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def ask_json(engine: Engine, prompts: list[str], schema: dict, *, max_tokens: int,
+             structured: bool | None = None) -> list[tuple[dict | None, str | None, object]]:
+    """One batched greedy call; per prompt (the reply as a JSON object or None, the raw reply, the completion).
+    JSON-schema constrained on the backends that have it (STRUCTURED_BACKENDS); elsewhere the reply is prefilled
+    with "{" and stopped at "}" (flat objects only), as the official tagger does."""
+    structured = engine.spec.backend in STRUCTURED_BACKENDS if structured is None else structured
+    sampling = Sampling(temperature=0.0, max_tokens=max_tokens, stop=() if structured else ("}",),
+                        json_schema=Sampling.schema(schema) if structured else None)
+    opening = "" if structured else "{"
+    replies = [c[0] for c in engine.generate([engine.template.prompt(p, opening=opening) for p in prompts], sampling)] \
+        if prompts else []
+    raws = [None if r.text is None else r.text if structured else "{" + r.text + "}" for r in replies]
+    return [(parse_json_object(raw), raw, reply) for raw, reply in zip(raws, replies)]
 
 
 def normalize(tag: str, key: str, value):
@@ -188,18 +208,12 @@ def tag(df: pl.DataFrame, *, engine: Engine, tags: tuple[str, ...] = tuple(TAGS)
     failures: list[str | None] = [None] * df.height
     for name in tags:
         prompt, schema, fields = TAGS[name]
-        opening = "" if structured else "{"
-        prompts = [engine.template.prompt(prompt.replace("{input}", text), opening=opening)
-                   for text in instructions]
-        sampling = Sampling(temperature=0.0, max_tokens=max_tokens, stop=() if structured else ("}",),
-                            json_schema=Sampling.schema(schema) if structured else None)
-        replies = [c[0] for c in engine.generate(prompts, sampling)]
-        failures = [f or failure_reason([reply]) for f, reply in zip(failures, replies)]
+        answers = ask_json(engine, [prompt.replace("{input}", text) for text in instructions], schema,
+                           max_tokens=max_tokens, structured=structured)
+        failures = [f or failure_reason([reply]) for f, (_, _, reply) in zip(failures, answers)]
         for key, column in fields.items():
             columns.setdefault(column, [])
-        for meta, reply in zip(metas, replies):
-            raw = None if reply.text is None else (reply.text if structured else "{" + reply.text + "}")
-            parsed = parse_json_object(raw)
+        for meta, (parsed, raw, reply) in zip(metas, answers):
             values = {column: normalize(name, key, parsed.get(key)) if parsed else None for key, column in fields.items()}
             for column, value in values.items():
                 columns[column].append(value)

@@ -16,7 +16,7 @@ import polars as pl
 
 from pipeline.core.records import dump_meta, messages_of, meta_dicts
 from pipeline.engines import Engine, Sampling, failure_reason
-from pipeline.score.tags import STRUCTURED_BACKENDS, parse_json_object
+from pipeline.score.tags import ask_json
 
 RUBRIC = ("SAT: the user is satisfied with the previous answer: thanks or praises it, says it worked, or builds on it "
           "with a new, related request. DSAT: the user is dissatisfied: complains, says it is wrong, incomplete, too "
@@ -46,27 +46,15 @@ def follow_ups(messages: list[dict]) -> list[int]:
     return [i for i, m in enumerate(messages) if m["role"] == "user" and i > 0 and messages[i - 1]["role"] == "assistant"]
 
 
-def _ask(engine: Engine, prompts: list[str], schema: dict, max_tokens: int) -> list[tuple[dict | None, object]]:
-    """(parsed JSON object or None, completion) per prompt, JSON-schema constrained where the backend can."""
-    structured = engine.spec.backend in STRUCTURED_BACKENDS
-    sampling = Sampling(temperature=0.0, max_tokens=max_tokens,
-                        json_schema=Sampling.schema(schema) if structured else None)
-    replies = [c[0] for c in engine.generate([engine.template.prompt(p, opening="" if structured else "{") for p in prompts],
-                                             sampling)] if prompts else []
-    # unconstrained, the reply continues the prefilled "{" (unless the model writes it again)
-    texts = [r.text if structured or (r.text or "").lstrip().startswith("{") else "{" + (r.text or "") for r in replies]
-    return [(parse_json_object(text), r) for text, r in zip(texts, replies)]
-
-
 def classify(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 128) -> pl.DataFrame:
     """Stage: a SAT/DSAT/NEITHER verdict for every follow-up; meta.wildfeedback.dsat_turn is the first DSAT turn."""
     conversations, metas = messages_of(df), meta_dicts(df)
     asks = [(row, i) for row, c in enumerate(conversations) for i in follow_ups(c)]
     prompts = [CLASSIFY_PROMPT.format(rubric=RUBRIC, conversation=transcript(conversations[row][:i + 1]),
                                       last=conversations[row][i]["content"]) for row, i in asks]
-    answers = _ask(engine, prompts, VERDICT_SCHEMA, max_tokens)
+    answers = ask_json(engine, prompts, VERDICT_SCHEMA, max_tokens=max_tokens)
     verdicts: dict[int, list] = {}
-    for (row, turn), (parsed, reply) in zip(asks, answers):
+    for (row, turn), (parsed, _, reply) in zip(asks, answers):
         verdict = parsed.get("verdict") if parsed else None
         verdicts.setdefault(row, []).append((turn, verdict if verdict in VERDICTS else None, parsed, reply))
     reasons = []
@@ -87,7 +75,7 @@ def extract_preferences(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 1
     prompts = [PREFERENCE_PROMPT.format(conversation=transcript(c[:m["wildfeedback"]["dsat_turn"] + 1]))
                for c, m in zip(conversations, metas)]
     reasons = []
-    for meta, (parsed, reply) in zip(metas, _ask(engine, prompts, PREFERENCE_SCHEMA, max_tokens)):
+    for meta, (parsed, _, reply) in zip(metas, ask_json(engine, prompts, PREFERENCE_SCHEMA, max_tokens=max_tokens)):
         preference = parsed.get("preference") if parsed else None
         preference = preference.strip() if isinstance(preference, str) and preference.strip() else None
         meta["wildfeedback"]["preference"] = preference
