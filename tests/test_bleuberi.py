@@ -75,20 +75,13 @@ def test_the_bleuberi_command_on_smollm2(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_reward_function_drives_a_trl_grpo_step(tmp_path):
-    import torch
+def test_the_reward_function_drives_a_trl_grpo_step(tmp_path, tiny_model):
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from pipeline.engines.models import smollm2_hf_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
     reward = reward_function("references")
     assert reward(["the cat sat"], references=[["the cat sat"]]) == [1.0]  # the shape GRPOTrainer calls it with
     data = Dataset.from_list([{"prompt": "Say hello.", "references": ["Hello!"]},

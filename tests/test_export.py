@@ -37,24 +37,6 @@ def test_trl_and_llamafactory_and_axolotl_files(tmp_path):
         export.export(records(), tmp_path, "csv")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from pipeline.engines.models import smollm2_hf_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.mark.slow
 def test_trl_trains_one_step_on_our_exports(tmp_path, tiny_model):
     from datasets import load_from_disk

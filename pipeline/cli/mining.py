@@ -144,6 +144,8 @@ def moi(
     try:
         prompts = json.loads(system_prompts.read_text())
         quotas = {k: int(v) for k, _, v in (q.partition("=") for q in quota)}
+        if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+            raise ValueError("not an object of strings")
     except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise fail(ValueError(f"{system_prompts}: {exc}; give a JSON object of system prompts, and quotas as DOMAIN=N"))
     run_job("moi_job", out, input_path=input, system_prompts=prompts, max_tokens=max_tokens, quotas=quotas or None,

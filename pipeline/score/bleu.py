@@ -12,11 +12,9 @@ else its first assistant answer (the gold response).
 """
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
-from pipeline.core.records import first_pairs, meta_dicts, seed_of
+from pipeline.core.records import dump_meta, first_pairs, meta_dicts, seed_of
 from pipeline.engines import ENGINE_ERROR, Engine, Sampling
 
 
@@ -59,7 +57,7 @@ def score(df: pl.DataFrame, *, engine: Engine, references_column: str | None = N
         values.append(bleu(completion.text or "", refs) if refs and not completion.failed else None)
         meta["bleuberi"] = {"output": completion.text, "references": len(refs), "sampling": sampling.as_dict()}
     return df.with_columns(pl.Series("bleu", values, dtype=pl.Float64), pl.Series("drop_reason", reasons, dtype=pl.String),
-                           pl.Series("meta", [json.dumps(m, sort_keys=True, default=str) for m in metas], dtype=pl.String))
+                           dump_meta(metas))
 
 
 def reward_function(references_key: str = "references"):

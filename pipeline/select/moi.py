@@ -16,6 +16,7 @@ from collections import deque
 
 import polars as pl
 
+from pipeline.core.inputs import InputError
 from pipeline.core.records import dump_meta, messages_of, meta_dicts, record_id
 
 
@@ -45,7 +46,7 @@ def pack(df: pl.DataFrame, *, system_prompts: dict[str, str], max_tokens: int = 
     dropped: dict[str, list] = {"too_long": [], "over_quota": []}
     for row, domain in enumerate(domains):
         if domain not in system_prompts and "*" not in system_prompts:
-            raise ValueError(f"row {row} (id={ids[row]!r}) is in domain {domain!r}, which has no system prompt; "
+            raise InputError(f"row {row} (id={ids[row]!r}) is in domain {domain!r}, which has no system prompt; "
                              f"give one for it or a default under '*' (domains: {sorted(set(domains))})")
         queue = queues.setdefault(domain, deque())
         if quotas and domain in quotas and len(queue) >= quotas[domain]:
