@@ -24,8 +24,13 @@ from pipeline.recipes.runner import fingerprint
 from pipeline.core.secrets import redact
 
 
+def _as_step(step: dict) -> recipes.Step:
+    """A Step back from the dict a task receives (Prefect hands tuples over as lists)."""
+    return recipes.Step(**{**step, "computes": tuple(step.get("computes", ()))})
+
+
 def _step_identity(context, parameters: dict) -> str:
-    step = recipes.Step(**{**parameters["step"], "computes": tuple(parameters["step"].get("computes", ()))})
+    step = _as_step(parameters["step"])
     specs = [s for s in (parameters["engine"], step.engine, *step.engines.values()) if s]
     revisions = [model_revision(spec.backend, spec.model) for spec in map(EngineSpec.from_json, specs)]
     return ":".join([fingerprint(Path(parameters["source"])), code_hash(step.function()), *map(str, revisions)])
@@ -38,8 +43,7 @@ STEP_CACHE = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_step_identity
 def step_task(out: str, step: dict, source: str, engine: str | None, max_failure_rate: float) -> str:
     """Run one pipeline step (a recipes.Step as a dict) on the stage directory `source`; returns its stage directory."""
     spec = EngineSpec.from_json(engine) if engine else None
-    step = {**step, "computes": tuple(step.get("computes", ()))}
-    return str(recipes.run_step(Path(out), recipes.Step(**step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
+    return str(recipes.run_step(Path(out), _as_step(step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
 
 
 def run_steps(out: str, steps: list[recipes.Step], source: str, *, engine: str | None, max_failure_rate: float,
