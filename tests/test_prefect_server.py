@@ -53,7 +53,7 @@ class Server:
         for pool in ("cpu", "gpu"):  # the README's recipe
             self.prefect("work-pool", "create", pool, "--type", "process")
         self.prefect("deploy", "--all")
-        self.deployments = {d["name"]: d for d in httpx.post(f"{self.api}/deployments/filter", json={}).json()}
+        self.deployments = {d["name"]: d for d in self.call("POST", "/deployments/filter", {}).json()}
 
     def _start(self, log: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         return subprocess.Popen([PREFECT, *args], cwd=ROOT, env={**self.env, **(env or {})}, start_new_session=True,
@@ -65,23 +65,33 @@ class Server:
         assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
+    def call(self, method: str, path: str, body: dict | None = None, attempts: int = 8) -> httpx.Response:
+        """One API request, retried while the server answers 429/502/503 (SQLite busy under a worker's writes),
+        as Prefect's own client does."""
+        for attempt in range(attempts):
+            reply = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            if reply.status_code not in (429, 502, 503):
+                return reply
+            time.sleep(min(2 ** attempt, 15))
+        return reply
+
     def worker(self, pool: str, env: dict | None = None) -> None:
         self.processes.append(self._start(f"worker-{pool}", "worker", "start", "--pool", pool, "--type", "process", env=env))
 
     def runs(self, deployment: str) -> list[dict]:
         query = {"flow_runs": {"deployment_id": {"any_": [self.deployments[deployment]["id"]]}}}
-        return httpx.post(f"{self.api}/flow_runs/filter", json=query).json()
+        return self.call("POST", "/flow_runs/filter", query).json()
 
     def trigger(self, deployment: str, parameters: dict, scheduled: str) -> str:
         """A flow run of `deployment` scheduled at `scheduled`, as the scheduler makes one; returns its id."""
         body = {"parameters": parameters, "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled}}}
-        reply = httpx.post(f"{self.api}/deployments/{self.deployments[deployment]['id']}/create_flow_run", json=body)
+        reply = self.call("POST", f"/deployments/{self.deployments[deployment]['id']}/create_flow_run", body)
         assert reply.status_code == 201, reply.text
         return reply.json()["id"]
 
     def wait_completed(self, run_id: str, seconds: float) -> None:
         def finished():
-            state = httpx.get(f"{self.api}/flow_runs/{run_id}").json()["state"]["type"]
+            state = self.call("GET", f"/flow_runs/{run_id}").json()["state"]["type"]
             logs = "".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("worker-*.log")))
             assert state not in ("FAILED", "CRASHED", "CANCELLED"), logs
             return state == "COMPLETED"

@@ -16,6 +16,7 @@ from pipeline.core.inputs import write_input
 from pipeline.core.rundir import append_manifest, read_shards, summarize, write_shard
 from pipeline.recipes.runner import run_stage
 from pipeline.engines import EngineSpec, release_engines
+from pipeline.score import embed, reward
 
 Progress = Callable[[str, int, int], None]
 
@@ -45,7 +46,10 @@ def run_step(out: Path, step: Step, source: Path, *, engine: EngineSpec | None, 
         engine = EngineSpec.from_json(step.engine)
     engine = engine if step.uses_engine else None
     roles = {role: EngineSpec.from_json(spec) for role, spec in step.engines.items()}
-    if engine is not None and engine.backend == "vllm":  # free the GPU for the models this step uses
+    # Free the GPU for the models this step uses: the previous step's vLLM engines and torch models.
+    embed.release_models()
+    reward.release_models()
+    if engine is not None and engine.backend == "vllm":
         release_engines({engine.to_json(), *(spec.to_json() for spec in roles.values())})
     return run_stage(out, step.name, step.function(), source=source, params=step.params,
                      engine=engine, engines=roles, shard_size=step.shard_size, max_failure_rate=max_failure_rate,

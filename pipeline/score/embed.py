@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.records import first_instructions, messages_of
+from pipeline.core.devices import free_accelerator_memory, torch_device, torch_dtype
 
 MINILM = "minilm"
 DEITA = "deita"
@@ -103,32 +104,41 @@ def embed(df: pl.DataFrame, *, embedder: str = MINILM, field: str = "instruction
 
 
 @lru_cache(maxsize=1)
-def _causal_lm(model: str):
-    import torch
+def _causal_lm(model: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer, AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype(device)).to(device).eval()
 
 
-def embed_causal_lm(df: pl.DataFrame, *, model: str, batch_size: int = 4, max_length: int = 2048) -> pl.DataFrame:
-    """deita's model-based embedding: last-layer hidden state at each row's last real token, L2-normalised."""
+def release_models() -> None:
+    """Drop the cached causal-LM embedder and free its (GPU) memory, so the next model of a run can load."""
+    _causal_lm.cache_clear()
+    free_accelerator_memory()
+
+
+def embed_causal_lm(df: pl.DataFrame, *, model: str, batch_size: int = 4, max_length: int = 2048,
+                    device: str | None = None) -> pl.DataFrame:
+    """deita's model-based embedding: last-layer hidden state at each row's last real token, L2-normalised.
+    Runs on CUDA in bf16 when available (or on `device`), else on the CPU in fp32."""
     import torch
 
-    tokenizer, lm = _causal_lm(model)
+    device = torch_device(device)
+    tokenizer, lm = _causal_lm(model, device)
     rendered = [vicuna(c) for c in messages_of(df)]
     vectors = []
     with torch.no_grad():
         for start in range(0, len(rendered), batch_size):
             batch = tokenizer(rendered[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                              max_length=max_length)
+                              max_length=max_length).to(device)
             hidden = lm(**batch, output_hidden_states=True).hidden_states[-1]
             mask = batch["attention_mask"]
             # The last real token: with right padding it sits at length - 1, with left padding at the end.
-            last = mask.sum(1) - 1 if tokenizer.padding_side == "right" else torch.full((mask.shape[0],), mask.shape[1] - 1)
-            vectors.append(hidden[torch.arange(hidden.shape[0]), last].float())
+            last = mask.sum(1) - 1 if tokenizer.padding_side == "right" else torch.full((mask.shape[0],), mask.shape[1] - 1,
+                                                                                          device=device)
+            vectors.append(hidden[torch.arange(hidden.shape[0], device=device), last].float().cpu())
     matrix = torch.cat(vectors).numpy() if vectors else np.zeros((0, 0), np.float32)
     matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     return df.with_columns(as_column(matrix))

@@ -19,6 +19,7 @@ from typing import Protocol, Sequence
 import polars as pl
 
 from pipeline.engines import Engine, Sampling, failure_reason, urial
+from pipeline.core.devices import free_accelerator_memory, torch_device, torch_dtype
 from pipeline.core.records import first_pairs
 from pipeline.score.ratings import expected_rating
 
@@ -52,13 +53,12 @@ class SequenceClassifierReward:
     """A transformers reward model: score = the `score` output if the model has one, else logits[:, 0]."""
 
     def __init__(self, model: str, *, batch_size: int = 8, max_length: int = 4096, device: str | None = None):
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch_dtype(self.device))
+        self.model = self.model.to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -86,6 +86,12 @@ class SequenceClassifierReward:
 @lru_cache(maxsize=2)
 def _classifier(model: str) -> SequenceClassifierReward:
     return SequenceClassifierReward(model)
+
+
+def release_models() -> None:
+    """Drop the cached reward models and free their (GPU) memory, so the next model of a run can load."""
+    _classifier.cache_clear()
+    free_accelerator_memory()
 
 
 def reward_model(engine: Engine | None, model: str | None = None) -> RewardModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from pipeline.core.devices import torch_device
 from pipeline.score.embed import matrix
 
 
@@ -44,7 +45,7 @@ def repr_filter(vectors: np.ndarray, scores: np.ndarray, *, k: int, tau: float =
     n = len(vectors)
     if n == 0 or k <= 0:
         return np.zeros(0, dtype=np.int64)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(device)
     order = np.argsort(-np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf), kind="stable")
     data = torch.from_numpy(np.require(vectors, np.float32, ["C", "W"]))  # torch wants a writable buffer
     kept_fp32 = torch.empty((k, data.shape[1]), dtype=torch.float32, device=device)
