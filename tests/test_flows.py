@@ -194,3 +194,23 @@ def test_aligndata_run_is_the_end_to_end_flow_on_the_offline_default_model(tmp_p
                  "export/llamafactory/dataset_info.json", "export/axolotl/axolotl_datasets.yaml", "report/index.html"):
         assert (out / path).exists(), path
     assert "<svg" in (out / "report" / "index.html").read_text()
+
+
+def test_the_isheep_flow_runs_iterations_as_tasks_and_trains_between_them(tmp_path, step_calls, monkeypatch):
+    import flows.selfalign
+    from flows.selfalign import isheep_flow
+
+    trained = []
+    monkeypatch.setattr(flows.selfalign, "lora_sft", lambda base, data, out, settings: trained.append(
+        (base, settings.max_steps)) or f"{base}-after-{out.parent.name}")
+    tasks = {seed: f" Describe a variation of: {seed.lower()}\n4. Input:\n<noinput>\n" for seed in
+             ("Explain why the sky", "Rewrite the sentence", "Classify the review", "Give three practical", "Summarize the",
+              "Write a Python", "What is the difference", "Translate the", "Suggest a name", "Find the grammatical",
+              "Solve the equation", "Write a short", "Compare renting", "Turn the list", "How does a vaccine", "Sort the")}
+    engine = {"backend": "fake", "model": "base", "options": {"script": {
+        "for its quality": "9||good", "how well it follows": "9||good", **tasks}}}
+    report = isheep_flow(out=str(tmp_path / "run"), n=8, iterations=2, engine=engine, train={"max_steps": 3})
+    assert step_calls == ["tasks", "tasks-filtered", "answered", "assessed", "selected"] * 2
+    assert trained == [("base", 3), ("base", 3)]  # both from the base model, with the flow's settings
+    assert [it["model"] for it in report["iterations"]] == ["base", "base-after-iter-1"]
+    assert all(it["kept"] > 0 for it in report["iterations"])

@@ -10,7 +10,7 @@ import typer
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
                                  TEMPLATE, EMBEDDER, app, console, engine_spec, fail, role, run_job,
                                  shard_size_option)
-from pipeline.cli import mining  # noqa: F401  (registers `bleuberi` and `audit`)
+from pipeline.cli import mining, selfalign  # noqa: F401  (registers their commands)
 from pipeline.cli.corpus import corpus_app
 
 app.add_typer(corpus_app, name="corpus")

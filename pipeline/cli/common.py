@@ -102,7 +102,8 @@ def print_summary(summary: dict, out: Path) -> None:
         nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
         console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}", soft_wrap=True)
     exports = summary["export"] if isinstance(summary["export"], dict) else {"data": summary["export"]}
-    console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {out / 'manifest.jsonl'}", soft_wrap=True)
+    manifest = summary.get("manifest", out / "manifest.jsonl")
+    console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {manifest}", soft_wrap=True)
 
 
 EMBEDDER = typer.Option("minilm", help="Embeddings for selection and min-neighbour distance: minilm (offline default, "

@@ -207,14 +207,14 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
             raise BadRow("not_text" if "instruction" in row else "missing_field:instruction", "field 'instruction': expected a string")
         if not instruction.strip():
             raise BadRow("empty_turn", "field 'instruction' is empty")
-        if fmt == "instructions":
-            return [{"role": "user", "content": instruction}], 0
         extra, output = row.get("input"), row.get("output")
+        user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+        if fmt == "instructions":
+            return [{"role": "user", "content": user}], 0
         if not isinstance(output, str):
             raise BadRow("not_text" if "output" in row else "missing_field:output", "field 'output': expected a string")
         if not output.strip():
             raise BadRow("empty_turn", "field 'output' is empty")
-        user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
         return [{"role": "user", "content": user}, {"role": "assistant", "content": output}], 0
     name, role_key, text_key = ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
     turns = row.get(name)

@@ -41,6 +41,9 @@ SCHEMA = pa.schema(
         pa.field("ref_nearest", pa.string()),
         # BLEUBERI: sentence BLEU in [0, 1] of the policy model's output against the row's references.
         pa.field("bleu", pa.float64()),
+        # I-SHEEP: the generating model's own 1-10 ratings of the pair (quality; instruction following).
+        pa.field("self_quality", pa.int64()),
+        pa.field("self_following", pa.int64()),
         # Magpie tags (LLM tagger) and language; reward-model scores.
         pa.field("input_quality", pa.string()),
         pa.field("difficulty", pa.string()),

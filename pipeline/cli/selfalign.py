@@ -1,0 +1,49 @@
+"""`aligndata isheep` and `guide-align`: self-alignment jobs where the model writes its own data (and guidelines)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, TEMPLATE, app, console, engine_spec, fail,
+                                 run_job, shard_size_option)
+
+
+@app.command()
+def isheep(
+    out: Path = typer.Option(..., help="Run directory (re-run to resume): OUT/iter-N per iteration, OUT/isheep.json."),
+    n: int = typer.Option(64, help="New tasks asked for per iteration (the reference asks for 10,000)."),
+    iterations: int = typer.Option(2, help="Generate → self-assess → train rounds (1.8B-14B models plateau after ~2)."),
+    seeds: Optional[Path] = typer.Option(None, help="Seed tasks (any format curate reads; default: 16 bundled tasks)."),
+    seed: int = typer.Option(0, help="Seed of the plan and of every request."),
+    min_score: int = typer.Option(9, help="Keep pairs the model rated at least this for both quality and following "
+                                          "(the reference keeps > 8)."),
+    max_tokens: int = typer.Option(1024, help="Length of a new task and of an answer (the reference's 1024)."),
+    train_steps: int = typer.Option(-1, help="Cap the LoRA SFT steps per iteration (-1: 2 epochs, the reference's)."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
+) -> None:
+    """I-SHEEP (arXiv 2408.08072): the model self-instructs new tasks from seed tasks, answers them, rates each pair
+    twice (quality; instruction following), keeps the pairs it rates highly, and is LoRA-trained from the base model on
+    them; the next iteration generates with the trained model. Later iterations load an HF checkpoint: --engine vllm."""
+    from functools import partial
+
+    from pipeline.ship.train import LoraSettings, lora_sft
+
+    try:
+        run_job("isheep_job", out, n=n, seed=seed, iterations=iterations, seeds=seeds, min_score=min_score,
+                max_tokens=max_tokens, shard_size=shard_size, train=partial(lora_sft, settings=LoraSettings(max_steps=train_steps)),
+                engine=engine_spec(engine, model, base_url, template, option, api_key_env))
+    except ValueError as exc:  # no rows survived to train on; llama.cpp asked for later iterations
+        raise fail(exc) from exc
+    for it in json.loads((out / "isheep.json").read_text())["iterations"]:
+        console.print(f"iteration {it['iteration']}: {it['assessed']} assessed → {it['kept']} kept; mean self-scores "
+                      f"(quality, following) assessed {tuple(it['assessed_mean'].values())}, kept "
+                      f"{tuple(it['kept_mean'].values())}; trained {it['trained']}", soft_wrap=True)
