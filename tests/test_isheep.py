@@ -114,5 +114,7 @@ def test_two_iterations_on_smollm2_with_lora_training(tmp_path):
     base, tuned = load_file(smollm2_hf_dir() / "model.safetensors"), load_file(merged / "model.safetensors")
     name = next(k for k in tuned if k.endswith("layers.0.self_attn.q_proj.weight"))
     assert not torch.equal(base[name].float(), tuned[name].float())  # the LoRA moved the weights
+    card = (out / "iter-2" / "export" / "README.md").read_text()
+    assert "[isheep](https://arxiv.org/abs/2408.08072)" in card and "kept when both are at least 3" in card
     again = CliRunner().invoke(app, args)  # resume: nothing is generated or trained again
     assert again.exit_code == 0 and json.loads((out / "isheep.json").read_text())["iterations"] == report["iterations"]

@@ -18,7 +18,8 @@ METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "m
                     "pipeline.score.deita": "deita", "pipeline.select.selection": "deita", "pipeline.synth.mcts": "p-aligner",
                     "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd",
                     "pipeline.score.bleu": "bleuberi", "pipeline.synth.feedback": "wildfeedback",
-                    "pipeline.synth.honesty": "honesty", "pipeline.select.moi": "moi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit"}
+                    "pipeline.synth.honesty": "honesty", "pipeline.select.moi": "moi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit",
+                    "pipeline.synth.isheep": "isheep", "pipeline.synth.guide_align": "guide-align"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
@@ -26,7 +27,8 @@ PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.
           "isa": "https://arxiv.org/abs/2411.10545", "ifd": "https://arxiv.org/abs/2308.12032",
           "long-output": "https://arxiv.org/abs/2410.10210", "bleuberi": "https://arxiv.org/abs/2505.11080",
           "audit": "https://arxiv.org/abs/2510.18554", "wildfeedback": "https://arxiv.org/abs/2408.15549",
-          "honesty": "https://arxiv.org/abs/2312.07000", "moi": "https://arxiv.org/abs/2404.18410"}
+          "honesty": "https://arxiv.org/abs/2312.07000", "moi": "https://arxiv.org/abs/2404.18410",
+          "isheep": "https://arxiv.org/abs/2408.08072", "guide-align": "https://arxiv.org/abs/2403.11838"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -48,11 +50,24 @@ CITATIONS = {
     "honesty": "@article{yang2023alignment,\n  title={Alignment for Honesty},\n  journal={arXiv preprint arXiv:2312.07000}, year={2023}}",
     "moi": "@article{lu2024moi,\n  title={Mixture-of-Instructions: Comprehensive Alignment of a Large Language Model through the Mixture of Diverse System Prompting Instructions},\n"
            "  journal={arXiv preprint arXiv:2404.18410}, year={2024}}",
+    "isheep": "@article{liang2024isheep,\n  title={I-SHEEP: Self-Alignment of LLM from Scratch through an Iterative Self-Enhancement Paradigm},\n"
+              "  journal={arXiv preprint arXiv:2408.08072}, year={2024}}",
+    "guide-align": "@article{luo2024guidealign,\n  title={Ensuring Safe and High-Quality Outputs: A Guideline Library Approach for Language Models},\n"
+                   "  journal={arXiv preprint arXiv:2403.11838}, year={2024}}",
     "audit": "@article{barbero2025extracting,\n  title={Extracting alignment data in open models},\n"
              "  journal={arXiv preprint arXiv:2510.18554}, year={2025}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
            "  booktitle={NAACL}, year={2024}}",
 }
+
+
+def _filter_param(stages: list[dict], name: str, param: str, default):
+    """A parameter of filter `name` in the run's filter steps, or `default`."""
+    for stage in stages:
+        for item in stage.get("params", {}).get("spec", []) if stage.get("function") == "filters.mark" else []:
+            if isinstance(item, dict) and item.get("name") == name and param in item:
+                return item[param]
+    return default
 
 
 def size_category(n: int) -> str:
@@ -102,6 +117,9 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
         from pipeline.synth.feedback import RUBRIC
 
         notes.append(f"WildFeedback's SAT/DSAT rubric, in our words: {RUBRIC}")
+    notes += [f"{s['stage']}: I-SHEEP self-assessment by the generating model itself, two 1-10 ratings (quality; "
+              f"instruction following) read as the reference reads them; kept when both are at least {_filter_param(stages, 'self_assessed_at_least', 'min_score', 9)}"
+              for s in stages if s.get("function") == "pipeline.synth.isheep.self_assess"]
     notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
     return {"funnel": [{"stage": stage["stage"], "code": stage.get("code", ""), "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
