@@ -1,4 +1,4 @@
-"""The I-SHEEP flow: each iteration's steps as cached tasks, then the training step as a task (pipeline/ship/train.py)."""
+"""The self-alignment flows: I-SHEEP (iterations as cached tasks, the training step as a task) and Guide-Align."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import engine_json, run_steps
+from flows.tasks import engine_json, input_task, run_steps
 from pipeline import recipes
 from pipeline.core.rundir import summarize
 from pipeline.engines import EngineSpec
@@ -39,3 +39,21 @@ def isheep_flow(out: str, n: int = 64, seed: int = 0, iterations: int = 2, seeds
                                  train=lambda base, data, to: train_task(base, str(data), str(to), train or {}),
                                  max_failure_rate=max_failure_rate, **(options or {}))
     return summary["isheep"]
+
+
+@flow(name="guide-align")
+def guide_align_flow(out: str, input_path: str, engine: dict | None = None, library: str | None = None,
+                     options: dict | None = None, max_failure_rate: float = 0.1, gpus: float = 0.0) -> dict:
+    """Guide-Align into `out` as tasks: the guideline library (unless `library` names one from an earlier run), then
+    the guided answers; returns {"guidelines": library path, "data": export path}. `options`: per_input, threshold,
+    embedder (the library) and k, max_tokens (the answers), shard_size (both)."""
+    options, spec = dict(options or {}), engine_json(engine)
+    shard = {"shard_size": options["shard_size"]} if "shard_size" in options else {}
+    source = input_task.submit(out, input_path).result()
+    if library is None:
+        steps = recipes.guideline_library_steps(**{k: v for k, v in options.items() if k in ("per_input", "threshold", "embedder")}, **shard)
+        last = run_steps(out, steps, source, engine=spec, max_failure_rate=max_failure_rate, gpus=gpus)
+        library = str(recipes.export_parquet(Path(out), Path(last), name="guidelines"))
+    guided = recipes.guided_step(Path(library), **{k: v for k, v in options.items() if k in ("k", "max_tokens")}, **shard)
+    last = run_steps(out, [guided], source, engine=spec, max_failure_rate=max_failure_rate, gpus=gpus)
+    return {"guidelines": library, "data": str(recipes.export_parquet(Path(out), Path(last), card="Guide-Align guided responses"))}

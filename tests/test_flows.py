@@ -214,3 +214,17 @@ def test_the_isheep_flow_runs_iterations_as_tasks_and_trains_between_them(tmp_pa
     assert trained == [("base", 3), ("base", 3)]  # both from the base model, with the flow's settings
     assert [it["model"] for it in report["iterations"]] == ["base", "base-after-iter-1"]
     assert all(it["kept"] > 0 for it in report["iterations"])
+
+
+def test_the_guide_align_flow_builds_the_library_then_answers(tmp_path, step_calls):
+    from flows.selfalign import guide_align_flow
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"instruction": "How do I store bleach safely?"}) + "\n")
+    engine = {"backend": "fake", "model": "writer", "options": {"script": {
+        "[User input]": "- Keep chemicals away from children.", "Follow these guidelines": "Guided."}}}
+    out = guide_align_flow(out=str(tmp_path / "run"), input_path=str(inputs), engine=engine, options={"k": 1})
+    assert step_calls == ["guidelines-written", "library", "guided"]
+    row = pl.read_parquet(out["data"])
+    assert json.loads(row["meta"][0])["guide_align"]["guidelines"] == ["Keep chemicals away from children."]
+    assert row["messages"][0].to_list()[-1]["content"] == "Guided."

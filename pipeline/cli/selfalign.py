@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, TEMPLATE, app, console, engine_spec, fail,
-                                 run_job, shard_size_option)
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, app, console,
+                                 engine_spec, fail, run_job, shard_size_option)
 
 
 @app.command()
@@ -47,3 +47,33 @@ def isheep(
         console.print(f"iteration {it['iteration']}: {it['assessed']} assessed → {it['kept']} kept; mean self-scores "
                       f"(quality, following) assessed {tuple(it['assessed_mean'].values())}, kept "
                       f"{tuple(it['kept_mean'].values())}; trained {it['trained']}", soft_wrap=True)
+
+
+@app.command("guide-align")
+def guide_align(
+    input: Path = typer.Option(..., help="Inputs to answer (any format curate reads; the first user turn is the input)."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    library: Optional[Path] = typer.Option(None, help="A guideline library from an earlier run (its "
+                                                      "export/guidelines.parquet); default: write one from these inputs."),
+    k: int = typer.Option(3, help="Guidelines retrieved per input."),
+    per_input: int = typer.Option(3, help="Guidelines the model writes per input when it builds the library."),
+    threshold: float = typer.Option(0.9, help="Embedding cosine above which a guideline repeats an earlier one."),
+    embedder: str = typer.Option("minilm", help="Embeds guidelines and inputs for dedup and retrieval (minilm or a "
+                                                "sentence-transformers name or path)."),
+    max_tokens: int = typer.Option(1024, help="Length of a guided answer."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """Guide-Align (arXiv 2403.11838): the model writes guidelines for each input, deduplicated by embedding into a
+    library (export/guidelines.parquet, reusable with --library); each input is then answered with its top-k
+    guidelines in the system prompt, and kept as (input, guided answer) for SFT."""
+    run_job("guide_align_job", out, input_path=input, library=library, k=k, per_input=per_input, threshold=threshold,
+            embedder=embedder, max_tokens=max_tokens, shard_size=shard_size, strict=strict, salvage=salvage,
+            engine=engine_spec(engine, model, base_url, template, option, api_key_env))

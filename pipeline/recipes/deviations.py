@@ -18,6 +18,9 @@ def _default(function, name: str):
 def rows() -> list[tuple[str, str, str, str, str]]:
     """(method, setting, paper / reference code, ours, why) per deviation."""
     from pipeline.recipes.curate import curate_steps
+    from pipeline.recipes.selfalign import guided_step
+    from pipeline.ship.train import LoraSettings
+    from pipeline.synth.guide_align import THRESHOLD as GUIDE_THRESHOLD
     from pipeline.recipes.magpie import CPU_PROFILE
     from pipeline.recipes.mcts import mcts_search_step
     from pipeline.recipes.tag import tag_steps
@@ -73,6 +76,17 @@ def rows() -> list[tuple[str, str, str, str, str]]:
          "dissatisfied exchange"),
         ("CodecLM", "prompts", "the paper's figures (no official code)", "our wording of them",
          "no reference text to copy"),
+        ("I-SHEEP", "new tasks per request", "up to 16 parsed from one completion (stop at '17')",
+         "one (stop at `###`), with its own seed", "every row seeded on its own: results do not depend on batching"),
+        ("I-SHEEP", "answers", "a raw continuation of `{instruction}{input}\\n`",
+         "through the model's chat template (self-assessment stays a raw continuation, as the reference's)",
+         "the pairs train a chat model"),
+        ("I-SHEEP", "training step", "LLaMA-Factory LoRA (DeepSpeed), 2 epochs, merged by its export",
+         f"TRL SFTTrainer + PEFT LoRA (r {LoraSettings.rank}, alpha {LoraSettings.alpha}, lr {LoraSettings.learning_rate}, "
+         f"{LoraSettings.epochs:g} epochs), merged; `--train-steps` caps it", "the trainer our exports target; a pluggable hook"),
+        ("Guide-Align", "retrieval", "a trained lightweight retrieval model", f"the sentence embedder and exact faiss top-k "
+         f"(default k {_default(guided_step, 'k')}); library dedup at cosine > {GUIDE_THRESHOLD}",
+         "no published retriever to load; an embedder needs no training data"),
     ]
 
 

@@ -1,5 +1,5 @@
 """Self-alignment jobs: Alignment-for-Honesty "I don't know" data from a model's own correctness, and I-SHEEP's
-generate → self-assess → train loop."""
+generate → self-assess → train loop, and Guide-Align's guideline library and guided answers."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.codehash import code_hash
+from pipeline.core.inputs import content_hash, write_input
 from pipeline.core.records import record_id
-from pipeline.core.rundir import check_identity, write_atomic, write_shard
+from pipeline.core.rundir import check_identity, summarize, write_atomic, write_shard
 from pipeline.engines import EngineSpec
 from pipeline.engines.models import resolve_model
-from pipeline.recipes.steps import Progress, Step, input_job, run_job
+from pipeline.recipes.steps import Progress, Step, export_parquet, input_job, run_job, run_steps
 from pipeline.ship.train import TrainHook
 from pipeline.synth import isheep
 
@@ -127,3 +128,42 @@ def self_scores(run_dir: Path) -> dict:
         return {c: (round(float(df[c].mean()), 2) if df.height else None) for c in ("self_quality", "self_following")}
 
     return {"assessed": assessed.height, "kept": kept.height, "assessed_mean": means(assessed), "kept_mean": means(kept)}
+
+
+
+def guideline_library_steps(*, per_input: int = 3, threshold: float = 0.9, embedder: str = "minilm",
+                            shard_size: int = 32) -> list[Step]:
+    """Guide-Align's library: guidelines written per input, then deduplicated into the library stage."""
+    return [Step("guidelines-written", "pipeline.synth.guide_align:write_guidelines", {"per_input": per_input},
+                 shard_size=shard_size),
+            Step("library", "pipeline.select.guide_library:build_library", {"threshold": threshold, "embedder": embedder},
+                 uses_engine=False, shard_size=None)]
+
+
+def guided_step(library: Path, *, k: int = 3, max_tokens: int = 1024, shard_size: int = 32) -> Step:
+    """Guide-Align's answers with the top-k guidelines of the library file at `library` (its content is part of the
+    step's identity)."""
+    library = Path(library).resolve()
+    return Step("guided", "pipeline.synth.guide_align:answer_with_guidelines",
+                {"library": str(library), "library_sha": content_hash(library), "k": k, "max_tokens": max_tokens},
+                shard_size=shard_size)
+
+
+def guide_align_job(out: Path, *, input_path: Path, engine: EngineSpec, library: Path | None = None, k: int = 3,
+                    per_input: int = 3, threshold: float = 0.9, embedder: str = "minilm", max_tokens: int = 1024,
+                    shard_size: int = 32, strict: bool = False, salvage: bool = False, max_failure_rate: float = 0.1,
+                    on_progress: Progress | None = None) -> dict:
+    """Guide-Align over the inputs at `input_path` into `out`: unless `library` (a guideline library Parquet file from
+    an earlier run) is given, the model writes guidelines for every input and they are deduplicated into
+    OUT/export/guidelines.parquet; then each input is answered with its top-`k` guidelines (OUT/export/data.parquet)."""
+    started = time.perf_counter()
+    source = write_input(out, input_path, strict=strict, salvage=salvage)
+    run = dict(engine=engine, max_failure_rate=max_failure_rate, on_progress=on_progress)
+    exports = {}
+    if library is None:
+        steps = guideline_library_steps(per_input=per_input, threshold=threshold, embedder=embedder, shard_size=shard_size)
+        library = exports["guidelines"] = export_parquet(out, run_steps(out, steps, source, **run), name="guidelines")
+    last = run_steps(out, [guided_step(library, k=k, max_tokens=max_tokens, shard_size=shard_size)], source, **run)
+    exports["data"] = export_parquet(out, last, card="Guide-Align guided responses")
+    return summarize(out) | {"export": {name: str(path) for name, path in exports.items()},
+                             "seconds": round(time.perf_counter() - started, 1)}

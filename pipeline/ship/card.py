@@ -19,7 +19,8 @@ METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "m
                     "pipeline.synth.codeclm": "codeclm", "pipeline.select.isa": "isa", "pipeline.score.ifd": "ifd",
                     "pipeline.score.bleu": "bleuberi", "pipeline.synth.feedback": "wildfeedback",
                     "pipeline.synth.honesty": "honesty", "pipeline.select.moi": "moi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit",
-                    "pipeline.synth.isheep": "isheep", "pipeline.synth.guide_align": "guide-align"}
+                    "pipeline.synth.isheep": "isheep", "pipeline.synth.guide_align": "guide-align",
+                    "pipeline.select.guide_library": "guide-align"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
