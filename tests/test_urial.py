@@ -48,3 +48,45 @@ def test_a_urial_responder_on_smollm2(tmp_path):
     rows = pl.read_parquet(summary["export"])
     answers = [m[-1]["content"] for m in rows["messages"].to_list() if m and m[-1]["role"] == "assistant"]
     assert answers and all("```" not in a and "# Query" not in a for a in answers)
+
+
+def test_the_urial_job_answers_the_last_user_turn_of_each_conversation(tmp_path):
+    import json
+
+    import polars as pl
+
+    from pipeline.recipes import urial_job
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "A joke?"},
+         {"role": "assistant", "content": "an answer that is replaced"}],
+        [{"role": "user", "content": "Name a color."}]]))
+    engine = EngineSpec.make("fake", "base", options={"script": {"# Query:\n```\nA joke?": "Why not!\n```\n# Query",
+                                                                 "Name a color.\n```": "\n```"}})
+    summary = urial_job(tmp_path / "run", input_path=data, engine=engine)
+    assert summary["stages"]["urial"]["drops"] == {"empty_response": 1}  # an empty answer is not a row
+    rows = pl.read_parquet(summary["export"])
+    assert rows["messages"].to_list() == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                                           {"role": "user", "content": "A joke?"}, {"role": "assistant", "content": "Why not!"}]]
+    assert json.loads(rows["meta"][0])["urial"]["sampling"]["temperature"] == 0.0
+
+
+@pytest.mark.real_llm
+def test_the_urial_command_on_smollm2(tmp_path):
+    import json
+
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from pipeline.cli.commands import app
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"instruction": q}) + "\n" for q in ["What is the capital of France?", "Name two primes."]))
+    result = CliRunner().invoke(app, ["urial", "--input", str(data), "--out", str(tmp_path / "run"), "--engine", "llamacpp",
+                                      "--max-tokens", "48"])
+    assert result.exit_code == 0, result.output
+    rows = pl.read_parquet(tmp_path / "run" / "export" / "data.parquet")
+    assert rows.height >= 1 and all(m[-1]["role"] == "assistant" and m[-1]["content"] and "```" not in m[-1]["content"]
+                                    for m in rows["messages"].to_list())
+    assert "[urial](https://arxiv.org/abs/2312.01552)" in (tmp_path / "run" / "export" / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""`aligndata isheep` and `guide-align`: self-alignment jobs where the model writes its own data (and guidelines)."""
+"""`aligndata urial`, `isheep` and `guide-align`: self-alignment jobs where the model writes its own data (and guidelines)."""
 from __future__ import annotations
 
 import json
@@ -77,3 +77,25 @@ def guide_align(
     run_job("guide_align_job", out, input_path=input, library=library, k=k, per_input=per_input, threshold=threshold,
             embedder=embedder, max_tokens=max_tokens, shard_size=shard_size, strict=strict, salvage=salvage,
             engine=engine_spec(engine, model, base_url, template, option, api_key_env))
+
+
+@app.command()
+def urial(
+    input: Path = typer.Option(..., help="Conversations to answer (any format curate reads); each is cut after its last "
+                                         "user turn and that turn is answered."),
+    out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
+    max_tokens: int = typer.Option(1024, help="Length of an answer."),
+    engine: str = ENGINE,
+    model: str = MODEL,
+    base_url: Optional[str] = BASE_URL,
+    template: Optional[str] = TEMPLATE,
+    option: list[str] = OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    shard_size: int = shard_size_option(32),
+    strict: bool = STRICT,
+    salvage: bool = SALVAGE,
+) -> None:
+    """URIAL (arXiv 2312.01552): a base model (--model) answers each conversation through URIAL's in-context prompt
+    (three stylistic examples, `# Query:` / `# Answer:`), greedily; no chat template or fine-tuning needed."""
+    run_job("urial_job", out, input_path=input, max_tokens=max_tokens, shard_size=shard_size, strict=strict,
+            salvage=salvage, engine=engine_spec(engine, model, base_url, template, option, api_key_env))

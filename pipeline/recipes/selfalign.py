@@ -1,4 +1,4 @@
-"""Self-alignment jobs: Alignment-for-Honesty "I don't know" data from a model's own correctness, and I-SHEEP's
+"""Self-alignment jobs: URIAL answers from a base model, Alignment-for-Honesty "I don't know" data from a model's own correctness, and I-SHEEP's
 generate → self-assess → train loop, and Guide-Align's guideline library and guided answers."""
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def honesty_steps(*, method: str = "absolute", m: int = 10, answers_column: str 
                  shard_size=shard_size),
             Step(f"honesty-{method}", "pipeline.synth.honesty:build_stage", {"method": method}, uses_engine=False,
                  shard_size=None)]
+
+
+def urial_job(out: Path, *, input_path: Path, engine: EngineSpec, max_tokens: int = 1024, shard_size: int = 32,
+              strict: bool = False, salvage: bool = False, max_failure_rate: float = 0.1,
+              on_progress: Progress | None = None) -> dict:
+    """URIAL answers from a base model for the conversations at `input_path` (1 and more turns) into `out`."""
+    return input_job(out, input_path=input_path, engine=engine, strict=strict, salvage=salvage,
+                     steps=[Step("urial", "pipeline.synth.urial_answers:answer", {"max_tokens": max_tokens}, shard_size=shard_size)],
+                     max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
 def honesty_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: bool = False, salvage: bool = False,

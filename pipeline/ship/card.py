@@ -20,7 +20,7 @@ METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "m
                     "pipeline.score.bleu": "bleuberi", "pipeline.synth.feedback": "wildfeedback",
                     "pipeline.synth.honesty": "honesty", "pipeline.select.moi": "moi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit",
                     "pipeline.synth.isheep": "isheep", "pipeline.synth.guide_align": "guide-align",
-                    "pipeline.select.guide_library": "guide-align"}
+                    "pipeline.select.guide_library": "guide-align", "pipeline.synth.urial_answers": "urial"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
@@ -29,7 +29,8 @@ PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.
           "long-output": "https://arxiv.org/abs/2410.10210", "bleuberi": "https://arxiv.org/abs/2505.11080",
           "audit": "https://arxiv.org/abs/2510.18554", "wildfeedback": "https://arxiv.org/abs/2408.15549",
           "honesty": "https://arxiv.org/abs/2312.07000", "moi": "https://arxiv.org/abs/2404.18410",
-          "isheep": "https://arxiv.org/abs/2408.08072", "guide-align": "https://arxiv.org/abs/2403.11838"}
+          "isheep": "https://arxiv.org/abs/2408.08072", "guide-align": "https://arxiv.org/abs/2403.11838",
+          "urial": "https://arxiv.org/abs/2312.01552"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -55,6 +56,8 @@ CITATIONS = {
               "  journal={arXiv preprint arXiv:2408.08072}, year={2024}}",
     "guide-align": "@article{luo2024guidealign,\n  title={Ensuring Safe and High-Quality Outputs: A Guideline Library Approach for Language Models},\n"
                    "  journal={arXiv preprint arXiv:2403.11838}, year={2024}}",
+    "urial": "@inproceedings{lin2024unlocking,\n  title={The Unlocking Spell on Base LLMs: Rethinking Alignment via In-Context Learning},\n"
+             "  booktitle={ICLR}, year={2024}}",
     "audit": "@article{barbero2025extracting,\n  title={Extracting alignment data in open models},\n"
              "  journal={arXiv preprint arXiv:2510.18554}, year={2025}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
