@@ -1,4 +1,5 @@
-"""The mine flow: a mining method (WildFeedback pairs, BLEUBERI selection, overlap audit) over the user's data."""
+"""The mine flow: a method over the user's data (WildFeedback pairs, BLEUBERI selection, overlap audit, honesty data,
+URIAL answers, Mixture-of-Instructions packing)."""
 from __future__ import annotations
 
 from prefect import flow
@@ -12,7 +13,7 @@ def mine_flow(out: str, input_path: str, method: str, engine: dict | None = None
               max_failure_rate: float = 0.1, gpus: float = 0.0) -> str:
     """Run `method` (recipes.MINING_METHODS) over the data at `input_path` into the run directory `out`; returns the
     last stage directory. `options` are the keyword arguments of recipes.mining_steps(method) (e.g. k and mode for
-    bleuberi, against for audit); `engine` is EngineSpec.make's keyword arguments (default SmolLM2 on vLLM)."""
+    bleuberi, against for audit, system_prompts for moi); `engine` is EngineSpec.make's keyword arguments (default SmolLM2 on vLLM)."""
     steps = recipes.mining_steps(method, **(options or {}))
     source = input_task.submit(out, input_path).result()
     return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

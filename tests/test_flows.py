@@ -228,3 +228,27 @@ def test_the_guide_align_flow_builds_the_library_then_answers(tmp_path, step_cal
     row = pl.read_parquet(out["data"])
     assert json.loads(row["meta"][0])["guide_align"]["guidelines"] == ["Keep chemicals away from children."]
     assert row["messages"][0].to_list()[-1]["content"] == "Guided."
+
+
+def test_the_mine_flow_runs_honesty_urial_and_moi(tmp_path, step_calls):
+    from flows.mine import mine_flow
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"instruction": "Capital of France?", "output": "Paris", "category": "geo"},
+        {"instruction": "2 + 2?", "output": "four", "category": "math"}]))  # not a hex digit: fake replies are hashes
+    engine = {"backend": "fake", "model": "m", "options": {"script": {"Q: Capital": "Paris", "# Query:\n```\n2 + 2?": "2 + 2 = 4\n```"}}}
+    last = mine_flow(out=str(tmp_path / "honesty"), input_path=str(qa), method="honesty", engine=engine, options={"m": 2})
+    rows = read_shards(last)
+    assert step_calls == ["answered", "honesty-absolute"] and rows.height == 2
+    assert sorted(m[1]["content"] for m in rows["messages"].to_list())[0] == "I apologize, but I'm not able to provide an answer to the question."
+    step_calls.clear()
+    last = mine_flow(out=str(tmp_path / "urial"), input_path=str(qa), method="urial", engine=engine)
+    answers = [m[-1]["content"] for m in read_shards(last)["messages"].to_list()]
+    assert step_calls == ["urial"] and len(answers) == 2 and answers[1] == "2 + 2 = 4"  # the dataset's answer was replaced
+    step_calls.clear()
+    last = mine_flow(out=str(tmp_path / "moi"), input_path=str(qa), method="moi",
+                     options={"system_prompts": {"*": "You are helpful."}, "max_tokens": 512})
+    packed = read_shards(last)
+    roles = [m["role"] for m in packed["messages"][0]]
+    assert step_calls == ["packed"] and packed.height == 1 and roles == ["system", "user", "assistant"] * 2

@@ -7,9 +7,9 @@ from pipeline.recipes.audit import audit_job, audit_step
 from pipeline.recipes.codeclm import codeclm_steps
 from pipeline.recipes.curate import DEDUP_METHODS, SELECTORS, curate_job, curate_steps
 from pipeline.recipes.magpie import magpie_job, magpie_steps, write_plan
-from pipeline.recipes.mining import bleuberi_job, bleuberi_steps, feedback_job, feedback_steps, moi_job
+from pipeline.recipes.mining import bleuberi_job, bleuberi_steps, feedback_job, feedback_steps, moi_job, moi_step
 from pipeline.recipes.selfalign import (guide_align_job, guided_step, guideline_library_steps, honesty_job, honesty_steps,
-                                        isheep_job, isheep_steps, urial_job)
+                                        isheep_job, isheep_steps, urial_job, urial_step)
 from pipeline.recipes.mcts import MCTS_DATASETS, mcts_dataset_step, mcts_job, mcts_search_step
 from pipeline.recipes.steps import Step, export_parquet, input_job, run_step, run_steps, write_input
 from pipeline.recipes.tag import tag_steps
@@ -17,18 +17,24 @@ from pipeline.recipes.tag import tag_steps
 SYNTHESIS_METHODS = ("magpie", "codeclm", "mcts")
 
 
-MINING_METHODS = ("feedback", "bleuberi", "audit")
+MINING_METHODS = ("feedback", "bleuberi", "audit", "honesty", "urial", "moi")
 
 
 def mining_steps(method: str, **options) -> list[Step]:
-    """The steps of one mining method over the user's data: feedback_steps, bleuberi_steps or the audit step
-    (options: against=PATH, field, ngram)."""
+    """The steps of one method over the user's data: feedback_steps, bleuberi_steps, the audit step (options:
+    against=PATH, field, ngram), honesty_steps, the URIAL step or the MoI packing step (options: system_prompts, ...)."""
     if method == "feedback":
         return feedback_steps(**options)
     if method == "bleuberi":
         return bleuberi_steps(**options)
     if method == "audit":
         return [audit_step(**options)]
+    if method == "honesty":
+        return honesty_steps(**options)
+    if method == "urial":
+        return [urial_step(**options)]
+    if method == "moi":
+        return [moi_step(**options)]
     raise ValueError(f"unknown mining method {method!r}; valid: {list(MINING_METHODS)}")
 
 
@@ -44,6 +50,6 @@ def synthesis_steps(method: str, **options) -> list[Step]:
     raise ValueError(f"unknown synthesis method {method!r}; valid: {list(SYNTHESIS_METHODS)}")
 
 
-__all__ = ["urial_job", "guide_align_job", "guided_step", "guideline_library_steps", "moi_job", "honesty_job", "honesty_steps", "isheep_job", "isheep_steps", "MINING_METHODS", "audit_job", "audit_step", "mining_steps", "bleuberi_job", "bleuberi_steps", "feedback_job", "feedback_steps", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
+__all__ = ["urial_job", "urial_step", "moi_step", "guide_align_job", "guided_step", "guideline_library_steps", "moi_job", "honesty_job", "honesty_steps", "isheep_job", "isheep_steps", "MINING_METHODS", "audit_job", "audit_step", "mining_steps", "bleuberi_job", "bleuberi_steps", "feedback_job", "feedback_steps", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
            "curate_steps", "export_parquet", "input_job", "magpie_job", "magpie_steps", "mcts_dataset_step", "mcts_job",
            "mcts_search_step", "run_step", "run_steps", "synthesis_steps", "tag_steps", "write_input", "write_plan"]

@@ -38,12 +38,18 @@ def feedback_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: boo
                      salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
+def moi_step(*, system_prompts: dict[str, str], max_tokens: int = 2048, quotas: dict[str, int] | None = None,
+             tokenizer: str | None = None) -> Step:
+    """Mixture-of-Instructions packing over the whole input (pipeline.select.moi.pack)."""
+    return Step("packed", "pipeline.select.moi:pack", {"system_prompts": system_prompts, "max_tokens": max_tokens,
+                                                       "quotas": quotas, "tokenizer": tokenizer},
+                uses_engine=False, shard_size=None)
+
+
 def moi_job(out: Path, *, input_path: Path, system_prompts: dict[str, str], max_tokens: int = 2048,
             quotas: dict[str, int] | None = None, tokenizer: str | None = None, strict: bool = False,
             salvage: bool = False, on_progress: Progress | None = None) -> dict:
     """Mixture-of-Instructions packing of the rows at `input_path` into `out` (pipeline.select.moi.pack)."""
-    step = Step("packed", "pipeline.select.moi:pack", {"system_prompts": system_prompts, "max_tokens": max_tokens,
-                                                       "quotas": quotas, "tokenizer": tokenizer},
-                uses_engine=False, shard_size=None)
+    step = moi_step(system_prompts=system_prompts, max_tokens=max_tokens, quotas=quotas, tokenizer=tokenizer)
     return input_job(out, input_path=input_path, steps=[step], engine=None, strict=strict, salvage=salvage,
                      on_progress=on_progress)

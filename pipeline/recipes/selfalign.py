@@ -35,12 +35,17 @@ def honesty_steps(*, method: str = "absolute", m: int = 10, answers_column: str 
                  shard_size=None)]
 
 
+def urial_step(*, max_tokens: int = 1024, shard_size: int = 32) -> Step:
+    """URIAL answers from a base model (pipeline.synth.urial_answers.answer)."""
+    return Step("urial", "pipeline.synth.urial_answers:answer", {"max_tokens": max_tokens}, shard_size=shard_size)
+
+
 def urial_job(out: Path, *, input_path: Path, engine: EngineSpec, max_tokens: int = 1024, shard_size: int = 32,
               strict: bool = False, salvage: bool = False, max_failure_rate: float = 0.1,
               on_progress: Progress | None = None) -> dict:
     """URIAL answers from a base model for the conversations at `input_path` (1 and more turns) into `out`."""
     return input_job(out, input_path=input_path, engine=engine, strict=strict, salvage=salvage,
-                     steps=[Step("urial", "pipeline.synth.urial_answers:answer", {"max_tokens": max_tokens}, shard_size=shard_size)],
+                     steps=[urial_step(max_tokens=max_tokens, shard_size=shard_size)],
                      max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
