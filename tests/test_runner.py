@@ -97,3 +97,48 @@ def test_a_stage_warning_goes_to_the_manifest_line(tmp_path):
     run_stage(tmp_path, "warned", _warning_stage, source=magpie.plan(2, seed=0), params={"note": "registry disagrees"})
     [entry] = read_manifest(tmp_path)
     assert entry["warnings"] == ["registry disagrees"]
+
+
+def test_an_engine_stage_is_one_engine_call_across_shards_and_rows_do_not_change(tmp_path):
+    """Shards are for durability: with batch_rows 10 the 3 pending shards (4 + 4 + 2 rows) go to the engine as one
+    call of 10, are written as 3 shards with their own manifest lines, and equal a shard-at-a-time run."""
+    one_by_one = EngineSpec.make("fake", "window-model")
+    windowed = EngineSpec.make("fake", "window-model", options={"batch_rows": 10})
+    run_stage(tmp_path / "a", "instructions", magpie.synthesize, source=magpie.plan(10, seed=0), engine=one_by_one, shard_size=4)
+    engine = load_engine(windowed)
+    run_stage(tmp_path / "b", "instructions", magpie.synthesize, source=magpie.plan(10, seed=0), engine=windowed, shard_size=4)
+    assert [n for n, _ in engine.calls] == [10]
+    assert sorted(p.name for p in (tmp_path / "b" / "instructions").glob("shard-*")) == [f"shard-0000{i}.parquet" for i in range(3)]
+    assert [e["rows_in"] for e in read_manifest(tmp_path / "b")] == [4, 4, 2]
+    assert read_shards(tmp_path / "b" / "instructions").drop("meta").equals(read_shards(tmp_path / "a" / "instructions").drop("meta"))
+    # resume: only the unfinished shards are sent, still together
+    for index in (0, 2):
+        (tmp_path / "b" / "instructions" / f"shard-0000{index}.parquet").unlink()
+    run_stage(tmp_path / "b", "instructions", magpie.synthesize, source=magpie.plan(10, seed=0), engine=windowed, shard_size=4)
+    assert [n for n, _ in engine.calls] == [10, 4, 2]  # shard 1 was finished: two windows around it
+
+
+def echo(df, *, engine):
+    """A test stage: one request per row, its prompt the row's id."""
+    from pipeline.engines import Sampling, failure_reason
+
+    replies = engine.generate(df["id"].to_list(), Sampling(max_tokens=4))
+    return df.with_columns(pl.Series("drop_reason", [failure_reason(r) for r in replies], dtype=pl.String))
+
+
+def test_a_failing_shard_in_a_window_keeps_the_shards_before_it(tmp_path):
+    plan = magpie.plan(12, seed=0)
+    spec = EngineSpec.make("fake", "m", options={"batch_rows": 12, "fail_on": plan["id"][4:8].to_list()})  # shard 1
+    with pytest.raises(EngineFailures, match="shard 1: 4 of 4 rows failed"):
+        run_stage(tmp_path, "s", echo, source=plan, engine=spec, shard_size=4)
+    assert [p.name for p in sorted((tmp_path / "s").glob("shard-*"))] == ["shard-00000.parquet"]  # shard 2 was in flight
+    assert [(e["shard"], e["status"]) for e in read_manifest(tmp_path)] == [(0, "done"), (1, "failed")]
+
+
+def test_a_stage_that_builds_new_rows_is_split_by_id_or_parent_id(tmp_path):
+    from pipeline.recipes.runner import _shard_of_rows
+
+    tagged = pl.DataFrame({"id": ["a", "b", "c"], "_shard": [0, 0, 1]})
+    out = pl.DataFrame({"id": ["a", "x"], "parent_id": [None, "c"]})
+    assert _shard_of_rows(tagged, out, [0, 1])["_shard"].to_list() == [0, 1]
+    assert _shard_of_rows(tagged, pl.DataFrame({"id": ["new"]}), [0, 1]) is None

@@ -1,7 +1,11 @@
 """Run one stage over a run directory, shard by shard, resumably.
 
 A shard is finished when its Parquet file exists (written atomically, after its dropped rows), so a
-crashed run resumes by skipping finished shards and redoing only the one it was in. Rows a stage marks
+crashed run resumes by skipping finished shards and redoing only the ones in flight.
+Shards are for durability, not for the engine's batch: an engine stage is called on a *window* of consecutive
+unfinished shards of up to `engine_batch_rows(spec)` rows (vLLM 1024, an OpenAI-compatible server 256; one shard
+for llama.cpp, which decodes one sequence at a time), and its output is split back into those shards, each written
+and logged on its own. Rows are seeded per row, so the window does not change them. Rows a stage marks
 with `drop_reason` go to `dropped-*.parquet` and are counted in the manifest; if engine failures in a
 shard exceed `max_failure_rate`, the shard is not written and the run stops with `EngineFailures`.
 """
@@ -20,6 +24,9 @@ from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.codehash import code_hash
 from pipeline.engines.models import model_revision
 from pipeline.core.rundir import ShardState, StageWarning, append_manifest, check_identity, read_shards, write_shard
+
+
+SHARD = "_shard"  # which shard of a window a row came from (stages keep the columns they are given)
 
 
 class EngineFailures(RuntimeError):
@@ -70,29 +77,84 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     models = {**(engines or {}), **({"engine": engine} if engine else {})}
     wants_checkpoint = "checkpoint" in inspect.signature(stage).parameters
     loaded: dict | None = None  # the models, loaded when the first unfinished shard needs them
-    for index in range(total):
-        shard_path = stage_dir / f"shard-{index:05d}.parquet"
-        if not shard_path.exists():
+    batch_rows = 0 if wants_checkpoint else max((engine_batch_rows(spec) for spec in models.values()), default=0)
+    done = 0
+    heights = [min(size, frame.height - i * size) for i in range(total)]
+    for window in _windows(heights, batch_rows, lambda i: (stage_dir / f"shard-{i:05d}.parquet").exists()):
+        if window:
             loaded = loaded if loaded is not None else {role: load_engine(spec) for role, spec in models.items()}
             kwargs = {**params, **loaded}
             if wants_checkpoint:
-                kwargs["checkpoint"] = ShardState(stage_dir / f"state-{index:05d}.json")
-            _run_shard(run_dir, stage_dir, shard_path, index, frame.slice(index * size, size), stage, identity,
-                       kwargs, max_failure_rate, computes)
+                kwargs["checkpoint"] = ShardState(stage_dir / f"state-{window[0]:05d}.json")
+            shards = [frame.slice(index * size, size) for index in window]
+            _run_window(run_dir, stage_dir, window, shards, stage, identity, kwargs, max_failure_rate, computes)
+        done += max(len(window), 1)
         if on_shard:
-            on_shard(index + 1, total)
+            on_shard(min(done, total), total)
     return stage_dir
 
 
-def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kwargs, max_failure_rate, computes):
+def engine_batch_rows(spec: EngineSpec) -> int:
+    """Rows per engine call across shards: the `batch_rows` option, else the backend's (vLLM 1024: its scheduler
+    fills the GPU with hundreds of sequences; an OpenAI-compatible server 256, so `concurrency` requests stay in flight;
+    0, one shard, for engines that decode one sequence at a time)."""
+    return int(spec.opts.get("batch_rows", {"vllm": 1024, "openai": 256}.get(spec.backend, 0)))
+
+
+def _windows(rows: list[int], batch_rows: int, finished: Callable[[int], bool]):
+    """Consecutive unfinished shard indices (shard i has rows[i] rows), grouped up to `batch_rows` rows (at least one
+    shard per group); a finished shard yields [] so progress still counts it."""
+    window: list[int] = []
+    for index, height in enumerate(rows):
+        if finished(index):
+            if window:
+                yield window
+                window = []
+            yield []
+            continue
+        if window and sum(rows[i] for i in window) + height > batch_rows:
+            yield window
+            window = []
+        window.append(index)
+    if window:
+        yield window
+
+
+def _shard_of_rows(tagged: pl.DataFrame, out: pl.DataFrame, window: list[int]) -> pl.DataFrame | None:
+    """`out` with each row's shard, for a stage that built a new frame: by its `id`, else its `parent_id`, among the
+    input's ids; None when a row matches neither (only a one-shard window can then be written)."""
+    if len(window) == 1:
+        return out.with_columns(pl.lit(window[0], dtype=pl.Int64).alias(SHARD))
+    shard_of = dict(zip(tagged["id"].to_list(), tagged[SHARD].to_list()))
+    parents = out["parent_id"].to_list() if "parent_id" in out.columns else [None] * out.height
+    shards = [shard_of.get(rid, shard_of.get(parent)) for rid, parent in zip(out["id"].to_list(), parents)]
+    return None if None in shards else out.with_columns(pl.Series(SHARD, shards, dtype=pl.Int64))
+
+
+def _run_window(run_dir, stage_dir, window, shards, stage, identity, kwargs, max_failure_rate, computes):
+    """One stage call on the shards of `window` together, then each shard written and logged on its own."""
     started = time.perf_counter()
+    tagged = pl.concat([shard.with_columns(pl.lit(index, dtype=pl.Int64).alias(SHARD)) for index, shard in zip(window, shards)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StageWarning)
-        out = stage(shard, **kwargs)
+        out = stage(tagged, **kwargs)
     notes = sorted({str(w.message) for w in caught if issubclass(w.category, StageWarning)})
     for w in caught:  # everything else is shown as it would have been
         if not issubclass(w.category, StageWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if SHARD not in out.columns:
+        out = _shard_of_rows(tagged, out, window)
+        if out is None:  # rows the stage made anew, from no input id: go shard by shard
+            for index, shard in zip(window, shards):
+                _run_window(run_dir, stage_dir, [index], [shard], stage, identity, kwargs, max_failure_rate, computes)
+            return
+    seconds = (time.perf_counter() - started) / len(window)
+    for index, shard in zip(window, shards):
+        _finish_shard(run_dir, stage_dir, index, shard.height, out.filter(pl.col(SHARD) == index).drop(SHARD),
+                      identity, notes, seconds, max_failure_rate, computes)
+
+
+def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seconds, max_failure_rate, computes):
     if "drop_reason" not in out.columns:
         out = out.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
     dropped = out.filter(pl.col("drop_reason").is_not_null())
@@ -100,18 +162,18 @@ def _run_shard(run_dir, stage_dir, shard_path, index, shard, stage, identity, kw
     failures = sum(n for reason, n in drops.items() if reason.startswith(ENGINE_ERROR))
     kept = out.filter(pl.col("drop_reason").is_null())
     nulls = {c: kept[c].null_count() for c in computes if c in kept.columns and kept[c].null_count()}
-    entry = {"stage": identity["stage"], "code": identity["code"], "shard": index, "rows_in": shard.height,
-             "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(time.perf_counter() - started, 3),
+    entry = {"stage": identity["stage"], "code": identity["code"], "shard": index, "rows_in": rows_in,
+             "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(seconds, 3),
              "engine": identity["engine"], "params": identity["params"],
              **({"warnings": notes} if notes else {})}
-    if shard.height and failures > max_failure_rate * shard.height:
+    if rows_in and failures > max_failure_rate * rows_in:
         append_manifest(run_dir, {**entry, "status": "failed"})
         raise EngineFailures(
-            f"stage {identity['stage']!r} shard {index}: {failures} of {shard.height} rows failed in the engine "
+            f"stage {identity['stage']!r} shard {index}: {failures} of {rows_in} rows failed in the engine "
             f"({ {k: v for k, v in drops.items() if k.startswith(ENGINE_ERROR)} }), more than max_failure_rate="
             f"{max_failure_rate:.0%}. Finished shards are kept in {stage_dir}; check the engine (is the server up? "
             "the model path right?) and run the same command again to resume.")
     if dropped.height:
         write_shard(dropped, stage_dir / f"dropped-{index:05d}.parquet")
-    write_shard(kept, shard_path)
+    write_shard(kept, stage_dir / f"shard-{index:05d}.parquet")
     append_manifest(run_dir, {**entry, "status": "done"})
