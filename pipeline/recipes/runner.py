@@ -23,6 +23,7 @@ import polars as pl
 from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.codehash import code_hash
 from pipeline.engines.models import model_revision
+from pipeline.recipes.replicas import EXECUTION
 from pipeline.core.rundir import ShardState, StageWarning, append_manifest, check_identity, read_shards, write_shard
 
 
@@ -78,20 +79,61 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     wants_checkpoint = "checkpoint" in inspect.signature(stage).parameters
     loaded: dict | None = None  # the models, loaded when the first unfinished shard needs them
     batch_rows = 0 if wants_checkpoint else max((engine_batch_rows(spec) for spec in models.values()), default=0)
-    done = 0
     heights = [min(size, frame.height - i * size) for i in range(total)]
-    for window in _windows(heights, batch_rows, lambda i: (stage_dir / f"shard-{i:05d}.parquet").exists()):
-        if window:
-            loaded = loaded if loaded is not None else {role: load_engine(spec) for role, spec in models.items()}
-            kwargs = {**params, **loaded}
-            if wants_checkpoint:
-                kwargs["checkpoint"] = ShardState(stage_dir / f"state-{window[0]:05d}.json")
-            shards = [frame.slice(index * size, size) for index in window]
-            _run_window(run_dir, stage_dir, window, shards, stage, identity, kwargs, max_failure_rate, computes)
-        done += max(len(window), 1)
-        if on_shard:
-            on_shard(min(done, total), total)
+    pool_settings = EXECUTION.get() if models and not wants_checkpoint else None
+    if pool_settings:  # every replica gets work: windows of at most an equal share of the rows
+        batch_rows = min(batch_rows, -(-frame.height // pool_settings.count))
+    windows = list(_windows(heights, batch_rows, lambda i: (stage_dir / f"shard-{i:05d}.parquet").exists()))
+    progress = _progress(on_shard, total, sum(not w for w in windows))
+
+    def finish(window: list[int], result) -> None:
+        shards = [frame.slice(index * size, size) for index in window]
+        _write_window(run_dir, stage_dir, window, shards, result, identity, max_failure_rate, computes,
+                      redo=lambda i, shard: run_window([i], [shard]))
+        progress(len(window))
+
+    def run_window(window: list[int], shards: list[pl.DataFrame]) -> None:
+        nonlocal loaded
+        loaded = loaded if loaded is not None else {role: load_engine(spec) for role, spec in models.items()}
+        kwargs = {**params, **loaded}
+        if wants_checkpoint:
+            kwargs["checkpoint"] = ShardState(stage_dir / f"state-{window[0]:05d}.json")
+        _write_window(run_dir, stage_dir, window, shards, call_stage(stage, _tagged(window, shards), kwargs), identity,
+                      max_failure_rate, computes, redo=lambda i, shard: run_window([i], [shard]))
+        progress(len(window))
+
+    work = [w for w in windows if w]
+    if pool_settings and work:
+        from pipeline.recipes.replicas import ReplicaPool
+
+        gpus = 1.0 if any(spec.backend == "vllm" for spec in models.values()) and _cluster_gpus() else 0.0
+        pool = ReplicaPool(pool_settings, {role: spec.to_json() for role, spec in models.items()}, gpus)
+        try:
+            pool.map(work, lambda w: (stage, _tagged(w, [frame.slice(i * size, size) for i in w]), params), finish)
+        finally:
+            pool.close()
+    else:
+        for window in work:
+            run_window(window, [frame.slice(index * size, size) for index in window])
     return stage_dir
+
+
+def _progress(on_shard: Callable[[int, int], None] | None, total: int, finished: int) -> Callable[[int], None]:
+    done = [finished]
+
+    def advance(shards: int) -> None:
+        done[0] += shards
+        if on_shard:
+            on_shard(min(done[0], total), total)
+
+    advance(0)
+    return advance
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0.0)
 
 
 def engine_batch_rows(spec: EngineSpec) -> int:
@@ -131,27 +173,37 @@ def _shard_of_rows(tagged: pl.DataFrame, out: pl.DataFrame, window: list[int]) -
     return None if None in shards else out.with_columns(pl.Series(SHARD, shards, dtype=pl.Int64))
 
 
-def _run_window(run_dir, stage_dir, window, shards, stage, identity, kwargs, max_failure_rate, computes):
-    """One stage call on the shards of `window` together, then each shard written and logged on its own."""
+def _tagged(window: list[int], shards: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat([shard.with_columns(pl.lit(index, dtype=pl.Int64).alias(SHARD)) for index, shard in zip(window, shards)])
+
+
+def call_stage(stage: Callable, frame: pl.DataFrame, kwargs: dict) -> tuple[pl.DataFrame, list[str], float]:
+    """(the stage's output, its StageWarnings' messages, seconds) for one call; other warnings are shown as usual."""
     started = time.perf_counter()
-    tagged = pl.concat([shard.with_columns(pl.lit(index, dtype=pl.Int64).alias(SHARD)) for index, shard in zip(window, shards)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StageWarning)
-        out = stage(tagged, **kwargs)
+        out = stage(frame, **kwargs)
     notes = sorted({str(w.message) for w in caught if issubclass(w.category, StageWarning)})
-    for w in caught:  # everything else is shown as it would have been
+    for w in caught:
         if not issubclass(w.category, StageWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return out, notes, time.perf_counter() - started
+
+
+def _write_window(run_dir, stage_dir, window, shards, result, identity, max_failure_rate, computes, redo) -> None:
+    """Split a window's output back into its shards and write each (in order); `redo(index, shard)` reruns a shard
+    alone when the stage built rows that cannot be traced to one."""
+    out, notes, seconds = result
+    tagged = _tagged(window, shards)
     if SHARD not in out.columns:
         out = _shard_of_rows(tagged, out, window)
         if out is None:  # rows the stage made anew, from no input id: go shard by shard
             for index, shard in zip(window, shards):
-                _run_window(run_dir, stage_dir, [index], [shard], stage, identity, kwargs, max_failure_rate, computes)
+                redo(index, shard)
             return
-    seconds = (time.perf_counter() - started) / len(window)
     for index, shard in zip(window, shards):
         _finish_shard(run_dir, stage_dir, index, shard.height, out.filter(pl.col(SHARD) == index).drop(SHARD),
-                      identity, notes, seconds, max_failure_rate, computes)
+                      identity, notes, seconds / len(window), max_failure_rate, computes)
 
 
 def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seconds, max_failure_rate, computes):

@@ -1,0 +1,123 @@
+"""Data-parallel engine replicas on Ray: an engine stage's windows of shards spread over N actors, each holding its
+own copy of the stage's models (loaded once), one per GPU on GPU hosts.
+
+The driver (the process running the stage) stays the only writer: a replica returns its window's output frame and
+the driver writes and logs each shard, so every shard is written exactly once, and resume works as without
+replicas. A replica that dies mid-window (a killed process, a lost node) has its window sent to another live
+replica, and a new replica takes its place. Rows are seeded per row, so which replica made a row does not change it.
+
+Ray actors rather than a Ray Data actor pool: the unit of work is our durable shard, written by the driver as it
+completes in any order, with our own retry of a lost window; Ray Data streams its own blocks to its own sinks, and
+its writes are neither atomic per shard nor resumable by our manifest.
+
+    with replicas(2, address="local"):     # or a cluster address, e.g. "auto" or "ray://head:10001"
+        run_steps(...)                      # engine stages use the replicas; other stages run here
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+EXECUTION: contextvars.ContextVar["Replicas | None"] = contextvars.ContextVar("aligndata_replicas", default=None)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    count: int
+    address: str | None = "local"  # "local": start (or join) a Ray instance on this machine
+
+
+@contextlib.contextmanager
+def replicas(count: int, address: str | None = "local") -> Iterator[None]:
+    """Engine stages run inside this block use `count` replicas on the Ray cluster at `address` ("local": start or
+    join one on this machine); with `address` None they run in this process, as without the block."""
+    if count < 1:
+        raise ValueError(f"replicas must be at least 1, got {count}")
+    token = EXECUTION.set(Replicas(count, address) if address else None)
+    try:
+        yield
+    finally:
+        EXECUTION.reset(token)
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+
+def _replica_class():
+    import ray
+
+    @ray.remote(max_restarts=0)
+    class StageReplica:
+        """One copy of a stage's models; runs windows of that stage."""
+
+        def __init__(self, models: dict[str, str]):
+            from pipeline.engines import EngineSpec, load_engine
+
+            cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)) or None
+            self.engines = {}
+            for role, spec_json in models.items():
+                spec = EngineSpec.from_json(spec_json)
+                if spec.backend == "llamacpp" and cpus and "n_threads" not in spec.opts:  # its share of the node, not all
+                    spec = EngineSpec.make(spec.backend, spec.model, base_url=spec.base_url, template=spec.template,
+                                           options={**spec.opts, "n_threads": cpus})
+                self.engines[role] = load_engine(spec)
+
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+        def run(self, stage: Callable, frame, params: dict):
+            from pipeline.recipes.runner import call_stage
+
+            return call_stage(stage, frame, {**params, **self.engines})
+
+    return StageReplica
+
+
+class ReplicaPool:
+    """`count` replicas of a stage's models. `map(items, submit_args, on_done)` runs every item exactly once, each on
+    whichever replica is free, and calls `on_done(item, result)` in the driver as results arrive."""
+
+    def __init__(self, settings: Replicas, models: dict[str, str], gpus_per_replica: float = 0.0):
+        import ray
+
+        _connect(settings.address)
+        self.ray, self.models, self.gpus = ray, models, gpus_per_replica
+        self.actors = [self._start() for _ in range(settings.count)]
+
+    def _start(self):
+        return _replica_class().options(num_cpus=1, num_gpus=self.gpus).remote(self.models)
+
+    def map(self, items: list, args: Callable, on_done: Callable) -> None:
+        pending, running = list(items), {}  # running: object ref -> (item, actor)
+        idle = list(self.actors)
+        while pending or running:
+            while pending and idle:
+                item, actor = pending.pop(0), idle.pop(0)
+                running[actor.run.remote(*args(item))] = (item, actor)
+            ready, _ = self.ray.wait(list(running), num_returns=1)
+            item, actor = running.pop(ready[0])
+            try:
+                result = self.ray.get(ready[0])
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError):
+                self.actors.remove(actor)  # lost with its window: the window goes back in the queue, a new replica comes
+                replacement = self._start()
+                self.actors.append(replacement)
+                idle.append(replacement)
+                pending.insert(0, item)
+                continue
+            idle.append(actor)
+            on_done(item, result)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
