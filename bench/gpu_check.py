@@ -181,7 +181,7 @@ def vllm_checks(args, work: Path) -> None:
             row(check, "skip", "vllm is not installed on this host")
         return
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--out", str(work / "quickstart"), "--engine", "vllm"],
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--out", str(work / "quickstart"), "--engine", "vllm"],
                           cwd=ROOT, capture_output=True, text=True)
     tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
     row("quickstart-vllm", "ok" if done.returncode == 0 else "FAIL", f"exit {done.returncode} in "

@@ -10,7 +10,7 @@ import typer
 
 from pipeline.cli import output
 from pipeline.cli.commands import app
-from pipeline.cli.common import ENGINE_HELP, console, fail, job_errors, print_summary
+from pipeline.cli.common import ENGINE_HELP, console, fail, hoist_global_options, job_errors, print_summary
 
 QUICKSTART_SYNTHESIS = {"shard_size": 8}  # and the `auto` profile: `cpu` for SmolLM2, the official settings for a registry model
 
@@ -26,6 +26,7 @@ def run(
     base_url: Optional[str] = typer.Option(None),
     repo: Optional[str] = typer.Option(None, help="Also push to this Hub dataset repository (token from HF_TOKEN)."),
     ray: Optional[str] = typer.Option(None, help="Run synthesize and curate on Ray: 'local' or a cluster address."),
+    replicas: int = typer.Option(1, min=1, help="Engine replicas per engine step (on --ray, else a local Ray)."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Rows per shard in every step (default: 8 "
                                                                        "for synthesis, 64 for scoring)."),
 ) -> None:
@@ -46,7 +47,8 @@ def run(
                                                                             "base_url": base_url},
                                       synthesize=QUICKSTART_SYNTHESIS | ({"shard_size": shard_size} if shard_size else {}),
                                       curate={"k": k, **({"shard_size": shard_size} if shard_size else {})},
-                                      title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray)
+                                      title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray,
+                                      replicas=replicas)
         except job_errors() as exc:
             raise fail(exc) from exc
     if not output.settings["verbose"]:  # Prefect logs the ephemeral server's shutdown at exit, after run.log closed
@@ -57,7 +59,9 @@ def run(
 
 
 def main() -> None:
-    app()
+    import sys
+
+    app(args=hoist_global_options(sys.argv[1:]))
 
 
 if __name__ == "__main__":

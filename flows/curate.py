@@ -9,7 +9,8 @@ from pipeline import recipes
 
 @flow(name="curate")
 def curate_flow(out: str, source: str | None = None, input_path: str | None = None, engine: dict | None = None,
-                options: dict | None = None, max_failure_rate: float = 0.1, gpus: float = 0.0) -> str:
+                options: dict | None = None, max_failure_rate: float = 0.1, gpus: float = 0.0,
+                replicas: int = 1, ray_address: str | None = None) -> str:
     """Curate the stage directory `source` (a previous flow's output) or the user's data at `input_path`;
     returns the stage directory of the selected rows, in selection order.
 
@@ -19,4 +20,5 @@ def curate_flow(out: str, source: str | None = None, input_path: str | None = No
         raise ValueError("pass exactly one of source (a stage directory) or input_path (your data)")
     source = source or input_task.submit(out, input_path).result()  # on the task runner, like every step
     steps = recipes.curate_steps(**(options or {}))
-    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)
+    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus,
+                     replicas=replicas, ray_address=ray_address)

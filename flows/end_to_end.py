@@ -60,7 +60,7 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
                     engine: dict | None = None, scorer: dict | None = None, synthesize: dict | None = None,
                     curate: dict | None = None,
                     title: str = "Alignment data", repo_id: str | None = None, token_env: str = "HF_TOKEN",
-                    ray_address: str | None = None, gpus: float = 0.0, max_failure_rate: float = 0.1,
+                    ray_address: str | None = None, gpus: float = 0.0, replicas: int = 1, max_failure_rate: float = 0.1,
                     corpus: str | None = None, corpus_repo_id: str | None = None) -> dict:
     """Synthesize, curate and publish into the run directory `out`, or for scheduled runs into RUNS/<scheduled date>
     with a seed derived from `seed` and the date (see run_directory); returns rundir.summarize() with the outputs.
@@ -68,7 +68,9 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
     `engine` (EngineSpec.make's keyword arguments; default SmolLM2 on vLLM) synthesizes; `scorer` scores in the
     curate flow (default: `engine`). `synthesize` and `curate` are the keyword arguments of the synthesis
     method's steps and of recipes.curate_steps. With `ray_address` ("local" starts a Ray cluster on this machine) the synthesize and curate subflows run on a
-    RayTaskRunner, engine steps with `gpus` GPUs each. With `corpus` (a directory), the run's selected rows are then
+    RayTaskRunner, engine steps with `gpus` GPUs each; with `replicas` > 1 each engine step instead spreads its
+    shards over that many engine replicas (one GPU each on GPU hosts; on the cluster at `ray_address`, else a local
+    one). With `corpus` (a directory), the run's selected rows are then
     added to that growing corpus, deduplicated against it, and with `corpus_repo_id` the addition is pushed.
     """
     out, seed = run_directory(out, runs, run_name, seed)
@@ -77,8 +79,9 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
         address = None if ray_address == "local" else ray_address
         synth, cur = synth.with_options(task_runner=ray_runner(address)), cur.with_options(task_runner=ray_runner(address))
     conversations = synth(out, method=method, n=n, seed=seed, seeds=seeds, engine=engine, options=synthesize,
-                          max_failure_rate=max_failure_rate, gpus=gpus)
-    selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate, gpus=gpus)
+                          max_failure_rate=max_failure_rate, gpus=gpus, replicas=replicas, ray_address=ray_address)
+    selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate,
+                   gpus=gpus, replicas=replicas, ray_address=ray_address)
     published = publish_flow(out, source=selected, title=title, repo_id=repo_id, token_env=token_env)
     summary = rundir.summarize(Path(out)) | {"run_dir": out, "seed": seed, "export": published["data"],
                                              "trainer": published["trainer"], "push": published["push"],

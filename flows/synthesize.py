@@ -10,7 +10,7 @@ from pipeline import recipes
 @flow(name="synthesize")
 def synthesize_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0, seeds: str | None = None,
                     engine: dict | None = None, options: dict | None = None, max_failure_rate: float = 0.1,
-                    gpus: float = 0.0) -> str:
+                    gpus: float = 0.0, replicas: int = 1, ray_address: str | None = None) -> str:
     """Synthesize into the run directory `out`; returns the stage directory holding the conversations.
 
     `method`: magpie (plans `n` rows from `seed`), codeclm or mcts (read the seed rows at `seeds`). `options` are
@@ -27,4 +27,5 @@ def synthesize_flow(out: str, method: str = "magpie", n: int = 24, seed: int = 0
         raise ValueError(f"method {method!r} starts from seed rows: pass seeds=PATH (Parquet, JSONL or a datasets dir)")
     else:
         source = input_task.submit(out, seeds).result()
-    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)
+    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus,
+                     replicas=replicas, ray_address=ray_address)

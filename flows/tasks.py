@@ -20,6 +20,7 @@ from pipeline import recipes
 from pipeline.core.codehash import code_hash
 from pipeline.engines import EngineSpec
 from pipeline.engines.models import model_revision
+from pipeline.recipes.replicas import replicas as engine_replicas
 from pipeline.recipes.runner import fingerprint
 from pipeline.core.secrets import redact
 
@@ -36,29 +37,35 @@ def _step_identity(context, parameters: dict) -> str:
     return ":".join([fingerprint(Path(parameters["source"])), code_hash(step.function()), *map(str, revisions)])
 
 
-STEP_CACHE = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_step_identity)
+# How many replicas ran a step does not change its rows, so it is not part of the cache key.
+STEP_CACHE = (INPUTS - "replicas" - "ray_address") + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_step_identity)
 
 
 @task(task_run_name="{step[name]}", cache_policy=STEP_CACHE, persist_result=True)
-def step_task(out: str, step: dict, source: str, engine: str | None, max_failure_rate: float) -> str:
-    """Run one pipeline step (a recipes.Step as a dict) on the stage directory `source`; returns its stage directory."""
+def step_task(out: str, step: dict, source: str, engine: str | None, max_failure_rate: float, replicas: int = 1,
+              ray_address: str | None = None) -> str:
+    """Run one pipeline step (a recipes.Step as a dict) on the stage directory `source`; returns its stage directory.
+    With `replicas` > 1 its engine stage runs on that many engine replicas on the Ray cluster at `ray_address`."""
     spec = EngineSpec.from_json(engine) if engine else None
-    return str(recipes.run_step(Path(out), _as_step(step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
+    with engine_replicas(replicas, ray_address or "local") if replicas > 1 else contextlib.nullcontext():
+        return str(recipes.run_step(Path(out), _as_step(step), Path(source), engine=spec, max_failure_rate=max_failure_rate))
 
 
 def run_steps(out: str, steps: list[recipes.Step], source: str, *, engine: str | None, max_failure_rate: float,
-              gpus: float = 0.0) -> str:
+              gpus: float = 0.0, replicas: int = 1, ray_address: str | None = None) -> str:
     """Submit `steps` one after another (each reads the previous one's output) to the flow's task runner.
 
     With `gpus` > 0 and a RayTaskRunner, steps that use the engine are placed on GPU workers through
-    `remote_options(num_gpus=gpus)`; the others take no GPU.
+    `remote_options(num_gpus=gpus)`; the others take no GPU. With `replicas` > 1 an engine step spreads its shards
+    over that many engine replicas (Ray actors, one GPU each where the cluster has GPUs) instead.
     """
     for step in steps:
         cache_dir = Path(out) / step.name / ".prefect"
         runnable = step_task.with_options(cache_policy=STEP_CACHE.configure(key_storage=cache_dir / "keys"),
                                           result_storage=cache_dir / "results")
-        with _placement(gpus if step.uses_engine else 0.0):
-            future = runnable.submit(out, asdict(step), source, engine if step.uses_engine else None, max_failure_rate)
+        with _placement(gpus if step.uses_engine and replicas <= 1 else 0.0):
+            future = runnable.submit(out, asdict(step), source, engine if step.uses_engine else None, max_failure_rate,
+                                     replicas if step.uses_engine else 1, ray_address)
         source = future.result()
     return source
 

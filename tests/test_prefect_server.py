@@ -148,7 +148,7 @@ def test_the_nightly_deployment_makes_a_new_night_per_scheduled_date_and_grows_o
 
     runs, corpus = tmp_path / "nightly", tmp_path / "corpus"
     # the nightly deployment as prefect.yaml defines it, on SmolLM2 with llama.cpp on this CPU, small
-    night = {"runs": str(runs), "corpus": str(corpus), "corpus_repo_id": "tester/nightly", "n": 8, "scorer": None,
+    night = {"runs": str(runs), "corpus": str(corpus), "corpus_repo_id": "tester/nightly", "n": 8, "scorer": None, "replicas": 1,
              "engine": {"backend": "llamacpp", "model": "smollm2"}, "curate": {"k": 4},
              "synthesize": {"response_max_tokens": 256, "response_temperature": 0.6, "response_top_p": 0.9, "shard_size": 4}}
     token = "hf_NIGHTLYtokenForTheLoopbackHub01"

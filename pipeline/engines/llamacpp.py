@@ -1,7 +1,7 @@
 """llama.cpp on a GGUF file (the CPU backend), in a worker process of its own.
 
-Options: n_ctx (2048), n_threads (all cores), n_batch (512), timeout (600 s per request: a worker that does not
-answer by then is killed, the request fails as engine_error:timeout and the worker restarts). The high-level
+Options: n_ctx (2048), n_threads (all cores), n_threads_batch (n_threads), n_batch (512), timeout (600 s per
+request: a worker that does not answer by then is killed, the request fails as engine_error:timeout and the worker restarts). The high-level
 llama-cpp-python API decodes one sequence at a time, so requests run sequentially, each from a fresh context.
 
 Why a worker process: llama.cpp is native code, and a build whose kernels do not fit the CPU (AMX on some
@@ -53,6 +53,9 @@ class LlamaCppEngine:
         self.options = {"model_path": self.path, "n_ctx": int(spec.opts.get("n_ctx", 2048)),
                         "n_batch": int(spec.opts.get("n_batch", 512)),
                         "n_threads": int(spec.opts.get("n_threads", os.cpu_count() or 1))}
+        # Prompt processing uses as many threads as decoding (llama.cpp's default is every core, which a replica
+        # given one core of a shared machine must not take).
+        self.options["n_threads_batch"] = int(spec.opts.get("n_threads_batch", self.options["n_threads"]))
         self.timeout = float(spec.opts.get("timeout", 600))
         self.template = load_template(spec.template or self.path)
         self.model_name = os.path.basename(self.path)

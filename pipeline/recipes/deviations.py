@@ -24,6 +24,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     from pipeline.recipes.magpie import CPU_PROFILE
     from pipeline.recipes.mcts import mcts_search_step
     from pipeline.recipes.tag import tag_steps
+    from pipeline.select.selection import NEIGHBOURS
     from pipeline.score.embed import DEITA_MODEL
     from pipeline.synth import magpie
     from pipeline.synth.magpie_logits import FIRST_TOKEN_PROCESSORS
@@ -47,10 +48,11 @@ def rows() -> list[tuple[str, str, str, str, str]]:
          "on for those families (" + ", ".join(f"{f}: {p}" for f, p in sorted(FIRST_TOKEN_PROCESSORS.items())) +
          "), through vLLM V1's logits-processor interface and llama.cpp's", "same effect, the supported interfaces"),
         ("Magpie", "min-neighbour distance: embedder, search",
-         "all-mpnet-base-v2; the 500 nearest neighbours of each row",
-         f"`--embedder` (default {_default(tag_steps, 'embedder')}: all-MiniLM-L6-v2); every row within the threshold "
-         "(exact range search)",
-         "MiniLM ships offline; the 0.05 threshold was set with mpnet, so check it for another embedder; no 500-row window"),
+         "all-mpnet-base-v2; the 500 nearest neighbours of each row (faiss flat L2)",
+         f"`--embedder` (default {_default(tag_steps, 'embedder')}: all-MiniLM-L6-v2); the {NEIGHBOURS} nearest "
+         "(flat up to 200k rows, IVF nprobe 8 above)",
+         "MiniLM ships offline; the 0.05 threshold was set with mpnet, so check it for another embedder; a flat "
+         "search of millions of rows takes hours"),
         ("deita", "Repr Filter embeddings",
          "a causal LM's last-token state over the whole conversation (paper: LLaMA-1 13B; code default Mistral-7B)",
          f"`--embedder` (default {_default(curate_steps, 'embedder')}: MiniLM of the first user turn); "

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+from pipeline.core.rundir import StageWarning
 
 EXECUTION: contextvars.ContextVar["Replicas | None"] = contextvars.ContextVar("aligndata_replicas", default=None)
 
@@ -86,35 +89,51 @@ class ReplicaPool:
     """`count` replicas of a stage's models. `map(items, submit_args, on_done)` runs every item exactly once, each on
     whichever replica is free, and calls `on_done(item, result)` in the driver as results arrive."""
 
-    def __init__(self, settings: Replicas, models: dict[str, str], gpus_per_replica: float = 0.0):
+    def __init__(self, settings: Replicas, models: dict[str, str], gpu: bool = False):
+        """`gpu`: the models want a GPU each (vLLM), given when the cluster has GPUs. The count is capped at what the
+        cluster can hold at once (its GPUs, or its CPUs), with a StageWarning, so no replica waits forever."""
         import ray
 
         _connect(settings.address)
-        self.ray, self.models, self.gpus = ray, models, gpus_per_replica
-        self.actors = [self._start() for _ in range(settings.count)]
+        resources = ray.cluster_resources()
+        self.ray, self.models = ray, models
+        self.gpus = 1.0 if gpu and resources.get("GPU", 0) >= 1 else 0.0
+        room = int(resources.get("GPU", 0)) if self.gpus else int(resources.get("CPU", 1))
+        count = max(1, min(settings.count, room))
+        if count < settings.count:
+            warnings.warn(f"{settings.count} replicas asked for, the Ray cluster holds {count} "
+                          f"({'GPUs' if self.gpus else 'CPUs'}): running {count}", StageWarning, stacklevel=2)
+        self.actors = [self._start() for _ in range(count)]
 
     def _start(self):
         return _replica_class().options(num_cpus=1, num_gpus=self.gpus).remote(self.models)
 
-    def map(self, items: list, args: Callable, on_done: Callable) -> None:
-        pending, running = list(items), {}  # running: object ref -> (item, actor)
-        idle = list(self.actors)
-        while pending or running:
-            while pending and idle:
-                item, actor = pending.pop(0), idle.pop(0)
-                running[actor.run.remote(*args(item))] = (item, actor)
+    def map(self, items: list, args: Callable, on_done: Callable, depth: int = 2) -> None:
+        """Each replica holds up to `depth` items (the next one is queued while it works, so it never waits for the
+        driver to write); a result is written as soon as it arrives."""
+        pending, running, dead = list(items), {}, set()  # running: object ref -> (item, actor)
+
+        def fill() -> None:
+            for _ in range(depth):
+                for actor in self.actors:
+                    if pending and sum(a is actor for _, a in running.values()) < depth:
+                        item = pending.pop(0)
+                        running[actor.run.remote(*args(item))] = (item, actor)
+
+        fill()
+        while running:
             ready, _ = self.ray.wait(list(running), num_returns=1)
             item, actor = running.pop(ready[0])
             try:
                 result = self.ray.get(ready[0])
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError):
-                self.actors.remove(actor)  # lost with its window: the window goes back in the queue, a new replica comes
-                replacement = self._start()
-                self.actors.append(replacement)
-                idle.append(replacement)
-                pending.insert(0, item)
+                pending.insert(0, item)  # lost with its replica: back to the front of the queue
+                if id(actor) not in dead:  # one replacement per lost replica, however many items it held
+                    dead.add(id(actor))
+                    self.actors[self.actors.index(actor)] = self._start()
+                fill()
                 continue
-            idle.append(actor)
+            fill()
             on_done(item, result)
 
     def close(self) -> None:

@@ -24,7 +24,8 @@ from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.codehash import code_hash
 from pipeline.engines.models import model_revision
 from pipeline.recipes.replicas import EXECUTION
-from pipeline.core.rundir import ShardState, StageWarning, append_manifest, check_identity, read_shards, write_shard
+from pipeline.core.rundir import (LazyShards, ShardState, StageWarning, append_manifest, check_identity, file_record,
+                                  shard_fingerprint, write_shard)
 
 
 SHARD = "_shard"  # which shard of a window a row came from (stages keep the columns they are given)
@@ -35,15 +36,11 @@ class EngineFailures(RuntimeError):
 
 
 def fingerprint(source: Path | pl.DataFrame) -> str:
-    """Content hash of a stage's input: its shard files' bytes, or a frame's rows."""
-    digest = hashlib.sha256()
+    """Content hash of a stage's input: its shards' hashes as the manifest recorded them (rundir.shard_fingerprint),
+    or a frame's rows."""
     if isinstance(source, pl.DataFrame):
-        digest.update(source.write_ipc(None).getvalue() if source.height else b"")
-    else:
-        for path in sorted(Path(source).glob("shard-*.parquet")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+        return hashlib.sha256(source.write_ipc(None).getvalue() if source.height else b"").hexdigest()[:16]
+    return shard_fingerprint(Path(source))
 
 
 def describe(spec: EngineSpec) -> dict:
@@ -67,7 +64,7 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     """
     run_dir, params = Path(run_dir), dict(params or {})
     stage_dir = run_dir / name
-    frame = source if isinstance(source, pl.DataFrame) else read_shards(source).drop("drop_reason", strict=False)
+    frame = LazyShards(source)  # memory follows the window, not the stage
     identity = {"stage": name, "code": code_hash(stage), "params": params, "shard_size": shard_size,
                 "engine": describe(engine) if engine else None, "input": fingerprint(source),
                 **({"engines": {role: describe(spec) for role, spec in engines.items()}} if engines else {}),
@@ -106,8 +103,8 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     if pool_settings and work:
         from pipeline.recipes.replicas import ReplicaPool
 
-        gpus = 1.0 if any(spec.backend == "vllm" for spec in models.values()) and _cluster_gpus() else 0.0
-        pool = ReplicaPool(pool_settings, {role: spec.to_json() for role, spec in models.items()}, gpus)
+        pool = ReplicaPool(pool_settings, {role: spec.to_json() for role, spec in models.items()},
+                           gpu=any(spec.backend == "vllm" for spec in models.values()))
         try:
             pool.map(work, lambda w: (stage, _tagged(w, [frame.slice(i * size, size) for i in w]), params), finish)
         finally:
@@ -128,12 +125,6 @@ def _progress(on_shard: Callable[[int, int], None] | None, total: int, finished:
 
     advance(0)
     return advance
-
-
-def _cluster_gpus() -> float:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0.0)
 
 
 def engine_batch_rows(spec: EngineSpec) -> int:
@@ -227,5 +218,5 @@ def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seco
             "the model path right?) and run the same command again to resume.")
     if dropped.height:
         write_shard(dropped, stage_dir / f"dropped-{index:05d}.parquet")
-    write_shard(kept, stage_dir / f"shard-{index:05d}.parquet")
-    append_manifest(run_dir, {**entry, "status": "done"})
+    path = write_shard(kept, stage_dir / f"shard-{index:05d}.parquet")
+    append_manifest(run_dir, {**entry, "status": "done", **file_record(path)})

@@ -69,10 +69,10 @@ def score_plots(pool: pl.DataFrame, selected: pl.DataFrame) -> list[tuple[str, s
         if not len(values):
             continue
         bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 4)))
-        fig, ax = plt.subplots(figsize=(4.2, 2.6))
-        ax.hist(values, bins=bins, color="#b8c7dc", label=f"pool ({len(values)})")
+        fig, ax = plt.subplots(figsize=(4.2, 2.6))  # counts drawn as steps: no artist per row, whatever the pool size
+        ax.stairs(np.histogram(values, bins)[0], bins, fill=True, color="#b8c7dc", label=f"pool ({len(values)})")
         if len(chosen):
-            ax.hist(chosen, bins=bins, color="#3b7dd8", label=f"selected ({len(chosen)})")
+            ax.stairs(np.histogram(chosen, bins)[0], bins, fill=True, color="#3b7dd8", label=f"selected ({len(chosen)})")
         ax.set_title(column, fontsize=10)
         ax.legend(frameon=False, fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
@@ -88,25 +88,37 @@ def _values(df: pl.DataFrame, column: str) -> np.ndarray:
     return series.drop_nulls().cast(pl.Float64).to_numpy()
 
 
-def coverage(pool: pl.DataFrame, selected_ids: set[str], *, clusters: int | None = None, seed: int = 0) -> dict:
+PLOTTED = 20_000  # rows the clustering is fitted on and the scatter shows; every row is still counted
+
+
+def coverage(pool: pl.DataFrame, selected_ids: set[str], *, clusters: int | None = None, seed: int = 0,
+             plotted: int = PLOTTED) -> dict:
     """k-means clusters of the pool's embeddings and the selected rows per cluster, plus a 2-D PCA projection.
 
-    k defaults to round(sqrt(n / 2)) clamped to [2, 20]. Returns {"clusters": [(size, selected), ...], "xy", "label",
-    "selected"} or {} when the pool has fewer than 4 embedded rows.
+    k-means and PCA are fitted on at most `plotted` rows (a seeded sample, the selected rows first); every pool row
+    is then assigned to its cluster in blocks, so the counts cover the whole pool while memory and the plot stay
+    bounded. k defaults to round(sqrt(n / 2)) clamped to [2, 20]. Returns {"clusters": [(size, selected), ...],
+    "xy", "label", "selected"} (the last three for the plotted rows) or {} when fewer than 4 rows are embedded.
     """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
+    from pipeline.score.embed import matrix
+
     rows = pool.filter(pl.col("embedding").is_not_null()) if "embedding" in pool.columns else pool.clear()
     if rows.height < 4:
         return {}
-    x = np.asarray(rows["embedding"].to_list(), dtype=np.float32)
+    x = matrix(rows)
+    chosen_all = rows["id"].is_in(list(selected_ids)).to_numpy()
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero(chosen_all)), rng.permutation(np.flatnonzero(~chosen_all))])
+    shown = np.sort(order[:plotted])
     k = clusters or int(np.clip(round(np.sqrt(rows.height / 2)), 2, 20))
-    labels = KMeans(n_clusters=min(k, rows.height), n_init=4, random_state=seed).fit_predict(x)
-    chosen = rows["id"].is_in(list(selected_ids)).to_numpy()
-    sizes = [(int((labels == c).sum()), int(((labels == c) & chosen).sum())) for c in range(labels.max() + 1)]
-    xy = PCA(n_components=2, random_state=seed).fit_transform(x)
-    return {"clusters": sizes, "xy": xy, "label": labels, "selected": chosen}
+    model = KMeans(n_clusters=min(k, len(shown)), n_init=4, random_state=seed).fit(x[shown])
+    labels = np.concatenate([model.predict(x[i:i + 65536]) for i in range(0, len(x), 65536)])
+    sizes = [(int((labels == c).sum()), int(((labels == c) & chosen_all).sum())) for c in range(model.n_clusters)]
+    xy = PCA(n_components=2, random_state=seed).fit_transform(x[shown])
+    return {"clusters": sizes, "xy": xy, "label": labels[shown], "selected": chosen_all[shown]}
 
 
 def coverage_plot(cov: dict) -> str:
