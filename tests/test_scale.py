@@ -8,7 +8,7 @@ import polars as pl
 from pipeline.core.rundir import LazyShards, read_manifest, shard_fingerprint
 from pipeline.engines import EngineSpec
 from pipeline.recipes.runner import run_stage
-from pipeline.select.selection import min_neighbor_distance
+from pipeline.select.neighbours import min_neighbor_distance
 from pipeline.synth import magpie
 
 

@@ -24,7 +24,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     from pipeline.recipes.magpie import CPU_PROFILE
     from pipeline.recipes.mcts import mcts_search_step
     from pipeline.recipes.tag import tag_steps
-    from pipeline.select.selection import NEIGHBOURS
+    from pipeline.select.neighbours import NEIGHBOURS
     from pipeline.score.embed import DEITA_MODEL
     from pipeline.synth import magpie
     from pipeline.synth.magpie_logits import FIRST_TOKEN_PROCESSORS

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+import polars as pl
 
 from pipeline.core.rundir import StageWarning
 
@@ -43,6 +46,19 @@ def replicas(count: int, address: str | None = "local") -> Iterator[None]:
         yield
     finally:
         EXECUTION.reset(token)
+
+
+def call_stage(stage: Callable, frame: pl.DataFrame, kwargs: dict) -> tuple[pl.DataFrame, list[str], float]:
+    """(the stage's output, its StageWarnings' messages, seconds) for one call; other warnings are shown as usual."""
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StageWarning)
+        out = stage(frame, **kwargs)
+    notes = sorted({str(w.message) for w in caught if issubclass(w.category, StageWarning)})
+    for w in caught:
+        if not issubclass(w.category, StageWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return out, notes, time.perf_counter() - started
 
 
 def _connect(address: str | None) -> None:
@@ -78,8 +94,6 @@ def _replica_class():
             return os.getpid()
 
         def run(self, stage: Callable, frame, params: dict):
-            from pipeline.recipes.runner import call_stage
-
             return call_stage(stage, frame, {**params, **self.engines})
 
     return StageReplica

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +21,8 @@ import polars as pl
 from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.codehash import code_hash
 from pipeline.engines.models import model_revision
-from pipeline.recipes.replicas import EXECUTION
-from pipeline.core.rundir import (LazyShards, ShardState, StageWarning, append_manifest, check_identity, file_record,
+from pipeline.recipes.replicas import EXECUTION, call_stage
+from pipeline.core.rundir import (LazyShards, ShardState, append_manifest, check_identity, file_record,
                                   shard_fingerprint, write_shard)
 
 
@@ -166,19 +164,6 @@ def _shard_of_rows(tagged: pl.DataFrame, out: pl.DataFrame, window: list[int]) -
 
 def _tagged(window: list[int], shards: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([shard.with_columns(pl.lit(index, dtype=pl.Int64).alias(SHARD)) for index, shard in zip(window, shards)])
-
-
-def call_stage(stage: Callable, frame: pl.DataFrame, kwargs: dict) -> tuple[pl.DataFrame, list[str], float]:
-    """(the stage's output, its StageWarnings' messages, seconds) for one call; other warnings are shown as usual."""
-    started = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", StageWarning)
-        out = stage(frame, **kwargs)
-    notes = sorted({str(w.message) for w in caught if issubclass(w.category, StageWarning)})
-    for w in caught:
-        if not issubclass(w.category, StageWarning):
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return out, notes, time.perf_counter() - started
 
 
 def _write_window(run_dir, stage_dir, window, shards, result, identity, max_failure_rate, computes, redo) -> None:
