@@ -252,3 +252,15 @@ def test_the_mine_flow_runs_honesty_urial_and_moi(tmp_path, step_calls):
     packed = read_shards(last)
     roles = [m["role"] for m in packed["messages"][0]]
     assert step_calls == ["packed"] and packed.height == 1 and roles == ["system", "user", "assistant"] * 2
+
+
+@pytest.mark.slow
+def test_the_synthesize_flow_spreads_engine_steps_over_replicas_with_the_same_rows(tmp_path):
+    ray = pytest.importorskip("ray")
+    local = synthesize_flow(out=str(tmp_path / "local"), n=8, engine=FAKE, options={"shard_size": 2})
+    try:
+        replicated = synthesize_flow(out=str(tmp_path / "replicas"), n=8, engine=FAKE, options={"shard_size": 2},
+                                     replicas=2, ray_address="local")
+    finally:
+        ray.shutdown()
+    assert read_shards(replicated).drop("meta").equals(read_shards(local).drop("meta"))

@@ -88,11 +88,6 @@ def _replica_class():
                                            options={**spec.opts, "n_threads": cpus})
                 self.engines[role] = load_engine(spec)
 
-        def pid(self) -> int:
-            import os
-
-            return os.getpid()
-
         def run(self, stage: Callable, frame, params: dict):
             return call_stage(stage, frame, {**params, **self.engines})
 
