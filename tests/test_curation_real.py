@@ -84,7 +84,8 @@ def test_a_scorer_server_killed_mid_stage_counts_engine_errors_and_the_rerun_com
 
     data = Path(__file__).parent / "data" / "planted.jsonl"
     spec = EngineSpec.make("openai", "smollm2", base_url=llama_server.url,
-                           options={"retries": 1, "backoff": 0.1, "timeout": 20, "concurrency": 2})
+                           options={"retries": 1, "backoff": 0.1, "timeout": 20, "concurrency": 2,
+                                    "batch_rows": 8})  # one shard per engine call, so the kill hits the second
     engine = load_engine(spec)
     real_generate, killed = engine.generate, threading.Event()
 

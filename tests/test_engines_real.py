@@ -52,7 +52,8 @@ def test_vllm_engine(vllm_engine):
 @pytest.mark.server
 def test_killed_server_gives_retries_counted_failures_and_a_resumable_run(llama_server, tmp_path):
     spec = EngineSpec.make("openai", "smollm2", base_url=llama_server.url,
-                           options={"retries": 2, "backoff": 0.2, "timeout": 20, "concurrency": 2})
+                           options={"retries": 2, "backoff": 0.2, "timeout": 20, "concurrency": 2,
+                                    "batch_rows": 4})  # one shard per engine call, so the kill hits the second
     engine = load_engine(spec)
     killed = threading.Event()
     real_generate = engine.generate
