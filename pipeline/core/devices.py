@@ -5,6 +5,7 @@ torch is imported lazily: the CPU-only paths of the pipeline never need it.
 from __future__ import annotations
 
 import gc
+import sys
 
 
 def torch_device(requested: str | None = None) -> str:
@@ -24,11 +25,9 @@ def torch_dtype(device: str):
 
 
 def free_accelerator_memory() -> None:
-    """Collect dropped models and return the CUDA caching allocator's free blocks to the device."""
+    """Collect dropped models and return the CUDA caching allocator's free blocks to the device (a process that never
+    imported torch has none, and is not made to import it)."""
     gc.collect()
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -183,9 +183,9 @@ def append_manifest(run_dir: Path, entry: dict) -> None:
 def file_record(path: Path) -> dict:
     """What the manifest records of a finished shard file so later fingerprints need not read it again: its sha256,
     size and modification time."""
-    stat, digest = path.stat(), hashlib.sha256()
+    stat = path.stat()
     with open(path, "rb") as handle:
-        digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest = hashlib.file_digest(handle, "sha256")
     return {"sha256": digest.hexdigest(), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
