@@ -65,6 +65,26 @@ def test_a_replica_killed_mid_shard_has_its_shard_redone_on_another(tmp_path, lo
 
 @pytest.mark.slow
 @pytest.mark.real_llm
+def test_replicas_on_the_command_line_after_the_command(tmp_path, local_ray, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli.commands import app
+    from pipeline.cli.common import hoist_global_options
+    from pipeline.recipes import replicas as replicas_module
+
+    pools = []
+    real_pool = replicas_module.ReplicaPool
+    monkeypatch.setattr(replicas_module, "ReplicaPool", lambda *a, **k: pools.append(a[0]) or real_pool(*a, **k))
+    args = ["magpie", "--out", str(tmp_path / "run"), "--n", "4", "--shard-size", "2", "--engine", "llamacpp",
+            "--instruction-max-tokens", "48", "--response-max-tokens", "48", "--replicas", "2", "--ray", "local"]
+    result = CliRunner().invoke(app, hoist_global_options(args))
+    assert result.exit_code == 0, result.output
+    assert pools and all(p.count == 2 and p.address == "local" for p in pools)  # every engine stage used 2 replicas
+    assert done_shards(tmp_path / "run").count(0) >= 2  # instructions and responses wrote their shards
+
+
+@pytest.mark.slow
+@pytest.mark.real_llm
 def test_two_llamacpp_replicas_on_a_two_node_cluster_make_the_rows_of_one():
     """bench/replica_speedup.py at a small size: 2 real llama.cpp replicas (1 CPU each) make the rows 1 replica
     makes. The speedup (1.70x at 96 rows) is the bench's to measure: under the suite's parallel workers the two cores

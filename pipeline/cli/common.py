@@ -130,7 +130,6 @@ def run_job(job: str, out: Path, **kwargs) -> None:
             progress.update(tasks[stage], completed=done)
 
         from pipeline import recipes
-
         from pipeline.recipes.replicas import replicas
 
         try:
