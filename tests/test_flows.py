@@ -256,7 +256,8 @@ def test_the_mine_flow_runs_honesty_urial_and_moi(tmp_path, step_calls):
 
 @pytest.mark.slow
 def test_the_synthesize_flow_spreads_engine_steps_over_replicas_with_the_same_rows(tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray
+
     local = synthesize_flow(out=str(tmp_path / "local"), n=8, engine=FAKE, options={"shard_size": 2})
     try:
         replicated = synthesize_flow(out=str(tmp_path / "replicas"), n=8, engine=FAKE, options={"shard_size": 2},

@@ -4,15 +4,13 @@ run, a replica that dies mid-shard has its shard redone on another, and resume; 
 import os
 
 import pytest
+import ray  # installed by install.sh (the `ray` extra)
 
 from pipeline.core.rundir import read_manifest, read_shards
 from pipeline.engines import EngineSpec
 from pipeline.recipes.replicas import replicas
 from pipeline.recipes.runner import run_stage
 from pipeline.synth import magpie
-
-ray = pytest.importorskip("ray")
-
 
 @pytest.fixture(scope="module")
 def local_ray():

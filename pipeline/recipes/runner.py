@@ -81,21 +81,22 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     windows = list(_windows(heights, batch_rows, lambda i: (stage_dir / f"shard-{i:05d}.parquet").exists()))
     progress = _progress(on_shard, total, sum(not w for w in windows))
 
-    def finish(window: list[int], result) -> None:
-        shards = [frame.slice(index * size, size) for index in window]
-        _write_window(run_dir, stage_dir, window, shards, result, identity, max_failure_rate, computes,
-                      redo=lambda i, shard: run_window([i], [shard]))
+    def window_rows(window: list[int]) -> pl.DataFrame:
+        """The window's input rows, read once, each tagged with its shard."""
+        return _tagged(window, [frame.slice(index * size, size) for index in window])
+
+    def write(window: list[int], tagged: pl.DataFrame, result) -> None:
+        _write_window(run_dir, stage_dir, window, tagged, result, identity, max_failure_rate, computes,
+                      redo=lambda i, rows: run_window([i], rows))
         progress(len(window))
 
-    def run_window(window: list[int], shards: list[pl.DataFrame]) -> None:
+    def run_window(window: list[int], tagged: pl.DataFrame) -> None:
         nonlocal loaded
         loaded = loaded if loaded is not None else {role: load_engine(spec) for role, spec in models.items()}
         kwargs = {**params, **loaded}
         if wants_checkpoint:
             kwargs["checkpoint"] = ShardState(stage_dir / f"state-{window[0]:05d}.json")
-        _write_window(run_dir, stage_dir, window, shards, call_stage(stage, _tagged(window, shards), kwargs), identity,
-                      max_failure_rate, computes, redo=lambda i, shard: run_window([i], [shard]))
-        progress(len(window))
+        write(window, tagged, call_stage(stage, tagged, kwargs))
 
     work = [w for w in windows if w]
     if pool_settings and work:
@@ -103,13 +104,19 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
 
         pool = ReplicaPool(pool_settings, {role: spec.to_json() for role, spec in models.items()},
                            gpu=any(spec.backend == "vllm" for spec in models.values()))
+        inputs: dict[tuple, pl.DataFrame] = {}  # each window's rows, kept from its dispatch until it is written
+
+        def dispatch(window: list[int]):
+            inputs[tuple(window)] = window_rows(window)
+            return stage, inputs[tuple(window)], params
+
         try:
-            pool.map(work, lambda w: (stage, _tagged(w, [frame.slice(i * size, size) for i in w]), params), finish)
+            pool.map(work, dispatch, lambda window, result: write(window, inputs.pop(tuple(window)), result))
         finally:
             pool.close()
     else:
         for window in work:
-            run_window(window, [frame.slice(index * size, size) for index in window])
+            run_window(window, window_rows(window))
     return stage_dir
 
 
@@ -166,19 +173,19 @@ def _tagged(window: list[int], shards: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([shard.with_columns(pl.lit(index, dtype=pl.Int64).alias(SHARD)) for index, shard in zip(window, shards)])
 
 
-def _write_window(run_dir, stage_dir, window, shards, result, identity, max_failure_rate, computes, redo) -> None:
-    """Split a window's output back into its shards and write each (in order); `redo(index, shard)` reruns a shard
-    alone when the stage built rows that cannot be traced to one."""
+def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_failure_rate, computes, redo) -> None:
+    """Split a window's output back into its shards (`tagged`: the window's input, with each row's shard) and write
+    each in order; `redo(index, rows)` reruns a shard alone when the stage built rows that cannot be traced to one."""
     out, notes, seconds = result
-    tagged = _tagged(window, shards)
     if SHARD not in out.columns:
         out = _shard_of_rows(tagged, out, window)
         if out is None:  # rows the stage made anew, from no input id: go shard by shard
-            for index, shard in zip(window, shards):
-                redo(index, shard)
+            for index in window:
+                redo(index, tagged.filter(pl.col(SHARD) == index))
             return
-    for index, shard in zip(window, shards):
-        _finish_shard(run_dir, stage_dir, index, shard.height, out.filter(pl.col(SHARD) == index).drop(SHARD),
+    rows_in = dict(tagged.group_by(SHARD).len().iter_rows())
+    for index in window:
+        _finish_shard(run_dir, stage_dir, index, rows_in.get(index, 0), out.filter(pl.col(SHARD) == index).drop(SHARD),
                       identity, notes, seconds / len(window), max_failure_rate, computes)
 
 

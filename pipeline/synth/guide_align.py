@@ -21,6 +21,7 @@ baseline choice), recorded in the card.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -62,8 +63,10 @@ def write_guidelines(df: pl.DataFrame, *, engine: Engine, per_input: int = 3, ma
     return df.with_columns(dump_meta(metas), pl.Series("drop_reason", reasons, dtype=pl.String))
 
 
-def load_library(path: str) -> tuple[list[str], np.ndarray, str]:
-    """(guidelines, their unit vectors, the embedder that made them) from a library Parquet file or stage dir."""
+@lru_cache(maxsize=2)
+def load_library(path: str, sha: str | None = None) -> tuple[list[str], np.ndarray, str]:
+    """(guidelines, their unit vectors, the embedder that made them) from a library Parquet file or stage dir; read
+    once per (path, content hash), not once per shard."""
     from pipeline.core.inputs import InputError
     from pipeline.core.rundir import read_shards
     from pathlib import Path
@@ -93,7 +96,7 @@ def answer_with_guidelines(df: pl.DataFrame, *, engine: Engine, library: str, li
     """Stage: each input answered with its top-k guidelines from `library` in the system prompt; rows become
     (input, guided answer). `library_sha` is the library's content hash: it only enters the stage's identity, so a
     changed library recomputes the answers."""
-    guidelines, vectors, embedder = load_library(library)
+    guidelines, vectors, embedder = load_library(library, library_sha)
     questions, metas = first_instructions(df), meta_dicts(df)
     top = retrieve(encode(questions, model=embedder), vectors, k) if questions else np.zeros((0, k), np.int64)
     chosen = [[guidelines[j] for j in row if j >= 0] for row in top]
