@@ -100,3 +100,16 @@ def test_guide_align_command_on_smollm2(tmp_path):
         assert set(json.loads(row["meta"])["guide_align"]["guidelines"]) <= set(texts) and row["messages"][1]["content"]
     card = (tmp_path / "run" / "export" / "README.md").read_text()
     assert "[guide-align](https://arxiv.org/abs/2403.11838)" in card and "guided" in card
+
+
+def test_a_file_that_is_not_a_library_is_a_one_line_error(tmp_path):
+    from pipeline.core.inputs import InputError
+    from pipeline.synth.guide_align import load_library
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet")
+    other = tmp_path / "rows.parquet"
+    pl.DataFrame({"id": ["a"], "meta": ["{}"]}).write_parquet(other)
+    for path in (broken, other):
+        with pytest.raises(InputError, match="not a guideline library .*make one with `aligndata guide-align`"):
+            load_library(str(path), "x")

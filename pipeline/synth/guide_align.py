@@ -71,12 +71,17 @@ def load_library(path: str, sha: str | None = None) -> tuple[list[str], np.ndarr
     from pipeline.core.rundir import read_shards
     from pathlib import Path
 
-    source = Path(path)
-    library = read_shards(source) if source.is_dir() else pl.read_parquet(source) if source.exists() else None
-    if library is None or library.is_empty() or "embedding" not in library.columns:
-        raise InputError(f"{path}: not a guideline library (make one with `aligndata guide-align`: export/guidelines.parquet)")
-    metas = meta_dicts(library)
-    return [m["guideline"] for m in metas], matrix(library), metas[0].get("embedder", MINILM)
+    source, hint = Path(path), "make one with `aligndata guide-align`: its export/guidelines.parquet"
+    try:
+        library = read_shards(source) if source.is_dir() else pl.read_parquet(source)
+        metas = meta_dicts(library)
+        guidelines = [m["guideline"] for m in metas]
+    except (pl.exceptions.PolarsError, OSError, KeyError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path}: not a guideline library ({first}); {hint}") from exc
+    if not guidelines or "embedding" not in library.columns:
+        raise InputError(f"{path}: not a guideline library (no guidelines with embeddings); {hint}")
+    return guidelines, matrix(library), metas[0].get("embedder", MINILM)
 
 
 def retrieve(queries: np.ndarray, library: np.ndarray, k: int) -> np.ndarray:
