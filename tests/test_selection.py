@@ -4,7 +4,8 @@ import pytest
 
 from pipeline.select import selection
 from pipeline.score.embed import as_column
-from pipeline.select.selection import keep_first, min_neighbor_distance, repr_filter, similar_pairs
+from pipeline.select.neighbours import semantic_duplicates
+from pipeline.select.selection import min_neighbor_distance, repr_filter
 
 
 def unit(rows):
@@ -79,8 +80,41 @@ def test_semantic_dedup_and_min_neighbor_distance():
     distance, repeats, first = min_neighbor_distance(vectors)
     assert distance[3] == 0.0 and distance[2] == pytest.approx(2 - 2 * float(vectors[2] @ vectors[1]), abs=1e-5)  # d^2 = 2 - 2 cos
     assert repeats.tolist() == [2, 2, 0, 2] and first.tolist() == [-1, 0, -1, 0]
-    lims, labels = similar_pairs(vectors, 0.95)
-    assert keep_first(4, lims, labels).tolist() == [-1, 0, -1, 0]
+    assert semantic_duplicates(vectors, 0.95).tolist() == [-1, 0, -1, 0]
+
+
+def keep_first_reference(vectors, threshold):
+    """All pairs, rows in order: a row duplicates the first earlier kept row with cosine >= threshold."""
+    similar, dup_of = vectors @ vectors.T >= threshold, np.full(len(vectors), -1)
+    for i in range(len(vectors)):
+        kept = [j for j in np.flatnonzero(similar[i, :i]) if dup_of[j] < 0]
+        dup_of[i] = kept[0] if kept else -1
+    return dup_of
+
+
+def clustered(n, seed=0, dim=32):
+    """Unit vectors in tight groups (cosine ~0.97 within a group), so duplicates chain across blocks."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n // 6, dim))
+    return unit(centres[rng.integers(0, len(centres), n)] + 0.04 * rng.normal(size=(n, dim)))
+
+
+@pytest.mark.parametrize("block", [7, 64, 4096])
+def test_semantic_duplicates_streams_blocks_against_the_kept_rows_exactly(block):
+    vectors = clustered(600)
+    expected = keep_first_reference(vectors, 0.97)
+    assert (expected >= 0).sum() > 100 and (expected < 0).sum() > 50  # duplicates and survivors both plentiful
+    assert semantic_duplicates(vectors, 0.97, block=block).tolist() == expected.tolist()
+
+
+def test_approximate_semantic_duplicates_never_invent_a_pair_and_find_most():
+    vectors = clustered(3000, seed=1)
+    expected = keep_first_reference(vectors, 0.97)
+    found = semantic_duplicates(vectors, 0.97, block=256, approximate=True)
+    hits = np.flatnonzero(found >= 0)
+    assert (np.einsum("ij,ij->i", vectors[hits], vectors[found[hits]]) >= 0.97).all()  # verified: real pairs only
+    assert (found[hits] < hits).all() and (found[found[hits]] < 0).all()  # an earlier row, itself kept
+    assert np.mean(found[expected >= 0] >= 0) >= 0.95  # recall of the IVF-SQ8 search
 
 
 def test_top_k_and_select_table():

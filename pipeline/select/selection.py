@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.devices import torch_device
-from pipeline.select.neighbours import min_neighbor_distance
+from pipeline.select.neighbours import min_neighbor_distance, semantic_duplicates
 from pipeline.score.embed import matrix
 
 
@@ -50,13 +50,12 @@ def repr_filter(vectors: np.ndarray, scores: np.ndarray, *, k: int, tau: float =
         return np.zeros(0, dtype=np.int64)
     device = torch_device(device)
     order = np.argsort(-np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf), kind="stable")
-    data = torch.from_numpy(np.require(vectors, np.float32, ["C", "W"]))  # torch wants a writable buffer
-    kept_fp32 = torch.empty((k, data.shape[1]), dtype=torch.float32, device=device)
-    kept_bf16 = torch.empty((k, data.shape[1]), dtype=torch.bfloat16, device=device)
+    kept_fp32 = torch.empty((k, vectors.shape[1]), dtype=torch.float32, device=device)
+    kept_bf16 = torch.empty((k, vectors.shape[1]), dtype=torch.bfloat16, device=device)
     selected: list[int] = []
     for start in range(0, n, block):
         candidates = order[start:start + block]
-        x = data[torch.from_numpy(candidates)].to(device)
+        x = torch.from_numpy(np.asarray(vectors[candidates], dtype=np.float32)).to(device)  # a block, not the matrix
         m = len(selected)
         if m:
             # Only (candidate, kept) pairs within the bf16 error margin of tau can exceed it: check those in fp32.
@@ -87,50 +86,6 @@ def _greedy_within(conflict, limit: int) -> np.ndarray:
     return np.flatnonzero(kept)[:limit]
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, *, block: int = 4096, approximate: bool | None = None):
-    """For each row, the rows (itself included) with cosine >= threshold: (lims, labels) as faiss range_search.
-
-    Exact (flat) up to 200k rows; above that an IVF index (4 sqrt(N) lists, nprobe 4) unless
-    `approximate=False`: a near-duplicate almost always falls in one of the 4 lists nearest its twin,
-    but recall is not guaranteed.
-    """
-    import faiss
-
-    n, dim = vectors.shape
-    approximate = n > 200_000 if approximate is None else approximate
-    if approximate:
-        nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter, index.cp.min_points_per_centroid = 10, 1
-        rng = np.random.default_rng(0)
-        index.train(vectors[np.sort(rng.choice(n, size=min(n, 16 * nlist), replace=False))])
-        index.nprobe = 4
-    else:
-        index = faiss.IndexFlatIP(dim)
-    index.add(vectors)
-    counts, labels = [], []
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))  # range_search keeps sim > radius
-    for start in range(0, n, block):
-        block_lims, _, block_labels = index.range_search(vectors[start:start + block], radius)
-        counts.append(np.diff(block_lims))
-        labels.append(block_labels)
-    lims = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
-    return lims, np.concatenate(labels).astype(np.int64)
-
-
-def keep_first(n: int, lims: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """For each row, -1 if kept, else the index of the earlier kept row it duplicates (row order wins)."""
-    dup_of = np.full(n, -1, dtype=np.int64)
-    for i in np.flatnonzero(np.diff(lims) > 1):  # rows with a neighbour besides themselves
-        for j in sorted(labels[lims[i]:lims[i + 1]]):
-            if j >= i:
-                break
-            if dup_of[j] == -1:
-                dup_of[i] = j
-                break
-    return dup_of
-
-
 # --- stages -------------------------------------------------------------------------------------------
 
 
@@ -146,18 +101,30 @@ def _ids_at(df: pl.DataFrame, rows: np.ndarray, name: str = "dup_of") -> pl.Seri
 
 
 def keep_in_order(df: pl.DataFrame, picked: np.ndarray) -> pl.DataFrame:
-    """Rows `picked` first, in that order, then the others in row order, marked "not_selected"."""
-    rank = np.full(df.height, df.height, dtype=np.int64)
-    rank[np.asarray(picked, dtype=np.int64)] = np.arange(len(picked))
-    marked = df.with_columns(_mark(df, rank == df.height, "not_selected"), pl.Series("_rank", rank))
-    return marked.sort("_rank", maintain_order=True).drop("_rank")
+    """Rows `picked` first, in that order, then the others in row order, marked "not_selected".
+
+    The embeddings are not copied: the picked vectors are gathered and the others are zero-copy slices of the
+    column between them, so selecting 100k of 5M rows does not hold 5M vectors twice (the other columns, a few
+    percent of the bytes, are gathered)."""
+    picked = np.asarray(picked, dtype=np.int64)
+    chosen = np.zeros(df.height, dtype=bool)
+    chosen[picked] = True
+    marked = df.with_columns(_mark(df, ~chosen, "not_selected"))
+    out = marked.drop("embedding", strict=False)[np.concatenate([picked, np.flatnonzero(~chosen)])]
+    if "embedding" not in df.columns:
+        return out
+    vectors = marked["embedding"]
+    bounds = np.r_[-1, np.sort(picked), df.height]
+    rest = [vectors.slice(a + 1, b - a - 1) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1]
+    return out.with_columns(pl.concat([vectors.gather(picked), *rest], rechunk=False)).select(df.columns + [
+        c for c in out.columns if c not in df.columns])
 
 
 def unit_matrix(df: pl.DataFrame, where: str = "input") -> np.ndarray:
     """The embeddings as a float32 matrix, checked: every vector finite and of unit norm (the Repr Filter's
     cosine rule and its bf16 error bound assume it)."""
     vectors = matrix(df)
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)) if len(vectors) else np.zeros(0)  # no n x d temporary
     bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
     if len(bad):
         row = int(bad[0])
@@ -180,7 +147,8 @@ def keep_scored_in_order(df: pl.DataFrame, score: str, pick) -> pl.DataFrame:
         raise ValueError(f"no {score!r} column to select by; valid score columns: "
                          f"{[c for c, t in df.schema.items() if t.is_numeric()]}")
     valid = scored_rows(df[score])
-    picked = valid[pick(df[valid])] if len(valid) else np.zeros(0, dtype=np.int64)
+    scored = df if len(valid) == df.height else df[valid]  # no copy of a frame whose rows all have a score
+    picked = valid[pick(scored)] if len(valid) else np.zeros(0, dtype=np.int64)
     unscored = np.setdiff1d(np.arange(df.height), valid)
     out = keep_in_order(df.with_row_index("_row"), picked)
     return out.with_columns(pl.when(pl.col("_row").is_in(unscored.tolist())).then(pl.lit("null_score"))
@@ -202,8 +170,11 @@ def neighbors(df: pl.DataFrame, *, repeat_threshold: float = 0.05) -> pl.DataFra
 def normalized_text(df: pl.DataFrame, field: str = "instruction") -> pl.Series:
     """Case- and whitespace-folded text used by exact and MinHash dedup."""
     from filters.conversation import folded
+    from pipeline.core.records import first_instruction
     from pipeline.score.embed import texts
 
+    if field == "instruction":  # in Polars: millions of conversations never become Python dicts
+        return df.select(folded(first_instruction()).alias("text")).to_series()
     return pl.DataFrame({"text": texts(df, field)}, schema={"text": pl.String}).select(folded(pl.col("text"))).to_series()
 
 
@@ -223,8 +194,7 @@ def dedup(df: pl.DataFrame, *, method: str = "exact", field: str = "instruction"
         signatures = minhash_signatures(normalized_text(df, field).to_list(), num_perm=num_perm, ngram=ngram)
         dup_of = minhash_duplicates(signatures, threshold or 0.7)
     elif method == "semantic":
-        lims, labels = similar_pairs(matrix(df), threshold or 0.95)
-        dup_of = keep_first(n, lims, labels)
+        dup_of = semantic_duplicates(matrix(df), threshold or 0.95)
     else:
         raise ValueError(f"unknown dedup method {method!r}; valid: ['exact', 'minhash', 'semantic']")
     return df.with_columns(_mark(df, dup_of >= 0, f"dup_{method}"), _ids_at(df, dup_of))
@@ -262,7 +232,7 @@ def minhash_duplicates(signatures: np.ndarray, threshold: float) -> np.ndarray:
     buckets, so a group of m near-copies costs m lookups, not m² pairs."""
     n, num_perm = signatures.shape
     bands, width = lsh_bands(threshold, num_perm)
-    buckets = np.empty((n, bands), dtype=np.int64)
+    buckets = np.empty((n, bands), dtype=np.int32)  # bucket numbers < rows
     for band in range(bands):
         block = np.ascontiguousarray(signatures[:, band * width:(band + 1) * width])
         buckets[:, band] = np.unique(block.view(np.dtype((np.void, block.dtype.itemsize * width))).ravel(),

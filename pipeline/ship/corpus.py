@@ -30,7 +30,8 @@ import polars as pl
 from pipeline.core.records import RecordError
 from pipeline.core.rundir import read_records, write_atomic, write_json, write_shard
 from pipeline.select.corpus_index import CorpusIndex, DedupSettings, exact_keys
-from pipeline.select.selection import keep_first, minhash_duplicates, minhash_signatures, normalized_text, similar_pairs
+from pipeline.select.neighbours import semantic_duplicates
+from pipeline.select.selection import minhash_duplicates, minhash_signatures, normalized_text
 
 METHODS = ("id", "exact", "minhash", "semantic")
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "corpus_card.md.jinja"
@@ -139,8 +140,7 @@ def _deduplicate(df: pl.DataFrame, index: CorpusIndex):
         elif method == "minhash":
             first = minhash_duplicates(signatures[rows], s.minhash_threshold)
         else:
-            lims, labels = similar_pairs(vectors[rows], s.semantic_threshold)
-            first = keep_first(len(rows), lims, labels)
+            first = semantic_duplicates(vectors[rows], s.semantic_threshold)
         mark(method, rows[first >= 0], [ids[rows[f]] for f in first[first >= 0]])
     marked = df.with_columns(pl.Series("drop_reason", reason.tolist(), dtype=pl.String),
                              pl.Series("dup_of", dup_of.tolist(), dtype=pl.String))
