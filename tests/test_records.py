@@ -1,6 +1,7 @@
 import json
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.rundir import append_manifest, read_manifest, read_records, write_shard
@@ -50,3 +51,31 @@ def test_manifest_appends_and_skips_a_torn_line(tmp_path):
     entries = read_manifest(tmp_path)
     assert [e["stage"] for e in entries] == ["a"] and "time" in entries[0]
     assert json.loads((tmp_path / "manifest.jsonl").read_text().splitlines()[0])["rows_in"] == 1
+
+
+def test_first_instructions_take_each_rows_first_user_turn_in_polars():
+    from pipeline.core.records import first_instructions
+
+    df = pl.DataFrame({"messages": [
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
+         {"role": "assistant", "content": "a"}, {"role": "user", "content": "second"}],
+        [{"role": "assistant", "content": "no question"}], [], None]})
+    assert first_instructions(df) == ["first", "", "", ""]
+    assert first_instructions(df.clear()) == []
+
+
+def test_write_shard_writes_only_the_masked_rows_one_row_group_at_a_time(tmp_path, monkeypatch):
+    from pipeline.core import rundir
+
+    monkeypatch.setattr(rundir, "ROW_GROUP", 4)
+    ids = [f"r{i}" for i in range(10)] + ["r0"]  # r0 twice: only the second one is masked out
+    df = pl.DataFrame({"id": ids, "source": "t", "meta": "{}",
+                       "messages": [[{"role": "user", "content": i}] for i in ids]})
+    mask = pl.Series([i % 3 != 0 for i in range(10)] + [False])
+    path = write_shard(df, tmp_path / "kept.parquet", rows=mask)
+    written = pl.read_parquet(path)
+    assert written["id"].to_list() == ["r1", "r2", "r4", "r5", "r7", "r8"]
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3  # rows 0-3, 4-7, 8-10
+    with pytest.raises(RecordError, match="'r0' is duplicated"):
+        write_shard(df, tmp_path / "all.parquet", rows=pl.Series([True] * 11))
+    assert not (tmp_path / "all.parquet").exists()

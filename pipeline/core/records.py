@@ -144,9 +144,15 @@ def messages_of(df: pl.DataFrame) -> list[list[dict]]:
     return [list(m or []) for m in df.get_column("messages").to_list()]
 
 
+def first_instruction(messages: pl.Expr = pl.col("messages")) -> pl.Expr:
+    """Each row's first user turn ("" when it has none), computed in Polars (no Python dict per message)."""
+    user_turns = pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+    return messages.list.eval(user_turns).list.first().fill_null("")
+
+
 def first_instructions(df: pl.DataFrame) -> list[str]:
     """Each row's first user turn ("" when it has none)."""
-    return [next((m["content"] for m in c if m["role"] == "user"), "") for c in messages_of(df)]
+    return df.select(first_instruction()).to_series().to_list() if df.height else []
 
 
 def turns(conversation: list[dict]) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,10 +50,28 @@ def write_atomic(path: Path, write) -> Path:
     return path
 
 
-def write_shard(df: pl.DataFrame | pa.Table, path: Path) -> Path:
-    """Conform `df` to the record schema and write it atomically as Parquet."""
-    table = df if isinstance(df, pa.Table) else conform(df, where=str(path))
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+ROW_GROUP = 16_384
+
+
+def write_shard(df: pl.DataFrame | pa.Table, path: Path, rows: pl.Series | None = None) -> Path:
+    """Conform `df` to the record schema and write it atomically as Parquet; with `rows` (a boolean mask) only
+    those rows, filtered and conformed one row group at a time, so writing most of a frame of millions of rows
+    never copies it whole."""
+    if rows is None:
+        table = df if isinstance(df, pa.Table) else conform(df, where=str(path))
+        return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP))
+    ids = df["id"].filter(rows)
+    if ids.is_duplicated().any():
+        raise RecordError(f"{path}: id {ids.filter(ids.is_duplicated())[0]!r} is duplicated")
+
+    def write(tmp) -> None:
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+            for start in range(0, df.height, ROW_GROUP):
+                part = df.slice(start, ROW_GROUP).filter(rows.slice(start, ROW_GROUP)).rechunk()
+                if part.height:
+                    writer.write_table(conform(part, where=f"{path} (rows from {start})"), row_group_size=ROW_GROUP)
+
+    return write_atomic(path, write)
 
 
 def write_json(obj: object, path: Path) -> Path:
@@ -79,14 +98,63 @@ class LazyShards:
             return
         self.frame = None
         self.paths = sorted(Path(source).glob("shard-*.parquet"))
-        self.height = sum(pq.ParquetFile(p).metadata.num_rows for p in self.paths)
+        footers = [pq.ParquetFile(p).metadata for p in self.paths]
+        self.groups = [(p, [f.row_group(g).num_rows for g in range(f.num_row_groups)]) for p, f in zip(self.paths, footers)]
+        self.height = sum(f.num_rows for f in footers)
+        # Most schema columns are null in a given stage (a column per method): those become constant columns, which
+        # cost nothing, instead of a values buffer per column (at 5M rows, ~40 MB each)
+        self.null_columns = set.intersection(*[_null_columns(f) for f in footers if f.num_rows]) if self.height else set()
 
     def slice(self, offset: int, length: int) -> pl.DataFrame:
         if self.frame is not None:
             return self.frame.slice(offset, length)
         if not self.paths:
             return empty()
-        return pl.scan_parquet(self.paths).slice(offset, length).collect().drop("drop_reason", strict=False)
+        scan = pl.scan_parquet(self.paths).slice(offset, length)
+        schema = {c: t for c, t in scan.collect_schema().items() if c != "drop_reason"}
+        nulls = [c for c in schema if c in self.null_columns]
+        rows = scan.drop(["embedding", "drop_reason", *nulls], strict=False).collect()
+        rows = rows.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in nulls)
+        if "embedding" in schema and "embedding" not in nulls:
+            vectors = self._vectors(offset, rows.height)
+            rows = rows.with_columns(scan.select("embedding").collect().to_series() if vectors is None else vectors)
+        return rows.select(list(schema))
+
+    def _vectors(self, offset: int, length: int) -> pl.Series | None:
+        """The `embedding` column of rows [offset, offset + length) as one chunk, filled row group by row group
+        into one buffer (a stage over millions of rows then holds its embeddings once, and `embed.matrix` views
+        them); None when a vector is missing or the lengths differ (the caller reads the column as it is)."""
+        buffer, filled, start = None, 0, 0
+        for path, groups in self.groups:
+            for group, rows in enumerate(groups):
+                lo, hi = max(offset - start, 0), min(offset + length - start, rows)
+                start += rows
+                if hi <= lo:
+                    continue
+                column = pq.ParquetFile(path).read_row_group(group, columns=["embedding"]).column(0)
+                column = column.slice(lo, hi - lo).combine_chunks()
+                values = column.flatten().to_numpy()
+                dim = len(values) // max(len(column), 1)
+                if column.null_count or dim == 0 or len(values) != dim * len(column) or (
+                        buffer is not None and buffer.shape[1] != dim):
+                    return None
+                if buffer is None:
+                    buffer = np.empty((length, dim), dtype=np.float32)
+                buffer[filled:filled + len(column)] = values.reshape(-1, dim)
+                filled += len(column)
+        pa.default_memory_pool().release_unused()  # the row groups' buffers, which Arrow's pool would keep
+        return pl.Series("embedding", buffer).cast(pl.List(pl.Float32)) if buffer is not None else None
+
+
+def _null_columns(footer: pq.FileMetaData) -> set[str]:
+    """Top-level primitive columns without a value in any row group of a Parquet file, from its footer's statistics."""
+    found = None
+    for index in range(footer.num_row_groups):
+        group = footer.row_group(index)
+        empty = {chunk.path_in_schema for chunk in map(group.column, range(group.num_columns))
+                 if (stats := chunk.statistics) is not None and stats.has_null_count and stats.null_count == group.num_rows}
+        found = empty if found is None else found & empty
+    return found or set()
 
 
 def read_records(path: Path) -> pl.DataFrame:

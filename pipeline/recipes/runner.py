@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.codehash import code_hash
+from pipeline.core.devices import free_host_memory
 from pipeline.engines.models import model_revision
 from pipeline.recipes.replicas import EXECUTION, call_stage
 from pipeline.core.rundir import (LazyShards, ShardState, append_manifest, check_identity, file_record,
@@ -117,6 +118,7 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
     else:
         for window in work:
             run_window(window, window_rows(window))
+    free_host_memory()
     return stage_dir
 
 
@@ -185,20 +187,21 @@ def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_fail
             return
     rows_in = dict(tagged.group_by(SHARD).len().iter_rows())
     for index in window:
-        _finish_shard(run_dir, stage_dir, index, rows_in.get(index, 0), out.filter(pl.col(SHARD) == index).drop(SHARD),
+        rows = out if len(window) == 1 else out.filter(pl.col(SHARD) == index)  # one shard: no copy
+        _finish_shard(run_dir, stage_dir, index, rows_in.get(index, 0), rows.drop(SHARD),
                       identity, notes, seconds / len(window), max_failure_rate, computes)
 
 
 def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seconds, max_failure_rate, computes):
     if "drop_reason" not in out.columns:
         out = out.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
-    dropped = out.filter(pl.col("drop_reason").is_not_null())
-    drops = dict(sorted(dropped.group_by("drop_reason").len().iter_rows()))
+    # Masks and counts only: the kept and dropped rows are written from `out` without copying it (write_shard).
+    is_kept = out["drop_reason"].is_null()
+    drops = dict(sorted(out.select("drop_reason").drop_nulls().group_by("drop_reason").len().iter_rows()))
     failures = sum(n for reason, n in drops.items() if reason.startswith(ENGINE_ERROR))
-    kept = out.filter(pl.col("drop_reason").is_null())
-    nulls = {c: kept[c].null_count() for c in computes if c in kept.columns and kept[c].null_count()}
+    nulls = {c: n for c in computes if c in out.columns and (n := out[c].filter(is_kept).null_count())}
     entry = {"stage": identity["stage"], "code": identity["code"], "shard": index, "rows_in": rows_in,
-             "rows_out": kept.height, "drops": drops, "nulls": nulls, "seconds": round(seconds, 3),
+             "rows_out": int(is_kept.sum()), "drops": drops, "nulls": nulls, "seconds": round(seconds, 3),
              "engine": identity["engine"], "params": identity["params"],
              **({"warnings": notes} if notes else {})}
     if rows_in and failures > max_failure_rate * rows_in:
@@ -208,7 +211,7 @@ def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seco
             f"({ {k: v for k, v in drops.items() if k.startswith(ENGINE_ERROR)} }), more than max_failure_rate="
             f"{max_failure_rate:.0%}. Finished shards are kept in {stage_dir}; check the engine (is the server up? "
             "the model path right?) and run the same command again to resume.")
-    if dropped.height:
-        write_shard(dropped, stage_dir / f"dropped-{index:05d}.parquet")
-    path = write_shard(kept, stage_dir / f"shard-{index:05d}.parquet")
+    if drops:
+        write_shard(out, stage_dir / f"dropped-{index:05d}.parquet", rows=~is_kept)
+    path = write_shard(out, stage_dir / f"shard-{index:05d}.parquet", rows=is_kept)
     append_manifest(run_dir, {**entry, "status": "done", **file_record(path)})

@@ -152,7 +152,8 @@ def as_column(vectors: np.ndarray, name: str = "embedding") -> pl.Series:
 
 
 def matrix(df: pl.DataFrame, column: str = "embedding") -> np.ndarray:
-    """The embedding column as a contiguous (rows, dim) float32 array."""
+    """The embedding column as a contiguous (rows, dim) float32 array: a read-only view of the column when it is one
+    chunk (LazyShards reads it so), else a copy."""
     if df.height == 0:
         return np.zeros((0, 0), np.float32)
     values = df.get_column(column)
@@ -162,4 +163,7 @@ def matrix(df: pl.DataFrame, column: str = "embedding") -> np.ndarray:
     dim = values.list.len().unique()
     if dim.len() != 1:
         raise ValueError(f"{column!r} vectors have different lengths {sorted(dim.to_list())[:5]}")
+    if values.n_chunks() == 1 and values.dtype == pl.List(pl.Float32):  # a read-only view of the column's buffer
+        flat = values.to_arrow().flatten().to_numpy(zero_copy_only=True)
+        return flat.reshape(len(values), dim[0])
     return np.ascontiguousarray(values.cast(pl.Array(pl.Float32, dim[0])).to_numpy(), dtype=np.float32)
