@@ -126,12 +126,14 @@ class LazyShards:
         them); None when a vector is missing or the lengths differ (the caller reads the column as it is)."""
         buffer, filled, start = None, 0, 0
         for path, groups in self.groups:
+            reader = None  # opened once per file, and only for a file the range covers
             for group, rows in enumerate(groups):
                 lo, hi = max(offset - start, 0), min(offset + length - start, rows)
                 start += rows
                 if hi <= lo:
                     continue
-                column = pq.ParquetFile(path).read_row_group(group, columns=["embedding"]).column(0)
+                reader = reader or pq.ParquetFile(path)
+                column = reader.read_row_group(group, columns=["embedding"]).column(0)
                 column = column.slice(lo, hi - lo).combine_chunks()
                 values = column.flatten().to_numpy()
                 dim = len(values) // max(len(column), 1)

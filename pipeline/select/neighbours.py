@@ -104,7 +104,7 @@ def semantic_duplicates(vectors: np.ndarray, threshold: float, *, block: int = 1
             owner = np.repeat(np.arange(len(x)), np.diff(lims.astype(np.int64)))
             if approximate:  # the quantised similarity only nominates; the exact one decides
                 sims = np.einsum("ij,ij->i", x[owner], vectors[labels])
-            hit = sims >= threshold if approximate else np.ones(len(labels), dtype=bool)
+            hit = sims >= np.float32(threshold)  # in float32, as faiss compared them
             earliest = np.full(len(x), n, dtype=np.int64)
             np.minimum.at(earliest, owner[hit], labels[hit])
             dup_of[rows] = np.where(earliest < n, earliest, -1)
