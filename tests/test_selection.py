@@ -117,6 +117,25 @@ def test_approximate_semantic_duplicates_never_invent_a_pair_and_find_most():
     assert np.mean(found[expected >= 0] >= 0) >= 0.95  # recall of the IVF-SQ8 search
 
 
+@pytest.mark.parametrize("knn_candidates", [256, 2])
+def test_knn_candidates_what_gpu_faiss_runs_match_the_range_search(knn_candidates):
+    """GPU faiss has no range search: there the approximate dedup takes each row's nearest kept rows by kNN. Run on
+    the CPU index here, it must find what the range search finds; with 2 candidates most matching rows saturate
+    and are compared with every kept row exactly, so it finds at least as much."""
+    vectors = clustered(3000, seed=1)
+    by_range = semantic_duplicates(vectors, 0.97, block=256, approximate=True, candidates="range")
+    by_knn = semantic_duplicates(vectors, 0.97, block=256, approximate=True, candidates="knn",
+                                 knn_candidates=knn_candidates)
+    hits = np.flatnonzero(by_knn >= 0)
+    assert (np.einsum("ij,ij->i", vectors[hits], vectors[by_knn[hits]]) >= 0.97).all()  # verified pairs only
+    assert (by_knn[by_knn[hits]] < 0).all()  # each names a kept row
+    if knn_candidates == 256:
+        assert by_knn.tolist() == by_range.tolist()
+    else:
+        expected = keep_first_reference(vectors, 0.97)
+        assert np.mean(by_knn[expected >= 0] >= 0) >= np.mean(by_range[expected >= 0] >= 0) >= 0.95
+
+
 def test_top_k_and_select_table():
     df = frame(["a", "b", "c"], unit([[1, 0], [0, 1], [1, 1]]), ifd=[0.2, None, 0.9])
     assert selection.top_k(df, k=1, column="ifd")["drop_reason"].to_list() == [None, "not_selected", "not_selected"]

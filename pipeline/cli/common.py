@@ -108,8 +108,10 @@ def job_errors() -> tuple[type[Exception], ...]:
     from pipeline.core.inputs import InputError
     from pipeline.ship.publish import PublishError
     from pipeline.core.records import RecordError
+    from pipeline.recipes.replicas import ReplicaFailure
 
-    return EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError
+    return (EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError,
+            ReplicaFailure)
 
 
 def fail(exc: Exception) -> typer.Exit:

@@ -8,6 +8,7 @@ the terminal's stderr taken first.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 RUN_LOG = "run.log"
 settings = {"verbose": False}  # set by the app's --verbose option
@@ -26,7 +28,8 @@ def third_party_output_to_log(run_dir: Path, console: Console):
     """Send fd 1 and 2 to DIR/run.log for the duration, `console` to the terminal; restore both after (so an
     unexpected traceback still reaches the terminal)."""
     if settings["verbose"]:
-        yield
+        with notices_on(console):
+            yield
         return
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +48,8 @@ def third_party_output_to_log(run_dir: Path, console: Console):
     if terminal:
         console.file = terminal
     try:
-        yield
+        with notices_on(console):
+            yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -55,6 +59,31 @@ def third_party_output_to_log(run_dir: Path, console: Console):
         if terminal:
             console.file = previous
             terminal.close()
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console):
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"[yellow]{record.levelname.lower()}:[/yellow] {escape(record.getMessage())}", soft_wrap=True,
+                           highlight=False)
+
+
+@contextmanager
+def notices_on(console: Console):
+    """The library's notices (the `aligndata` logger: a lost replica, a capped replica count) on `console`, not in
+    the log file."""
+    logger = logging.getLogger("aligndata")
+    handler, propagate, level = _ConsoleHandler(console), logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = propagate, level
 
 
 def _last_line(path: Path, tail: int = 8192) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import sys
+from functools import lru_cache
+from typing import Callable
 
 
 def torch_device(requested: str | None = None) -> str:
@@ -46,3 +48,59 @@ def free_host_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)  # glibc; other C libraries have no such call and return memory themselves
     except (OSError, AttributeError):
         pass
+
+
+# Who holds accelerator memory now, by kind ("vllm", "torch"), each with the functions that give it back. A vLLM engine
+# takes most of a GPU (gpu_memory_utilization 0.9), so a torch model loaded beside it runs out of memory, and vLLM's
+# memory check fails when a torch model is resident: a kind claims the accelerator before it loads a model there.
+_HOLDERS: dict[str, dict[str, Callable[[], None]]] = {}
+
+
+def hold_accelerator(kind: str, name: str, release: Callable[[], None]) -> None:
+    """Record that `kind` now holds accelerator memory (as `name`), given back by calling `release`."""
+    _HOLDERS.setdefault(kind, {})[name] = release
+
+
+def claim_accelerator(kind: str) -> None:
+    """Before `kind` loads a model on the accelerator: every other kind gives its memory back (one kind at a time).
+
+    >>> released = []
+    >>> hold_accelerator("vllm", "generator", lambda: released.append("generator"))
+    >>> claim_accelerator("vllm"), released      # the same kind keeps what it holds
+    (None, [])
+    >>> claim_accelerator("torch"), released     # a torch model: the vLLM engine goes first
+    (None, ['generator'])
+    >>> claim_accelerator("torch"), released     # and only once
+    (None, ['generator'])
+    """
+    for other in [k for k in _HOLDERS if k != kind]:
+        for release in _HOLDERS.pop(other).values():
+            release()
+
+
+def release_accelerator(kind: str, name: str) -> bool:
+    """`kind` gives back what it held as `name` by itself (a model closed at a step boundary); False if it held none."""
+    return _HOLDERS.get(kind, {}).pop(name, None) is not None
+
+
+FAISS_HINT = ("pip install 'aligndata[cpu]' (faiss-cpu) on CPU hosts, or 'aligndata[gpu]' (faiss-gpu) on CUDA hosts; "
+              "never both: they install the same `faiss` module over each other")
+
+
+@lru_cache(maxsize=1)
+def import_faiss():
+    """The `faiss` module, or an ImportError naming the one package to install. faiss-cpu and a faiss-gpu build both
+    install `faiss`, file over file, so with both present which one runs is undefined: that is refused."""
+    from importlib import metadata
+
+    installed = sorted({d.metadata["Name"].lower() for d in metadata.distributions()
+                        if (d.metadata["Name"] or "").lower().startswith("faiss-")})
+    cpu, gpu = [d for d in installed if d == "faiss-cpu"], [d for d in installed if d.startswith("faiss-gpu")]
+    if cpu and gpu:
+        raise ImportError(f"both {cpu + gpu} are installed and overwrite each other's `faiss` module: keep one "
+                          f"(on a CUDA host: pip uninstall -y {' '.join(cpu + gpu)} && pip install faiss-gpu)")
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(f"faiss is missing: {FAISS_HINT}") from exc
+    return faiss

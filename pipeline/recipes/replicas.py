@@ -1,10 +1,13 @@
 """Data-parallel engine replicas on Ray: an engine stage's windows of shards spread over N actors, each holding its
-own copy of the stage's models (loaded once), one per GPU on GPU hosts.
+own copy of the stage's models (loaded once). On GPU hosts a replica takes tensor × pipeline parallel size GPUs
+(vLLM then runs its own workers inside the actor's GPUs), and the count is capped at what the cluster holds.
 
 The driver (the process running the stage) stays the only writer: a replica returns its window's output frame and
 the driver writes and logs each shard, so every shard is written exactly once, and resume works as without
-replicas. A replica that dies mid-window (a killed process, a lost node) has its window sent to another live
-replica, and a new replica takes its place. Rows are seeded per row, so which replica made a row does not change it.
+replicas. A replica that dies mid-window (a killed process, a lost node, an OOM) has its window sent to another
+live replica, and a new replica takes its place, up to MAX_ATTEMPTS runs of one window; a replica whose models do
+not load stops the stage at once (ReplicaFailure, resumable). Engines are closed before their actor is killed.
+Rows are seeded per row, so which replica made a row does not change it.
 
 Ray actors rather than a Ray Data actor pool: the unit of work is our durable shard, written by the driver as it
 completes in any order, with our own retry of a lost window; Ray Data streams its own blocks to its own sinks, and
@@ -69,6 +72,38 @@ def _connect(address: str | None) -> None:
                  log_to_driver=False, configure_logging=False)
 
 
+MAX_ATTEMPTS = 3  # runs of one window whose replica was lost, before the stage stops
+
+
+class ReplicaFailure(RuntimeError):
+    """Replicas cannot run a stage: its models do not load, they do not fit the cluster, or one window lost its
+    replica MAX_ATTEMPTS times. Finished shards are kept; the same command resumes."""
+
+
+def gpus_per_replica(specs) -> int:
+    """GPUs one replica of a stage's models takes: the largest tensor × pipeline parallel size among its vLLM
+    engines (a replica's engines share its GPUs), 0 when none is a vLLM engine.
+
+    >>> from pipeline.engines import EngineSpec
+    >>> gpus_per_replica([EngineSpec.make("vllm", "m", options={"tensor_parallel_size": 4}), EngineSpec.make("vllm", "j")])
+    4
+    >>> gpus_per_replica([EngineSpec.make("llamacpp")])
+    0
+    """
+    sizes = [int(spec.opts.get("tensor_parallel_size", 1)) * int(spec.opts.get("pipeline_parallel_size", 1))
+             for spec in specs if spec.backend == "vllm"]
+    return max(sizes, default=0)
+
+
+def _reason(exc: BaseException) -> str:
+    """The last line of a Ray error that says what went wrong (Ray's messages carry a colored traceback)."""
+    import re
+
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    said = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Unavailable|Failure)\b.*:", line)]
+    return (said or lines or [type(exc).__name__])[-1][:400]
+
+
 def _replica_class():
     import ray
 
@@ -91,6 +126,17 @@ def _replica_class():
         def run(self, stage: Callable, frame, params: dict):
             return call_stage(stage, frame, {**params, **self.engines})
 
+        def gpu_ids(self) -> list:
+            return ray.get_gpu_ids()
+
+        def close(self) -> None:
+            """Close the engines (vLLM's engine core and its workers, llama.cpp's worker) before the actor is killed:
+            a kill alone can leave an engine process holding its GPU."""
+            from pipeline.engines import close_engines
+
+            close_engines()
+            self.engines = {}
+
     return StageReplica
 
 
@@ -98,20 +144,28 @@ class ReplicaPool:
     """`count` replicas of a stage's models. `map(items, submit_args, on_done)` runs every item exactly once, each on
     whichever replica is free, and calls `on_done(item, result)` in the driver as results arrive."""
 
-    def __init__(self, settings: Replicas, models: dict[str, str], gpu: bool = False):
-        """`gpu`: the models want a GPU each (vLLM), given when the cluster has GPUs. The count is capped at what the
-        cluster can hold at once (its GPUs, or its CPUs), with a StageWarning, so no replica waits forever."""
+    def __init__(self, settings: Replicas, models: dict[str, str], gpus: int = 0,
+                 on_notice: Callable[[str, str], None] | None = None):
+        """`gpus`: what one replica takes (gpus_per_replica), given when the cluster has GPUs; the count is capped at
+        what the cluster holds at once (its GPUs // `gpus`, or its CPUs) so no replica waits forever, told through
+        `on_notice(event, message)`. A replica that needs more GPUs than the cluster has is a ReplicaFailure."""
         import ray
 
         _connect(settings.address)
         resources = ray.cluster_resources()
         self.ray, self.models = ray, models
-        self.gpus = 1.0 if gpu and resources.get("GPU", 0) >= 1 else 0.0
-        room = int(resources.get("GPU", 0)) if self.gpus else int(resources.get("CPU", 1))
+        self.notify = on_notice or (lambda event, message: None)
+        cluster_gpus = int(resources.get("GPU", 0))
+        self.gpus = gpus if gpus and cluster_gpus else 0
+        if self.gpus > cluster_gpus:
+            raise ReplicaFailure(f"one replica needs {self.gpus} GPUs (tensor_parallel_size x pipeline_parallel_size) "
+                                 f"and the Ray cluster has {cluster_gpus}: lower them or add GPUs to the cluster")
+        room = cluster_gpus // self.gpus if self.gpus else int(resources.get("CPU", 1))
         count = max(1, min(settings.count, room))
         if count < settings.count:
-            warnings.warn(f"{settings.count} replicas asked for, the Ray cluster holds {count} "
-                          f"({'GPUs' if self.gpus else 'CPUs'}): running {count}", StageWarning, stacklevel=2)
+            unit = f"{cluster_gpus} GPUs, {self.gpus} per replica" if self.gpus else f"{int(resources.get('CPU', 1))} CPUs"
+            self.notify("replicas_capped", f"{settings.count} replicas asked for, the Ray cluster holds {count} "
+                                           f"({unit}): running {count}")
         self.actors = [self._start() for _ in range(count)]
 
     def _start(self):
@@ -119,8 +173,9 @@ class ReplicaPool:
 
     def map(self, items: list, args: Callable, on_done: Callable, depth: int = 2) -> None:
         """Each replica holds up to `depth` items (the next one is queued while it works, so it never waits for the
-        driver to write); a result is written as soon as it arrives."""
-        pending, running, dead = list(items), {}, set()  # running: object ref -> (item, actor)
+        driver to write); a result is written as soon as it arrives. An item whose replica is lost goes to another
+        (at most MAX_ATTEMPTS runs); a replica whose models fail to load stops the map at once."""
+        pending, running, dead, attempts = list(items), {}, set(), {}  # running: object ref -> (item, actor)
 
         def fill() -> None:
             for _ in range(depth):
@@ -135,17 +190,31 @@ class ReplicaPool:
             item, actor = running.pop(ready[0])
             try:
                 result = self.ray.get(ready[0])
-            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError):
-                pending.insert(0, item)  # lost with its replica: back to the front of the queue
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as exc:
+                if getattr(exc, "actor_init_failed", False):
+                    raise ReplicaFailure(f"a replica could not load its models: {_reason(exc)}") from None
+                key = repr(item)
+                attempts[key] = attempts.get(key, 0) + 1
+                if attempts[key] >= MAX_ATTEMPTS:
+                    raise ReplicaFailure(f"shards {item} lost their replica {attempts[key]} times (last: {_reason(exc)}); "
+                                         "finished shards are kept: fix the cause (memory? a crashing model?) and run "
+                                         "the same command again to resume") from None
                 if id(actor) not in dead:  # one replacement per lost replica, however many items it held
                     dead.add(id(actor))
+                    self.notify("replica_lost", f"a replica was lost running shards {item} ({_reason(exc)}); starting "
+                                                f"another, attempt {attempts[key] + 1} of {MAX_ATTEMPTS}")
                     self.actors[self.actors.index(actor)] = self._start()
+                pending.insert(0, item)  # back to the front of the queue
                 fill()
                 continue
             fill()
             on_done(item, result)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 120.0) -> None:
+        """Close every replica's engines (waiting up to `timeout` s), then end the actors."""
+        closing = [actor.close.remote() for actor in self.actors]
+        if closing:
+            self.ray.wait(closing, num_returns=len(closing), timeout=timeout)
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []

@@ -22,7 +22,8 @@ from pipeline.engines import ENGINE_ERROR, EngineSpec, load_engine
 from pipeline.core.codehash import code_hash
 from pipeline.core.devices import free_host_memory
 from pipeline.engines.models import model_revision
-from pipeline.recipes.replicas import EXECUTION, call_stage
+from pipeline.core.notices import notice
+from pipeline.recipes.replicas import EXECUTION, call_stage, gpus_per_replica
 from pipeline.core.rundir import (LazyShards, ShardState, append_manifest, check_identity, file_record,
                                   shard_fingerprint, write_shard)
 
@@ -100,11 +101,15 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
         write(window, tagged, call_stage(stage, tagged, kwargs))
 
     work = [w for w in windows if w]
+    if work and models and wants_checkpoint and EXECUTION.get():
+        notice(run_dir, name, "replicas_unused", f"this stage keeps resumable state inside each shard, so it runs in "
+                                                 f"this process, not on the {EXECUTION.get().count} replicas")
     if pool_settings and work:
         from pipeline.recipes.replicas import ReplicaPool
 
         pool = ReplicaPool(pool_settings, {role: spec.to_json() for role, spec in models.items()},
-                           gpu=any(spec.backend == "vllm" for spec in models.values()))
+                           gpus=gpus_per_replica(models.values()),
+                           on_notice=lambda event, message: notice(run_dir, name, event, message))
         inputs: dict[tuple, pl.DataFrame] = {}  # each window's rows, kept from its dispatch until it is written
 
         def dispatch(window: list[int]):

@@ -18,7 +18,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.records import first_instructions, messages_of
-from pipeline.core.devices import free_accelerator_memory, torch_device, torch_dtype
+from pipeline.core.devices import (claim_accelerator, free_accelerator_memory, hold_accelerator, release_accelerator,
+                                   torch_device, torch_dtype)
 
 MINILM = "minilm"
 DEITA = "deita"
@@ -41,7 +42,11 @@ def minilm_path() -> Path:
 def _sentence_model(model: str):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(minilm_path() if model == MINILM else model), device=None)
+    device = torch_device()
+    if device != "cpu":  # a vLLM engine of the previous step gives the GPU back first
+        claim_accelerator("torch")
+        hold_accelerator("torch", "sentence-embedder", lambda: (_sentence_model.cache_clear(), free_accelerator_memory()))
+    return SentenceTransformer(str(minilm_path() if model == MINILM else model), device=device)
 
 
 def texts(df: pl.DataFrame, field: str) -> list[str]:
@@ -110,12 +115,19 @@ def _causal_lm(model: str, device: str):
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if device != "cpu":  # a vLLM engine of the previous step gives the GPU back first
+        claim_accelerator("torch")
+        hold_accelerator("torch", "embedder", release_models)
     return tokenizer, AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype(device)).to(device).eval()
 
 
 def release_models() -> None:
-    """Drop the cached causal-LM embedder and free its (GPU) memory, so the next model of a run can load."""
+    """Drop the cached embedders and free their (GPU) memory, so the next model of a run can load. MiniLM on the CPU
+    stays loaded (it is small and host memory is not contended)."""
     _causal_lm.cache_clear()
+    release_accelerator("torch", "embedder")
+    if release_accelerator("torch", "sentence-embedder"):  # one on the GPU; on the CPU it stays
+        _sentence_model.cache_clear()
     free_accelerator_memory()
 
 

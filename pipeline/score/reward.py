@@ -19,7 +19,8 @@ from typing import Protocol, Sequence
 import polars as pl
 
 from pipeline.engines import Engine, Sampling, failure_reason, urial
-from pipeline.core.devices import free_accelerator_memory, torch_device, torch_dtype
+from pipeline.core.devices import (claim_accelerator, free_accelerator_memory, hold_accelerator, release_accelerator,
+                                   torch_device, torch_dtype)
 from pipeline.core.records import first_pairs
 from pipeline.score.ratings import expected_rating
 
@@ -56,6 +57,9 @@ class SequenceClassifierReward:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.device = torch_device(device)
+        if self.device != "cpu":  # a vLLM engine of the previous step gives the GPU back first
+            claim_accelerator("torch")
+            hold_accelerator("torch", "reward", release_models)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch_dtype(self.device))
         self.model = self.model.to(self.device).eval()
@@ -91,6 +95,7 @@ def _classifier(model: str) -> SequenceClassifierReward:
 def release_models() -> None:
     """Drop the cached reward models and free their (GPU) memory, so the next model of a run can load."""
     _classifier.cache_clear()
+    release_accelerator("torch", "reward")
     free_accelerator_memory()
 
 

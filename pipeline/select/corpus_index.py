@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.devices import import_faiss
+
 HNSW_MIN = 50_000
 MIX = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime: mixes a band's slots into one bucket number
 
@@ -188,8 +190,7 @@ class CorpusIndex:
         return list(self.db.execute("SELECT first, size, file FROM segments ORDER BY first"))
 
     def _segments(self):
-        import faiss
-
+        faiss = import_faiss()
         for _, _, file in self._segment_rows():
             index = faiss.read_index(str(self.folder / file), faiss.IO_FLAG_MMAP_IFC)
             if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW):
@@ -236,10 +237,9 @@ class CorpusIndex:
 
 
 def _write_segment(vectors: np.ndarray, labels: np.ndarray, path: Path) -> None:
-    import faiss
-
     from pipeline.core.rundir import write_atomic
 
+    faiss = import_faiss()
     dim = vectors.shape[1]
     inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if len(vectors) >= HNSW_MIN else faiss.IndexFlatIP(dim)
     index = faiss.IndexIDMap2(inner)
@@ -249,8 +249,7 @@ def _write_segment(vectors: np.ndarray, labels: np.ndarray, path: Path) -> None:
 
 def _contents(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A segment's vectors and their corpus sequence numbers."""
-    import faiss
-
+    faiss = import_faiss()
     index = faiss.read_index(str(path))
     inner = faiss.downcast_index(index.index)
     storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner

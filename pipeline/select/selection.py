@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
-from pipeline.core.devices import torch_device
+from pipeline.core.devices import import_faiss, torch_device
 from pipeline.select.neighbours import min_neighbor_distance, semantic_duplicates
 from pipeline.score.embed import matrix
 
@@ -19,8 +19,7 @@ from pipeline.score.embed import matrix
 
 def _index(dim: int):
     """An exact inner-product faiss index (on the CPU; the Repr Filter itself runs on CUDA when available)."""
-    import faiss
-
+    faiss = import_faiss()
     return faiss.IndexFlatIP(dim)
 
 

@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
+from pipeline.core.devices import import_faiss
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts
 from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.score.embed import MINILM, encode, matrix
@@ -87,8 +88,7 @@ def load_library(path: str, sha: str | None = None) -> tuple[list[str], np.ndarr
 def retrieve(queries: np.ndarray, library: np.ndarray, k: int) -> np.ndarray:
     """Indices of the top-k library rows per query by inner product (exact faiss search), best first; equal scores
     within the top k in library order (faiss leaves them in heap order)."""
-    import faiss
-
+    faiss = import_faiss()
     index = faiss.IndexFlatIP(library.shape[1])
     index.add(np.ascontiguousarray(library, dtype=np.float32))
     scores, labels = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(library)))
