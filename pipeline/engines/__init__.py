@@ -154,12 +154,16 @@ class Engine(Protocol):
     spec: EngineSpec
     template: ChatTemplate
     model_name: str
+    context_length: int | None  # tokens a prompt and its completion share; None when the backend cannot tell
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         """`sampling.n` completions for each prompt, in order. Failures are Completions, never exceptions."""
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         """log p(token_t | tokens_<t) for every prompt token after the first; None for a failed prompt."""
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens each text takes as a prompt, counted as the engine will; None when the backend cannot tell."""
 
 
 _ENGINES: dict[str, Engine] = {}

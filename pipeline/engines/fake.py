@@ -12,6 +12,7 @@ Options:
             a prompt containing the substring, when logprobs are asked for (else digits "1".."6" at 0.0).
     prompt_logprob: {prompt substring: value} — each prompt token's logprob (tokens = words) for prompts
             containing the substring; else -1.0.
+    context_length: tokens (words) a prompt may have; longer prompts fail as "too_long" (default: no limit).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class FakeEngine:
         self.finish_reason = opts.get("finish_reason", "stop")
         self.top_logprobs: dict[str, dict[str, float]] = dict(opts.get("top_logprobs", {}))
         self.prompt_logprob: dict[str, float] = dict(opts.get("prompt_logprob", {}))
+        self.context_length: int | None = opts.get("context_length")
         self.calls: list[tuple[int, Sampling]] = []  # (number of prompts, sampling) per generate call
         self.requests = 0
 
@@ -53,6 +55,9 @@ class FakeEngine:
             if (self.fail_every and self.requests % self.fail_every == 0) or any(s in prompt for s in self.fail_on):
                 flat.append(failed("http_503: fake failure"))
                 continue
+            if self.context_length is not None and len(prompt.split()) >= self.context_length:
+                flat.append(failed(f"too_long: {len(prompt.split())} prompt tokens, context {self.context_length}"))
+                continue
             text = self._reply(prompt, seed)
             for stop in sampling.stop:
                 text = text.split(stop)[0] if stop else text
@@ -66,6 +71,9 @@ class FakeEngine:
             flat.append(Completion(text=text, finish_reason="length" if truncated else self.finish_reason,
                                    n_tokens=len(words), logprobs=logprobs))
         return regroup(prompts, sampling, flat)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(text.split()) for text in texts]
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         self.calls.append((len(prompts), None))

@@ -13,6 +13,10 @@ fails at once so a broken build stops the run with the resume hint instead of lo
 
 The worker speaks JSON lines on stdin/stdout (`python -m pipeline.engines.llamacpp`); llama.cpp's own
 prints go to stderr, never into the protocol.
+
+Prompts are tokenized as the text they are (special tokens parsed), plus the model's BOS when the GGUF says to add
+one and the text does not start with it, as the vLLM engine does: a rendered Llama-3 template never gets a second
+BOS. A prompt that does not fit n_ctx fails as `too_long`; max_tokens is capped at what is left (llama.cpp's rule).
 """
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ class LlamaCppEngine:
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.path = resolve_model("llamacpp", spec.model)
-        self.options = {"model_path": self.path, "n_ctx": int(spec.opts.get("n_ctx", 2048)),
+        self.context_length = int(spec.opts.get("n_ctx", 2048))
+        self.options = {"model_path": self.path, "n_ctx": self.context_length,
                         "n_batch": int(spec.opts.get("n_batch", 512)),
                         "n_threads": int(spec.opts.get("n_threads", os.cpu_count() or 1))}
         # Prompt processing uses as many threads as decoding (llama.cpp's default is every core, which a replica
@@ -143,6 +148,11 @@ class LlamaCppEngine:
         replies = self._run_all([{"op": "prompt_logprobs", "prompt": prompt} for prompt in prompts])
         return [reply.get("logprobs") for reply in replies]
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens each text takes as a prompt (None if the worker could not say)."""
+        reply = self._call({"op": "count_tokens", "texts": list(texts)})
+        return reply.get("counts")
+
     def close(self) -> None:
         """Stop the worker (it also exits by itself when this process goes: its stdin closes)."""
         worker, self._worker = self._worker, None
@@ -169,7 +179,7 @@ def _complete(llm, grammars: dict, request: dict) -> dict:
     seed = request["seed"] if request["seed"] is not None else int(np.random.randint(2**31))
     rule = request.get("first_token")
     out = llm.create_completion(
-        request["prompt"], max_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
+        _prompt_tokens(llm, request["prompt"]), max_tokens=request["max_tokens"], temperature=request["temperature"], top_p=request["top_p"],
         top_k=0, min_p=0.0, repeat_penalty=1.0, stop=request["stop"] or None, seed=seed, logprobs=request["logprobs"],
         grammar=grammars.get(schema), logits_processor=_first_token_processor(rule) if rule else None)
     choice = out["choices"][0]
@@ -196,10 +206,20 @@ def _first_token_processor(rule: dict):
     return LogitsProcessorList([first_token])
 
 
+def _prompt_tokens(llm, prompt: str) -> list[int]:
+    """The prompt's tokens: its text as written, special tokens parsed, plus the model's BOS when the model adds one
+    and the text does not already start with it."""
+    tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    bos = llm.token_bos()
+    if llm._model.add_bos_token() and bos >= 0 and tokens[:1] != [bos]:
+        tokens = [bos, *tokens]
+    return tokens
+
+
 def _prompt_logprobs(llm, request: dict) -> dict:
     import numpy as np
 
-    tokens = llm.tokenize(request["prompt"].encode(), add_bos=False, special=True)
+    tokens = _prompt_tokens(llm, request["prompt"])
     if len(tokens) > llm.n_ctx():
         return {"logprobs": None}
     llm.reset()
@@ -230,7 +250,12 @@ def serve_worker(options: dict) -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            reply = _complete(llm, grammars, request) if request["op"] == "complete" else _prompt_logprobs(llm, request)
+            if request["op"] == "count_tokens":
+                reply = {"counts": [len(_prompt_tokens(llm, text)) for text in request["texts"]]}
+            elif request["op"] == "complete":
+                reply = _complete(llm, grammars, request)
+            else:
+                reply = _prompt_logprobs(llm, request)
         except (ValueError, RuntimeError) as exc:  # "Requested tokens (N) exceed context window of M": too long
             reply = {"failed": f"{'too_long' if 'exceed context window' in str(exc) else 'engine'}: {exc}"}
         send(reply)

@@ -52,6 +52,10 @@ class OpenAIEngine:
                                     "pass --template with a .gguf, an HF model directory or an official family key")
         self.template = load_template(template_source)
         self.model_name = spec.model
+        self.context_length = None  # the server's; an over-long prompt is its 400, failed as too_long
+
+    def count_tokens(self, texts: Sequence[str]) -> None:
+        return None
 
     def _check_served_model(self) -> None:
         """Fail early, with the names to use, when the server is down or does not serve `spec.model`."""

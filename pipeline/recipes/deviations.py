@@ -59,6 +59,10 @@ def rows() -> list[tuple[str, str, str, str, str]]:
          f"`--embedder deita[:<model>]` is the paper's (default {DEITA_MODEL})",
          f"offline default; tau = {_default(curate_steps, 'tau')} was tuned on causal-LM vectors, which are "
          "anisotropic: set tau per embedder"),
+        ("deita", "inputs longer than the scorer's context (2048 tokens)",
+         "not cut: the transformers path runs past the model's positions, the vLLM path has the request refused and "
+         "scores 3.0", "the response (complexity: the instruction) cut from its end until the prompt fits, the label "
+         "line kept; noted in the card", "a default score is not a score; a refused request would drop the row"),
         ("deita", "order of equal scores", "pandas quicksort (not stable)", "stable: ties keep row order",
          "reproducible selections"),
         ("P-Aligner MCTS", "exploration constant c", "0.1 (released scripts; `config.py`: 1.0)",

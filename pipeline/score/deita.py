@@ -5,6 +5,11 @@ top-k logprobs), from one batched `generate(max_tokens=1, logprobs=k)` call per 
 from the returned logprobs makes the score null (counted by the stage), never a default value.
 Multi-turn conversations are scored per (user, assistant) turn; deita_score = sum_t complexity_t * quality_t.
 
+Inputs longer than the scorer's context (deita's scorers are LLaMA-1-13B fine-tunes: 2048 tokens) are scored with the
+response (complexity: the instruction) cut from its end until the prompt fits, the prompt's closing label line kept,
+and a StageWarning on the record. deita's reference code never cuts: its transformers path runs past the model's
+positions, its vLLM path has the request refused and returns 3.0; neither is a score of the row (deviation table).
+
 Two prompt modes: "scorer" (default) sends the exact official prompt as raw text, as the published
 hkust-nlp/deita-*-scorer models expect; "judge" puts it in the engine's chat template, the prompt's
 body as the user turn and its label line ("##Complexity: ") opening the assistant's reply, for an
@@ -12,12 +17,15 @@ instruct model used as a generic judge. On SmolLM2 both give all six digits in t
 """
 from __future__ import annotations
 
+import warnings
 from itertools import accumulate
+from typing import Callable
 
 import polars as pl
 
 from pipeline.engines import Engine, Sampling, failure_reason
 from pipeline.core.records import messages_of, turns
+from pipeline.core.rundir import StageWarning
 from pipeline.score.ratings import expected_rating
 
 # Official strings (hkust-nlp/deita selection/scorer), spacing included: two spaces before "\n##Complexity",
@@ -50,6 +58,46 @@ def _prompt(engine: Engine, text: str, mode: str) -> str:
 
 
 PARTS = ("both", "complexity", "quality")
+CUT_WARNING = ("deita prompts longer than the scorer's context were scored with their response (complexity: the "
+               "instruction) cut from the end to fit")
+
+
+def fit_to_context(engine: Engine, build: Callable[[str, str], str], pairs: list[tuple[str, str]],
+                   cut: tuple[int, ...] = (1, 0), rounds: int = 8) -> tuple[list[str], int]:
+    """The prompts `build(instruction, output)` for `pairs`; where one leaves no room for a generated token in the
+    engine's context, the pair's fields are cut from their end, in the order `cut` names them (1: the output, then
+    0: the instruction), until it fits. Returns (prompts, how many were cut). Engines that cannot count tokens get the
+    prompts as they are (an over-long one then fails as too_long).
+
+    >>> from pipeline.engines import EngineSpec, load_engine
+    >>> engine = load_engine(EngineSpec.make("fake", "m", options={"context_length": 6}))
+    >>> fit_to_context(engine, lambda i, o: f"Q: {i} A: {o}", [("two words", "one two three four five")])
+    (['Q: two words A: one '], 1)
+    """
+    fields = [list(pair) for pair in pairs]
+    prompts = [build(*pair) for pair in fields]
+    limit = getattr(engine, "context_length", None)
+    counts = engine.count_tokens(prompts) if limit and prompts else None
+    if not counts:
+        return prompts, 0
+    over = [j for j, n in enumerate(counts) if n >= limit]
+    was_cut = set(over)
+    for _ in range(rounds):
+        if not over:
+            break
+        for j in over:
+            field = next((f for f in cut if fields[j][f]), None)
+            if field is None:
+                continue
+            # keep the share of the text that fits, with room for the tokenizer's rounding
+            keep = max(0.0, 1 - (counts[j] - limit + 1) / max(counts[j], 1)) * 0.97
+            fields[j][field] = fields[j][field][:int(len(fields[j][field]) * keep)]
+            prompts[j] = build(*fields[j])
+        recounted = engine.count_tokens([prompts[j] for j in over])
+        for j, n in zip(over, recounted):
+            counts[j] = n
+        over = [j for j in over if counts[j] >= limit and any(fields[j][f] for f in cut)]
+    return prompts, len(was_cut)
 
 
 def _per_row(values: list, lengths: list[int]) -> list[list]:
@@ -80,11 +128,18 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
         name, dtype = ("complexity", pl.List(pl.Float64)) if part == "complexity" else ("deita_score", pl.Float64)
         return df.with_columns(pl.lit(None, dtype=dtype).alias(name))
     pairs = [turns(c) for c in messages_of(df)]
-    prompts = []
+    flat_pairs = [pair for c in pairs for pair in c]
+    prompts, cut = [], 0
     if part != "quality":
-        prompts += [_prompt(engine, COMPLEXITY_PROMPT.format(instruction=i), mode) for c in pairs for i, _ in c]
+        fitted, n = fit_to_context(engine, lambda i, o: _prompt(engine, COMPLEXITY_PROMPT.format(instruction=i), mode),
+                                   flat_pairs, cut=(0,))
+        prompts, cut = prompts + fitted, cut + n
     if part != "complexity":
-        prompts += [_prompt(engine, QUALITY_PROMPT.format(instruction=i, output=o), mode) for c in pairs for i, o in c]
+        fitted, n = fit_to_context(engine, lambda i, o: _prompt(engine, QUALITY_PROMPT.format(instruction=i, output=o), mode),
+                                   flat_pairs, cut=(1, 0))
+        prompts, cut = prompts + fitted, cut + n
+    if cut:
+        warnings.warn(CUT_WARNING, StageWarning, stacklevel=2)
     completions = [c[0] for c in engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=top_logprobs))]
     flat = [expected_score(c.logprobs[0] if c.logprobs else None) for c in completions]
     lengths = [len(c) for c in pairs]
