@@ -1,28 +1,30 @@
-"""Bring your own data: read Parquet, JSON arrays, JSON Lines or an HF `datasets` directory in OpenAI `messages`,
-ShareGPT (`conversations` of {from, value}), Alpaca (`instruction`, `input`, `output`) or seed (`instruction`
-alone) form, in batches of bounded size, and turn each row into a record or a quarantined row; `write_input`
-writes them as a run's input stage.
+"""Bring your own data: read what users have — Parquet, JSON Lines, JSON (an array of rows, or one object
+wrapping them: `{"data": [...]}`), CSV/TSV, an HF `datasets` directory, a directory or glob pattern of such files,
+any of them compressed (gzip, zstd, bzip2, xz: known by their first bytes, whatever the name says) — in OpenAI
+`messages`, ShareGPT (`conversations` of {from, value}), Alpaca (`instruction`, `input`, `output`) or seed
+(`instruction` alone) form, in batches of bounded size, and turn each row into a record or a quarantined row;
+`write_input` writes them as a run's input stage.
 
 Rows: a row that cannot become a valid conversation is quarantined with a `drop_reason` (QUARANTINE_REASONS),
-its raw text kept in `meta.import.raw`; `strict=True` stops at the first one instead. Leading assistant turns
-(long chats exported in parts open with the assistant) are removed and counted, as FastChat's ShareGPT
-preprocessing does; a conversation left without a user turn is quarantined.
+its raw text kept in `meta.import.raw`; `strict=True` stops at the first one instead. A conversation stored as JSON
+text (a common Parquet/CSV export) is parsed; each turn is read as {role, content} or {from, value}, whichever
+keys it has, under either field name. Leading assistant turns (long chats exported in parts open with the
+assistant) are removed and counted, as FastChat's ShareGPT preprocessing does; a conversation left without a user
+turn is quarantined.
 
-Files: truncated JSON, bytes that are not UTF-8, a file that is not Parquet are an InputError of one line naming
-the file, the line or byte offset and what to do; `salvage=True` keeps the complete records and counts what it
-skipped. A UTF-8 byte-order mark is accepted.
+Files and their errors: pipeline.core.readers.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 
 from pipeline.core.codehash import code_hash
+from pipeline.core.readers import BATCH_ROWS, Batch, InputError, content_hash, read_batches  # noqa: F401 (re-exported)
 from pipeline.core.records import dump_meta, empty, record_id
 from pipeline.core.rundir import append_manifest, check_identity, file_record, write_shard
 
@@ -32,7 +34,6 @@ FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
 CONSUMED = {"messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "input", "output"},
             "instructions": {"instruction", "input", "output"}}
 OWN_PLACE = {"id", "category", "source", "meta"}
-BATCH_ROWS = 20_000
 RAW_CHARS = 2_000  # of a quarantined row's raw JSON kept in meta
 # Roles of real exports: ShareGPT (human, gpt, chatgpt, bing, bard), Gemini (model), LLaMA-Factory (observation).
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -40,10 +41,7 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "observation": "tool"}
 QUARANTINE_REASONS = ("not_an_object", "empty_conversation", "not_a_list", "not_text", "empty_turn", "no_user_turn",
                       "unknown_role:<name>", "missing_field:<name>", "duplicate_id", "bad_line")
-
-
-class InputError(ValueError):
-    """Input data that cannot be read; the message names the file and the place, and says what to do."""
+# File kinds by name (after the compression suffix); a directory reads files of one family only.
 
 
 class BadRow(ValueError):
@@ -52,134 +50,6 @@ class BadRow(ValueError):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
-
-
-@dataclass
-class Batch:
-    """Rows read from a file; `skipped` counts what salvage left out (bad lines, a truncated tail)."""
-
-    rows: list
-    first_row: int
-    skipped: dict = field(default_factory=dict)
-
-
-# ---- reading files in batches --------------------------------------------------------------------------
-
-def read_batches(path: Path, *, batch_rows: int = BATCH_ROWS, salvage: bool = False) -> Iterator[Batch]:
-    """The rows of `path` (dicts) in batches of at most `batch_rows`, never the whole file in memory."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if path.is_dir():
-        yield from _directory_batches(path, batch_rows)
-    elif path.suffix == ".parquet":
-        yield from _parquet_batches([path], batch_rows)
-    elif path.suffix in (".jsonl", ".ndjson"):
-        yield from _json_lines(path, batch_rows, salvage)
-    elif path.suffix == ".json":
-        yield from (_json_lines(path, batch_rows, salvage) if _first_char(path) == "{" else _json_array(path, batch_rows, salvage))
-    else:
-        raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .parquet, .jsonl, .json or a datasets directory")
-
-
-def _directory_batches(path: Path, batch_rows: int) -> Iterator[Batch]:
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-        from datasets import load_from_disk
-
-        data = load_from_disk(str(path))  # memory-mapped Arrow: batches are read as they are used
-        if hasattr(data, "keys"):  # a DatasetDict: the train split, or the first
-            data = data["train"] if "train" in data else data[next(iter(data.keys()))]
-        start = 0
-        for batch in data.data.table.to_batches(max_chunksize=batch_rows):
-            yield Batch(batch.to_pylist(), start)
-            start += batch.num_rows
-        return
-    # an aligndata stage directory: its kept shards only, never its dropped rows
-    files = sorted(path.glob("shard-*.parquet")) or sorted(path.rglob("*.parquet"))
-    if not files:
-        raise InputError(f"{path}: a directory with no .parquet files and no datasets dataset_info.json")
-    yield from _parquet_batches(files, batch_rows)
-
-
-def _parquet_batches(files: list[Path], batch_rows: int) -> Iterator[Batch]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    start = 0
-    for file in files:
-        try:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
-                yield Batch(batch.to_pylist(), start)
-                start += batch.num_rows
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{file}: not a readable Parquet file ({str(exc).splitlines()[0]}); re-export it") from exc
-
-
-def _first_char(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
-    return head[:1].decode("ascii", errors="replace")
-
-
-def _json_lines(path: Path, batch_rows: int, salvage: bool) -> Iterator[Batch]:
-    rows, skipped, first, offset = [], {}, 0, 0
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line_offset, offset = offset, offset + len(raw)
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            if not raw.strip():
-                continue
-            try:
-                rows.append(json.loads(raw.decode("utf-8")))
-            except UnicodeDecodeError as exc:
-                if not salvage:
-                    raise InputError(f"{path}: line {number} (byte {line_offset + exc.start}) is not UTF-8; re-encode the "
-                                     "file as UTF-8 (iconv -f LATIN1 -t UTF-8), or pass --salvage to skip such lines") from exc
-                skipped["bad_line"] = skipped.get("bad_line", 0) + 1
-            except json.JSONDecodeError as exc:
-                if not salvage:
-                    raise InputError(f"{path}: line {number} (column {exc.pos + 1}) is not valid JSON: {exc.msg}; fix or "
-                                     "remove the line, or pass --salvage to skip such lines") from exc
-                skipped["bad_line"] = skipped.get("bad_line", 0) + 1
-            if len(rows) == batch_rows:
-                yield Batch(rows, first, skipped)
-                rows, skipped, first = [], {}, first + batch_rows
-    if rows or skipped:
-        yield Batch(rows, first, skipped)
-
-
-def _json_array(path: Path, batch_rows: int, salvage: bool) -> Iterator[Batch]:
-    """A top-level JSON array, parsed incrementally (ijson's C backend): memory holds one batch."""
-    import ijson
-
-    rows, first, count = [], 0, 0
-    with open(path, "rb") as handle:
-        if handle.read(3) != b"\xef\xbb\xbf":
-            handle.seek(0)
-        items = ijson.items(handle, "item", use_float=True)
-        while True:
-            try:
-                row = next(items)
-            except StopIteration:
-                break
-            except (ijson.JSONError, UnicodeDecodeError) as exc:
-                at_end = handle.tell() >= path.stat().st_size
-                truncated = at_end or (isinstance(exc, ijson.IncompleteJSONError) and "premature eof" in str(exc).lower())
-                what = "is cut off (truncated)" if truncated else f"has invalid JSON or bytes ({str(exc).splitlines()[0]})"
-                if not salvage:
-                    raise InputError(f"{path}: the JSON array {what} after {count} complete records, near byte "
-                                     f"{handle.tell()}; re-export the file, or pass --salvage to keep the {count} "
-                                     "complete records") from exc
-                yield Batch(rows, first, {"truncated_tail" if truncated else "bad_tail": 1})
-                return
-            rows.append(row)
-            count += 1
-            if len(rows) == batch_rows:
-                yield Batch(rows, first)
-                rows, first = [], first + batch_rows
-    if rows:
-        yield Batch(rows, first)
 
 
 # ---- rows to records -------------------------------------------------------------------------------------
@@ -216,8 +86,14 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
         if not output.strip():
             raise BadRow("empty_turn", "field 'output' is empty")
         return [{"role": "user", "content": user}, {"role": "assistant", "content": output}], 0
-    name, role_key, text_key = ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
+    name, keys = ("messages", ("role", "content")) if fmt == "messages" else ("conversations", ("from", "value"))
+    other = ("from", "value") if fmt == "messages" else ("role", "content")
     turns = row.get(name)
+    if isinstance(turns, str) and turns.lstrip().startswith("["):  # a conversation stored as JSON text
+        try:
+            turns = json.loads(turns)
+        except ValueError:
+            pass
     if turns is None or turns == []:
         raise BadRow("empty_conversation", f"field {name!r} is empty")
     if not isinstance(turns, list):
@@ -225,6 +101,9 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
     messages = []
     for i, turn in enumerate(turns):
         turn = turn if isinstance(turn, dict) else {}
+        # each turn in OpenAI {role, content} or ShareGPT {from, value} keys, whichever it has (the format's when both)
+        uses_other = not (keys[0] in turn or keys[1] in turn) and (other[0] in turn or other[1] in turn)
+        role_key, text_key = other if uses_other else keys
         speaker, content = turn.get(role_key), turn.get(text_key)
         role = ROLES.get(str(speaker).lower())
         if role is None:
@@ -253,22 +132,28 @@ class Converted:
 
 
 def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], strict: bool = False) -> Converted:
-    """Records from one batch in format `fmt`; bad rows quarantined (or, with `strict`, an InputError)."""
+    """Records from one batch in format `fmt`; bad rows quarantined (or, with `strict`, an InputError).
+
+    A row's id is its `id` field (an empty one counts as none) or a hash of the input's name and its row number
+    across the input; meta.import names the file and the row in it."""
     name = Path(path).name
+    where, file_name = batch.file or path, batch.file_name or name
     kept = {"id": [], "messages": [], "meta": []}
     bad = {"id": [], "meta": [], "drop_reason": []}
     removed = 0
-    for number, row in enumerate(batch.rows, start=batch.first_row):
+    for offset, row in enumerate(batch.rows):
+        number = batch.first_row + offset
+        in_file = batch.file_row + offset if batch.file else number
         given = row.get("id") if isinstance(row, dict) else None
-        rid = str(given) if given is not None else record_id("import", name, number)
-        meta = {"import": {"file": name, "row": number, "format": fmt}}
+        rid = str(given) if given not in (None, "") else record_id("import", name, number)
+        meta = {"import": {"file": file_name, "row": in_file, "format": fmt}}
         try:
             if rid in seen_ids:
                 raise BadRow("duplicate_id", f"field 'id' has the duplicate value {rid!r}; ids must be unique")
             messages, leading = conversation(row, fmt)
         except BadRow as exc:
             if strict:
-                raise InputError(f"{path}: row {number} {exc} (drop_reason {exc.reason}); fix the row, or run without "
+                raise InputError(f"{where}: row {in_file} {exc} (drop_reason {exc.reason}); fix the row, or run without "
                                  "--strict to quarantine such rows") from exc
             meta["import"]["raw"] = json.dumps(row, ensure_ascii=False, default=str)[:RAW_CHARS]
             bad["id"].append(record_id("quarantined", name, number))
@@ -300,39 +185,47 @@ def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool =
 
     Rows that cannot become records go to input/dropped-*.parquet with their reason, counted in the manifest
     (`strict` stops at the first instead). Records written by aligndata (a run's export or a stage directory,
-    whose dropped rows are never read) keep all their columns. input/stage.json records the file's content
-    hash and the options: another input on the same run directory is refused; a re-run writes only missing shards.
+    whose dropped rows are never read) keep all their columns. input/stage.json records the content
+    hash of every file read and the options: another input on the same run directory is refused; a re-run writes
+    only missing shards.
     """
     path, input_dir = Path(path), Path(out) / "input"
     check_identity(input_dir, {"stage": "input", "code": code_hash(to_records), "file": path.name, "content": content_hash(path),
                                "format": fmt, "strict": strict, "salvage": salvage})
     seen: set[str] = set()  # ids across batches: every batch is converted, also on resume, to find duplicates
-    index = -1
+    index, kept_rows, first_keys, reasons = -1, 0, None, {}
     for index, batch in enumerate(read_batches(path, salvage=salvage)):
         started = time.perf_counter()
         keys = keys_of(batch.rows)
+        first_keys = first_keys if first_keys is not None else (sorted(keys) if batch.rows else None)
         if {"id", "source", "meta"} <= keys:  # aligndata records
             kept = pl.from_dicts(batch.rows, infer_schema_length=None).drop("drop_reason", strict=False)
             converted = Converted(kept, kept.clear(), 0)
         else:
-            fmt = fmt or detect_format(keys, path)
+            fmt = fmt or (detect_format(keys, batch.file or path) if batch.rows else None)  # salvage may leave none
             converted = to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict)
+        quarantined = converted.quarantined
+        drops = dict(sorted(quarantined.group_by("drop_reason").len().iter_rows())) if quarantined.height else {}
+        kept_rows += converted.kept.height
+        reasons = {k: reasons.get(k, 0) + drops.get(k, 0) for k in {*reasons, *drops}}
         shard = input_dir / f"shard-{index:05d}.parquet"
         if shard.exists():
             continue
-        quarantined = converted.quarantined
-        drops = dict(sorted(quarantined.group_by("drop_reason").len().iter_rows())) if quarantined.height else {}
-        if quarantined.height:
-            write_shard(quarantined, input_dir / f"dropped-{index:05d}.parquet")
-        write_shard(converted.kept, shard)
+        # rundir's write order: the dropped rows (an empty file when none), then the shard, its manifest line before
+        # the rename, so a crash anywhere leaves no stale dropped rows beside a finished shard
+        write_shard(quarantined, input_dir / f"dropped-{index:05d}.parquet")
         removed = converted.leading_assistant_turns_removed
-        append_manifest(out, {"stage": "input", "shard": index, "status": "done", "file": str(path),
-                              "rows_in": len(batch.rows) + sum(batch.skipped.values()), "rows_out": converted.kept.height,
-                              "drops": drops | batch.skipped, "nulls": {}, "seconds": round(time.perf_counter() - started, 3),
-                              "repairs": {"leading_assistant_turns_removed": removed} if removed else {},
-                              **file_record(shard)})
+        entry = {"stage": "input", "shard": index, "status": "done", "file": str(path),
+                 "rows_in": len(batch.rows) + sum(batch.skipped.values()), "rows_out": converted.kept.height,
+                 "drops": drops | batch.skipped, "nulls": {}, "seconds": round(time.perf_counter() - started, 3),
+                 "repairs": {"leading_assistant_turns_removed": removed} if removed else {}}
+        write_shard(converted.kept, shard, before_rename=lambda tmp: append_manifest(out, {**entry, **file_record(tmp)}))
     if index < 0:
         raise InputError(f"{path}: no rows; nothing to do")
+    if not kept_rows and reasons:
+        fields = sorted(CONSUMED.get(fmt or "", ()))
+        raise InputError(f"{path}: every row was quarantined as {fmt} ({reasons}); that format reads {fields}, the first "
+                         f"row has {first_keys}: pass the --format that matches, or drop --format to detect it")
     return input_dir
 
 
@@ -340,7 +233,7 @@ def load(path: Path | str, fmt: str | None = None, *, strict: bool = True) -> pl
     """All of `path` as records in memory (small files: reference sets, tests); strict by default."""
     frames, seen = [], set()
     for batch in read_batches(Path(path)):
-        fmt = fmt or detect_format(keys_of(batch.rows), path)
+        fmt = fmt or detect_format(keys_of(batch.rows), batch.file or path)
         frames.append(to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict).kept)
     return pl.concat(frames) if frames else empty().select("id", "source", "messages", "meta")
 
@@ -348,18 +241,3 @@ def load(path: Path | str, fmt: str | None = None, *, strict: bool = True) -> pl
 def keys_of(rows: list) -> set[str]:
     """The columns of a batch (the keys of its first 1000 object rows)."""
     return set().union(*(row.keys() for row in rows[:1000] if isinstance(row, dict)))
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file's bytes, or of every file under a directory (names included), streamed."""
-    import hashlib
-
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()[:16]
