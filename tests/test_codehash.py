@@ -1,16 +1,21 @@
-"""A stage's identity and cache key follow its code: editing one stage's module recomputes that stage and the
-ones after it, and nothing before it."""
+"""A stage's identity and cache key follow its code: editing one stage's module, or a data file of its package,
+recomputes that stage and the ones after it, and nothing before it."""
+import ast
 import importlib
+import json
+import shutil
 import sys
 import textwrap
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
 from pipeline.core import codehash
 from pipeline.core.rundir import StageMismatch, read_manifest, read_shards
-from pipeline.engines.models import SMOLLM2_SHA256, model_revision
 from pipeline.recipes import Step, run_steps
-from pipeline.synth import magpie
+from pipeline.score import deita
+from pipeline.synth import isheep, magpie, mcts
 
 STAGE = """
 import polars as pl
@@ -26,8 +31,7 @@ def _write_stages(folder, suffixes: dict) -> None:
     importlib.invalidate_caches()
     for name in suffixes:
         sys.modules.pop(name, None)
-    for cached in (codehash._module_file, codehash.module_closure, codehash._module_digest):
-        cached.cache_clear()
+    codehash.clear_caches()
 
 
 @pytest.fixture
@@ -83,13 +87,61 @@ def test_code_hash_follows_project_imports_and_ignores_unrelated_modules():
     assert codehash.code_hash(magpie.synthesize) != codehash.code_hash(importlib.import_module("pipeline.score.deita").score)
 
 
-def test_model_revision_identifies_the_weights(tmp_path):
-    assert model_revision("vllm", "smollm2") == SMOLLM2_SHA256[:16]
-    assert model_revision("openai", "gpt-x") is None  # a server's model name says nothing about its weights
-    checkpoint = tmp_path / "model"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    (checkpoint / "model.safetensors").write_bytes(b"\0" * 1000)
-    first = model_revision("vllm", str(checkpoint))
-    (checkpoint / "model.safetensors").write_bytes(b"\1" * 1000)  # a fine-tune with the same file sizes
-    assert model_revision("vllm", str(checkpoint)) != first
+@pytest.fixture
+def synth_copy(tmp_path, monkeypatch):
+    """pipeline/synth as a copy whose data files a test may edit; code_hash reads the package from there."""
+    real, original = codehash._package_dir("pipeline.synth"), codehash.code_hash(mcts.search_stage)
+    copy = Path(shutil.copytree(real, tmp_path / "synth", ignore=shutil.ignore_patterns("__pycache__")))
+    monkeypatch.setattr(codehash, "_package_dir", lambda package: copy if package == "pipeline.synth" else
+                        codehash._module_file(package).parent)
+    codehash.clear_caches()
+    assert codehash.code_hash(mcts.search_stage) == original  # where the package lies is not part of the hash
+    yield copy
+    codehash.clear_caches()
+
+
+def test_a_data_file_a_stage_reads_is_part_of_its_code_hash(synth_copy):
+    data = synth_copy / "data" / "principles.json"
+    assert Path(str(resources.files("pipeline.synth").joinpath("data/principles.json"))) == \
+        codehash._module_file("pipeline.synth.mcts").parent / "data" / "principles.json"  # the file MCTS reads
+    before = {f: codehash.code_hash(f) for f in (mcts.search_stage, deita.score, isheep.plan)}
+
+    table = json.loads(data.read_text())
+    table["Helpfulness"]["Conciseness"] = "making it shorter"  # a new action for every tree
+    data.write_text(json.dumps(table))
+    codehash.clear_caches()
+    assert codehash.code_hash(mcts.search_stage) != before[mcts.search_stage]
+    assert codehash.code_hash(isheep.plan) != before[isheep.plan]  # one package, one set of data files
+    assert codehash.code_hash(deita.score) == before[deita.score]  # score/ has no such file
+
+
+def test_what_counts_as_a_package_data_file(synth_copy):
+    files = [path for path, _ in codehash.package_data("pipeline.synth")]
+    assert {"data/principles.json", "data/isheep_seed_tasks.jsonl"} <= set(files)
+    assert not [f for f in files if f.endswith((".py", ".pyc"))]  # modules are hashed as modules
+    first = codehash.code_hash(mcts.search_stage)
+    (synth_copy / "data" / ".principles.json.swp").write_text("editor state")
+    (synth_copy / "__pycache__").mkdir(exist_ok=True)
+    (synth_copy / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    codehash.clear_caches()
+    assert codehash.code_hash(mcts.search_stage) == first
+    (synth_copy / "prompts").mkdir()
+    (synth_copy / "prompts" / "judge.txt").write_text("Rate the answer.")  # any non-package folder counts
+    codehash.clear_caches()
+    assert codehash.code_hash(mcts.search_stage) != first
+    assert codehash.package_data("pipeline.score") == ()
+
+
+def test_every_package_whose_data_a_module_reads_is_in_its_closure():
+    """The one way around package granularity: importlib.resources.files("another.package") without an import."""
+    root = Path(codehash._module_file("pipeline").parent).parent
+    escaped = []
+    for path in sorted([*(root / "pipeline").rglob("*.py"), *(root / "filters").rglob("*.py")]):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        packages = {codehash._package_of(m) for m in codehash.module_closure(name)}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "files"
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value not in packages):
+                escaped.append(f"{name} reads {node.args[0].value}")
+    assert escaped == []

@@ -2,14 +2,19 @@
 
 `smollm2_gguf()` finds and verifies the GGUF inside the installed wheel (without importing the package,
 whose __init__ imports `llm`); `smollm2_hf_dir()` dequantizes it once into an HF directory for vLLM and
-transformers, cached under $ALIGNDATA_CACHE (default ~/.cache/aligndata).
+transformers, cached under $ALIGNDATA_CACHE (default ~/.cache/aligndata). `model_revision()` names the weights
+behind any model for stage identities: a pinned hash, a Hub commit or the content hash of a local checkpoint,
+whose per-file sha256s are cached there too (hashes/), so asking again costs a stat per file.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2"
@@ -79,23 +84,16 @@ def resolve_model(backend: str, model: str) -> str:
 
 def model_revision(backend: str, model: str) -> str | None:
     """What identifies the weights behind `model`, for stage identities and cache keys (None when unknowable,
-    e.g. a remote server's model name). "smollm2" is its pinned sha256; a local file or directory is hashed from
-    each file's name, size and first MiB (fast on multi-GB checkpoints, and a re-download, conversion or fine-tune
-    changes it); a Hub id is the commit of its snapshot in the local Hugging Face cache."""
+    e.g. a remote server's model name). "smollm2" is its pinned sha256; a path in a Hugging Face cache snapshot
+    and a Hub id found in the local cache are the snapshot's commit; any other local file or directory is the
+    content hash of its files (checkpoint_digest), so a fine-tune with the same file sizes changes it."""
     if model == DEFAULT_MODEL:
         return SMOLLM2_SHA256[:16]
     if backend == "openai":
         return None
     path = Path(model).expanduser()
     if path.exists():
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        digest = hashlib.sha256()
-        for file in files:
-            with open(file, "rb") as handle:
-                head = handle.read(2**20)
-            digest.update(f"{file.relative_to(path) if file != path else file.name}\0{file.stat().st_size}\0".encode())
-            digest.update(head)
-        return digest.hexdigest()[:16]
+        return snapshot_commit(path) or checkpoint_digest(path)[:16]
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -103,3 +101,88 @@ def model_revision(backend: str, model: str) -> str | None:
     except Exception:  # not a repo id, or no huggingface_hub: nothing more to know
         return None
     return Path(cached).parent.name if isinstance(cached, str) else None
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Files a checkpoint folder may hold that no loader reads: documentation and a trainer's resume state.
+NOT_WEIGHTS = re.compile(r"(?i)(readme|license|notice|use_policy)(\..*)?|.*\.md|optimizer\.(pt|bin)|scheduler\.pt"
+                         r"|rng_state.*\.pth|trainer_state\.json|training_args\.bin")
+RACY_NS = 2 * 10**9  # a file written this recently may change again within its timestamp's granularity
+
+
+def snapshot_commit(path: Path) -> str | None:
+    """The commit of the Hugging Face cache snapshot `path` is in (.../models--org--name/snapshots/<commit>/...)."""
+    for candidate in dict.fromkeys((Path(path).absolute(), Path(path).resolve())):
+        parts = candidate.parts
+        for i in range(len(parts) - 2):
+            if parts[i].startswith("models--") and parts[i + 1] == "snapshots" and _COMMIT.fullmatch(parts[i + 2]):
+                return parts[i + 2]
+    return None
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files of a checkpoint (itself if a file): every file under it but hidden ones and NOT_WEIGHTS."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not NOT_WEIGHTS.fullmatch(p.name)
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def checkpoint_digest(path: Path) -> str:
+    """sha256 over the name and content sha256 (file_sha256) of each file of the checkpoint at `path`."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in checkpoint_files(path):
+        name = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(f"{name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        if hasattr(hashlib, "file_digest"):  # Python >= 3.11
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        while block := handle.read(2**20):
+            digest.update(block)
+        return digest.hexdigest()
+
+
+def _stat_key(stat: os.stat_result) -> tuple:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read once per (absolute path, device, inode, size, mtime, ctime): the
+    digest is kept in cache_dir()/hashes, so asking again costs a stat. A file that changes while it is read,
+    or was written in the last RACY_NS, is hashed but not remembered; an unreadable entry is recomputed."""
+    path = Path(path).absolute()
+    before = path.stat()
+    key = hashlib.sha256(repr((str(path), *_stat_key(before))).encode()).hexdigest()
+    entry = cache_dir() / "hashes" / key[:2] / key
+    try:
+        digest, _, named = entry.read_text().rstrip("\n").partition("  ")
+        if _SHA256.fullmatch(digest) and named == str(path):
+            return digest
+    except (OSError, UnicodeDecodeError):
+        pass
+    started = time.time_ns()
+    digest = _sha256(path)
+    if _stat_key(path.stat()) == _stat_key(before) and started - before.st_mtime_ns > RACY_NS:
+        _remember(entry, f"{digest}  {path}\n")  # the sha256sum line format: `sha256sum -c` checks an entry
+    return digest
+
+
+def _remember(entry: Path, line: str) -> None:
+    """Write `entry` atomically; a cache that cannot be written is skipped (the digest is right, just not kept)."""
+    tmp = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.")
+        with os.fdopen(handle, "w") as out:
+            out.write(line)
+        os.replace(tmp, entry)
+    except OSError:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
