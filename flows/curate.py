@@ -1,10 +1,13 @@
 """The curate flow: dedup, embeddings, deita scores, and diverse selection or information-theoretic subsampling."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 
 from flows.tasks import engine_json, input_task, run_steps
 from pipeline import recipes
+from pipeline.core.rundir import writer_lock
 
 
 @flow(name="curate")
@@ -16,9 +19,10 @@ def curate_flow(out: str, source: str | None = None, input_path: str | None = No
 
     `options` are recipes.curate_steps' keyword arguments (k, tau, dedup, selector, score_mode, ...).
     """
-    if (source is None) == (input_path is None):
-        raise ValueError("pass exactly one of source (a stage directory) or input_path (your data)")
-    source = source or input_task.submit(out, input_path).result()  # on the task runner, like every step
-    steps = recipes.curate_steps(**(options or {}))
-    return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus,
-                     replicas=replicas, ray_address=ray_address)
+    with writer_lock(Path(out)):  # one writer per run directory: another flow run on it is refused
+        if (source is None) == (input_path is None):
+            raise ValueError("pass exactly one of source (a stage directory) or input_path (your data)")
+        source = source or input_task.submit(out, input_path).result()  # on the task runner, like every step
+        steps = recipes.curate_steps(**(options or {}))
+        return run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus,
+                         replicas=replicas, ray_address=ray_address)

@@ -74,18 +74,19 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
     added to that growing corpus, deduplicated against it, and with `corpus_repo_id` the addition is pushed.
     """
     out, seed = run_directory(out, runs, run_name, seed)
-    synth, cur = synthesize_flow, curate_flow
-    if ray_address:  # each subflow gets its own runner (a runner is entered and left by one flow run)
-        address = None if ray_address == "local" else ray_address
-        synth, cur = synth.with_options(task_runner=ray_runner(address)), cur.with_options(task_runner=ray_runner(address))
-    conversations = synth(out, method=method, n=n, seed=seed, seeds=seeds, engine=engine, options=synthesize,
-                          max_failure_rate=max_failure_rate, gpus=gpus, replicas=replicas, ray_address=ray_address)
-    selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate,
-                   gpus=gpus, replicas=replicas, ray_address=ray_address)
-    published = publish_flow(out, source=selected, title=title, repo_id=repo_id, token_env=token_env)
-    summary = rundir.summarize(Path(out)) | {"run_dir": out, "seed": seed, "export": published["data"],
-                                             "trainer": published["trainer"], "push": published["push"],
-                                             "report": report_task(out)}
-    if corpus:
-        summary["corpus"] = corpus_task(out, corpus, corpus_repo_id, token_env, title)
-    return summary
+    with rundir.writer_lock(Path(out)):  # one writer per run directory: another flow run on it is refused
+        synth, cur = synthesize_flow, curate_flow
+        if ray_address:  # each subflow gets its own runner (a runner is entered and left by one flow run)
+            address = None if ray_address == "local" else ray_address
+            synth, cur = synth.with_options(task_runner=ray_runner(address)), cur.with_options(task_runner=ray_runner(address))
+        conversations = synth(out, method=method, n=n, seed=seed, seeds=seeds, engine=engine, options=synthesize,
+                              max_failure_rate=max_failure_rate, gpus=gpus, replicas=replicas, ray_address=ray_address)
+        selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate,
+                       gpus=gpus, replicas=replicas, ray_address=ray_address)
+        published = publish_flow(out, source=selected, title=title, repo_id=repo_id, token_env=token_env)
+        summary = rundir.summarize(Path(out)) | {"run_dir": out, "seed": seed, "export": published["data"],
+                                                 "trainer": published["trainer"], "push": published["push"],
+                                                 "report": report_task(out)}
+        if corpus:
+            summary["corpus"] = corpus_task(out, corpus, corpus_repo_id, token_env, title)
+        return summary

@@ -10,6 +10,7 @@ from pipeline.ship import export
 from pipeline import recipes
 from pipeline.ship import publish
 from pipeline.core.rundir import read_records
+from pipeline.core.rundir import writer_lock
 
 TRAINER_FORMATS = ("trl", "hf", "llamafactory", "axolotl")
 
@@ -35,10 +36,11 @@ def publish_flow(out: str, source: str | None = None, title: str = "Alignment da
     """Export the stage directory `source` of run `out` (DIR/export: data.parquet, README.md card, one directory per
     trainer format) and, with `repo_id`, push data + card + manifest to the Hub at HF_ENDPOINT. Without `source`,
     the run's existing export is pushed as it is."""
-    if source:
-        data = export_task(out, source, title)
-        trainer = {fmt: trainer_export_task(out, data, fmt) for fmt in (formats if formats is not None else TRAINER_FORMATS)}
-    else:
-        data, trainer = str(Path(out) / "export" / "data.parquet"), {}
-    pushed = push_task(out, repo_id, token_env, private) if repo_id else None
-    return {"data": data, "trainer": trainer, "push": pushed}
+    with writer_lock(Path(out)):  # one writer per run directory: another flow run on it is refused
+        if source:
+            data = export_task(out, source, title)
+            trainer = {fmt: trainer_export_task(out, data, fmt) for fmt in (formats if formats is not None else TRAINER_FORMATS)}
+        else:
+            data, trainer = str(Path(out) / "export" / "data.parquet"), {}
+        pushed = push_task(out, repo_id, token_env, private) if repo_id else None
+        return {"data": data, "trainer": trainer, "push": pushed}

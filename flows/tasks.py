@@ -22,6 +22,7 @@ from pipeline.engines import EngineSpec
 from pipeline.engines.models import model_revision
 from pipeline.recipes.replicas import replicas as engine_replicas
 from pipeline.recipes.runner import fingerprint
+from pipeline.core.rundir import stage_complete
 from pipeline.core.secrets import redact
 
 
@@ -58,15 +59,20 @@ def run_steps(out: str, steps: list[recipes.Step], source: str, *, engine: str |
     With `gpus` > 0 and a RayTaskRunner, steps that use the engine are placed on GPU workers through
     `remote_options(num_gpus=gpus)`; the others take no GPU. With `replicas` > 1 an engine step spreads its shards
     over that many engine replicas (Ray actors, one GPU each where the cluster has GPUs) instead.
+
+    A cache hit counts only when the step's shards are all there as its manifest recorded them (rundir.stage_complete):
+    otherwise the step runs again with a refreshed cache, and the runner redoes the missing shards only.
     """
     for step in steps:
         cache_dir = Path(out) / step.name / ".prefect"
         runnable = step_task.with_options(cache_policy=STEP_CACHE.configure(key_storage=cache_dir / "keys"),
                                           result_storage=cache_dir / "results")
+        args = (out, asdict(step), source, engine if step.uses_engine else None, max_failure_rate,
+                replicas if step.uses_engine else 1, ray_address)
         with _placement(gpus if step.uses_engine and replicas <= 1 else 0.0):
-            future = runnable.submit(out, asdict(step), source, engine if step.uses_engine else None, max_failure_rate,
-                                     replicas if step.uses_engine else 1, ray_address)
-        source = future.result()
+            source = runnable.submit(*args).result()
+            if not stage_complete(Path(source)):  # a cached step whose shards were deleted since: redo what is missing
+                source = runnable.with_options(refresh_cache=True).submit(*args).result()
     return source
 
 

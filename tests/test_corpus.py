@@ -113,11 +113,21 @@ def test_rebalance_selects_a_global_budget_as_a_new_version_and_leaves_the_corpu
         corpus.rebalance(out, 1, score="ifd")
 
 
-def test_a_corpus_keeps_its_dedup_settings(tmp_path):
+def test_a_corpus_keeps_its_dedup_settings_and_later_adds_take_them(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli.commands import app
+
     night = export(tmp_path, "night", [("a1", "Plan a picnic for six people.")])
     corpus.add(night, tmp_path / "corpus", settings=DedupSettings(semantic_threshold=0.9))
-    with pytest.raises(ValueError, match="deduplicates with .*semantic_threshold=0.9.*cannot change"):
+    with pytest.raises(ValueError, match=r"deduplicates with semantic_threshold=0.9 \(not 0.95\), fixed when it was created"):
         corpus.add(night, tmp_path / "corpus", settings=DedupSettings())
+    later = export(tmp_path, "later", [("b1", "Write a limerick about a cat.")])
+    result = CliRunner().invoke(app, ["corpus", "add", str(later), "--corpus", str(tmp_path / "corpus")])
+    assert result.exit_code == 0 and result.exception is None, result.output  # no options: the corpus's own settings
+    result = CliRunner().invoke(app, ["corpus", "add", str(later), "--corpus", str(tmp_path / "corpus"),
+                                      "--minhash-threshold", "0.5"])
+    assert result.exit_code == 2 and "minhash_threshold=0.7 (not 0.5)" in " ".join(result.output.split())
 
 
 def test_semantic_segments_merge_and_every_row_stays_findable(tmp_path):

@@ -60,11 +60,20 @@ def test_end_to_end_flow_writes_every_output_and_a_rerun_is_served_from_the_cach
     assert report["selected"] == 3 and report["pool"] == summary["stages"]["scored"]["rows_out"]
     manifest = (tmp_path / "manifest.jsonl").read_text()
 
-    # the same flow again: every step task is a cache hit (no task body runs), nothing is appended but the export
+    # the same flow again: every step task is a cache hit (no task body runs) and nothing is appended
     step_calls.clear()
     again = end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
     assert step_calls == [] and again["stages"] == summary["stages"]
-    assert (tmp_path / "manifest.jsonl").read_text().startswith(manifest)
+    assert (tmp_path / "manifest.jsonl").read_text() == manifest
+    assert pl.read_parquet(tmp_path / "export" / "data.parquet").equals(exported)
+
+    # a shard of a cached step deleted: the cache does not serve that step, the runner redoes the missing shard only
+    (tmp_path / "responses" / "shard-00001.parquet").unlink()
+    step_calls.clear()
+    end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
+    assert step_calls == ["responses"] and (tmp_path / "responses" / "shard-00001.parquet").exists()
+    redone = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()][len(manifest.splitlines()):]
+    assert [(e["stage"], e["shard"]) for e in redone] == [("responses", 1)]
     assert pl.read_parquet(tmp_path / "export" / "data.parquet").equals(exported)
 
     # the cache record lives in the stage directory: deleting one stage recomputes that stage only (its

@@ -93,3 +93,36 @@ def test_publish_without_an_export_says_what_to_run(tmp_path):
 
     with pytest.raises(PublishError, match="aligndata run --out"):
         files(tmp_path)
+
+
+FLOW_RUN = """
+import sys
+sys.path.insert(0, {root!r})
+from flows.end_to_end import end_to_end_flow
+engine = {{"backend": "fake", "model": "flow-model", "options": {{"script": {{"<|im_start|>assistant\\n": "An answer."}}}}}}
+curate = {{"k": 3, "dedup": ["exact"], "shard_size": 4,
+          "quality_filters": [{{"name": "instruction_words_at_least", "min_words": 2}}]}}
+end_to_end_flow(out={out!r}, n=8, seed=0, engine=engine, synthesize={{"shard_size": 4}}, curate=curate,
+                repo_id="tester/magpie-demo")
+"""
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_of_the_flow_with_a_repo_makes_no_new_commit(tmp_path):
+    """`aligndata run --repo` twice (the end-to-end flow, as a Prefect retry or a nightly re-run would run it): the
+    second run is served from the cache, rewrites no export, appends nothing to the manifest and pushes no commit."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN")}
+    out = tmp_path / "run"
+    with FakeHub(tmp_path / "hub", tokens={GOOD}) as hub:
+        env |= {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": GOOD, "PREFECT_HOME": str(tmp_path / "ph")}
+        script = FLOW_RUN.format(root=str(root), out=str(out))
+        for attempt in range(2):
+            done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-3000:]
+            if attempt == 0:
+                manifest = (out / "manifest.jsonl").read_bytes()
+                export = (out / "export" / "data.parquet").stat().st_mtime_ns
+        assert len(hub.repos[REPO]["commits"]) == 1
+        assert (out / "manifest.jsonl").read_bytes() == manifest
+        assert (out / "export" / "data.parquet").stat().st_mtime_ns == export

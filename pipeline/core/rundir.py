@@ -5,9 +5,15 @@ Layout of a run directory::
     DIR/manifest.jsonl                one JSON line per finished shard and per export
     DIR/<stage>/stage.json            what made the stage: version, parameters, engine, input
     DIR/<stage>/shard-00000.parquet   kept rows; its existence marks the shard finished
-    DIR/<stage>/dropped-00000.parquet rows dropped in that shard, with `drop_reason`
+    DIR/<stage>/dropped-00000.parquet rows dropped in that shard, with `drop_reason` (written, empty or not, first)
     DIR/export/data.parquet           the final rows
     DIR/run.json                      a scheduled run's name, seed and scheduled time (flows with `runs`)
+    DIR/.aligndata.lock               held by the one command writing the directory (its pid, host and command)
+
+A shard finishes in this order: its dropped rows are written (an empty file when none), then its kept rows to a
+temporary file, then its manifest line, then the rename that makes it visible. A crash at any point leaves either
+no shard (the resume redoes it, replacing the dropped file) or a shard with its manifest line; a manifest line whose
+shard never appeared is not counted.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -26,40 +33,23 @@ import pyarrow.parquet as pq
 
 from pipeline.core.records import SCHEMA, RecordError, conform, empty
 from pipeline.core.secrets import redact
+from pipeline.core.writing import LOCK, RunDirBusy, WriteError, write_atomic, write_failure, writer_lock  # noqa: F401
 
 MANIFEST = "manifest.jsonl"
-
-
-def write_atomic(path: Path, write) -> Path:
-    """Call `write(tmp_path)`, fsync, then rename onto `path`: readers see the whole file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 ROW_GROUP = 16_384
 
 
-def write_shard(df: pl.DataFrame | pa.Table, path: Path, rows: pl.Series | None = None) -> Path:
+def write_shard(df: pl.DataFrame | pa.Table, path: Path, rows: pl.Series | None = None,
+                before_rename: Callable[[Path], None] | None = None) -> Path:
     """Conform `df` to the record schema and write it atomically as Parquet; with `rows` (a boolean mask) only
     those rows, filtered and conformed one row group at a time, so writing most of a frame of millions of rows
-    never copies it whole."""
+    never copies it whole. `before_rename(tmp)` runs when the file is complete, before it becomes visible."""
     if rows is None:
         table = df if isinstance(df, pa.Table) else conform(df, where=str(path))
-        return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP))
+        return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP),
+                            before_rename)
     ids = df["id"].filter(rows)
     if ids.is_duplicated().any():
         raise RecordError(f"{path}: id {ids.filter(ids.is_duplicated())[0]!r} is duplicated")
@@ -71,7 +61,7 @@ def write_shard(df: pl.DataFrame | pa.Table, path: Path, rows: pl.Series | None 
                 if part.height:
                     writer.write_table(conform(part, where=f"{path} (rows from {start})"), row_group_size=ROW_GROUP)
 
-    return write_atomic(path, write)
+    return write_atomic(path, write, before_rename)
 
 
 def write_json(obj: object, path: Path) -> Path:
@@ -239,15 +229,24 @@ def record_run(run_dir: Path, info: dict) -> dict:
 
 def append_manifest(run_dir: Path, entry: dict) -> None:
     """Append one JSON line to the run's manifest (small single writes are atomic with O_APPEND); secrets redacted.
-    Every line says when and where it was written (host and pid: a Ray worker, a Prefect worker)."""
+    Every line says when and where it was written (host and pid: a Ray worker, a Prefect worker). A torn last line
+    (a crash mid-write) is cut off first, so no line is glued onto it."""
     where = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid()}
     line = json.dumps(redact({**where, **entry}), sort_keys=True, default=str)
-    fd = os.open(Path(run_dir) / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    path = Path(run_dir) / MANIFEST
     try:
-        os.write(fd, (line + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                tail = os.pread(fd, min(size, 1 << 20), max(size - (1 << 20), 0))
+                os.ftruncate(fd, max(size - (1 << 20), 0) + tail.rfind(b"\n") + 1)
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_failure(exc, path) from exc
 
 
 def file_record(path: Path) -> dict:
@@ -278,24 +277,52 @@ def shard_fingerprint(stage_dir: Path) -> str:
 
 
 def read_manifest(run_dir: Path) -> list[dict]:
-    """The manifest's entries; a torn last line (a crash mid-write) is ignored."""
+    """The manifest's entries; a torn last line (a crash mid-write) is ignored, a broken line elsewhere is an error."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
         return []
+    text = path.read_text()
+    lines = text.split("\n")
+    torn = lines.pop() if lines else ""  # after the last newline: "" unless a write was cut off
     entries = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{path}: line {number} is not a JSON line ({exc.msg}); the manifest was edited or damaged: "
+                              "restore it, or start a new run directory") from exc
+    del torn  # a line with no newline yet: the crash of a writer mid-line, never counted
     return entries
+
+
+def shard_path(run_dir: Path, entry: dict) -> Path:
+    """The file a manifest line of a finished shard describes."""
+    return Path(run_dir) / entry["stage"] / f"shard-{entry['shard']:05d}.parquet"
+
+
+def stage_complete(stage_dir: Path) -> bool:
+    """Whether every shard the manifest records as finished for this stage is there, as it was written (size and
+    modification time); a flow's cached step whose shards were deleted or replaced is not complete."""
+    stage_dir = Path(stage_dir)
+    latest: dict[int, dict] = {}
+    for entry in read_manifest(stage_dir.parent):
+        if entry.get("stage") == stage_dir.name and entry.get("status") == "done" and "shard" in entry:
+            latest[entry["shard"]] = entry
+    for entry in latest.values():
+        path = shard_path(stage_dir.parent, entry)
+        if not path.exists() or ("bytes" in entry and path.stat().st_size != entry["bytes"]):
+            return False
+    return True
 
 
 def summarize(run_dir: Path) -> dict:
     """Rows in/out, drops by reason and seconds per stage, from the manifest's finished shards."""
     latest: dict[tuple, dict] = {}
     for entry in read_manifest(run_dir):
-        if entry.get("status") == "done":
+        # a line whose shard never appeared (a crash between the line and the rename) is not counted
+        if entry.get("status") == "done" and shard_path(run_dir, entry).exists():
             latest[(entry["stage"], entry["shard"])] = entry
     stages: dict[str, dict] = {}
     for (stage, _), entry in latest.items():
@@ -310,4 +337,4 @@ def summarize(run_dir: Path) -> dict:
     return {"stages": stages}
 
 
-__all__ = ["SCHEMA", "ShardState", "StageMismatch", "check_identity", "record_run", "scheduled_run", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]
+__all__ = ["SCHEMA", "RunDirBusy", "ShardState", "StageMismatch", "WriteError", "stage_complete", "writer_lock", "check_identity", "record_run", "scheduled_run", "summarize", "append_manifest", "read_manifest", "read_records", "read_shards", "write_json", "write_shard"]

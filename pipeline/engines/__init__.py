@@ -179,7 +179,8 @@ def load_engine(spec: EngineSpec) -> Engine:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ImportError(f"engine {spec.backend!r} needs a package that is missing ({exc.name}): {install}") from exc
+            raise EngineUnavailable(f"engine {spec.backend!r} needs a package that is missing ({exc.name}): "
+                                    f"{install}") from exc
         try:
             _ENGINES[key] = getattr(module, class_name)(spec)
         except EngineUnavailable:

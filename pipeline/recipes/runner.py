@@ -1,7 +1,7 @@
 """Run one stage over a run directory, shard by shard, resumably.
 
-A shard is finished when its Parquet file exists (written atomically, after its dropped rows), so a
-crashed run resumes by skipping finished shards and redoing only the ones in flight.
+A shard is finished when its Parquet file exists (written atomically, after its dropped rows and its manifest line:
+rundir's write order), so a crashed run resumes by skipping finished shards and redoing only the ones in flight.
 Shards are for durability, not for the engine's batch: an engine stage is called on a *window* of consecutive
 unfinished shards of up to `engine_batch_rows(spec)` rows (vLLM 1024, an OpenAI-compatible server 256; one shard
 for llama.cpp, which decodes one sequence at a time), and its output is split back into those shards, each written
@@ -70,6 +70,8 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
                 **({"engines": {role: describe(spec) for role, spec in engines.items()}} if engines else {}),
                 "function": f"{stage.__module__}.{stage.__qualname__}"}
     check_identity(stage_dir, identity)
+    for stale in stage_dir.glob(".*.tmp"):  # a killed writer's half file (one writer per run directory: not ours)
+        stale.unlink(missing_ok=True)
     size = shard_size or max(frame.height, 1)
     total = max(-(-frame.height // size), 1)
     models = {**(engines or {}), **({"engine": engine} if engine else {})}
@@ -216,7 +218,8 @@ def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seco
             f"({ {k: v for k, v in drops.items() if k.startswith(ENGINE_ERROR)} }), more than max_failure_rate="
             f"{max_failure_rate:.0%}. Finished shards are kept in {stage_dir}; check the engine (is the server up? "
             "the model path right?) and run the same command again to resume.")
-    if drops:
-        write_shard(out, stage_dir / f"dropped-{index:05d}.parquet", rows=~is_kept)
-    path = write_shard(out, stage_dir / f"shard-{index:05d}.parquet", rows=is_kept)
-    append_manifest(run_dir, {**entry, "status": "done", **file_record(path)})
+    # The shard's dropped rows first, always (an empty file replaces a crashed attempt's), then its kept rows, whose
+    # manifest line is written before the rename that finishes the shard (rundir's write order).
+    write_shard(out, stage_dir / f"dropped-{index:05d}.parquet", rows=~is_kept)
+    write_shard(out, stage_dir / f"shard-{index:05d}.parquet", rows=is_kept,
+                before_rename=lambda tmp: append_manifest(run_dir, {**entry, "status": "done", **file_record(tmp)}))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.inputs import write_input
-from pipeline.core.rundir import append_manifest, read_shards, summarize, write_shard
+from pipeline.core.rundir import (append_manifest, file_record, read_manifest, read_shards, shard_fingerprint, summarize,
+                                  write_shard)
 from pipeline.recipes.runner import run_stage
 from pipeline.engines import EngineSpec, release_engines
 from pipeline.score import embed, reward
@@ -67,15 +68,22 @@ def run_steps(out: Path, steps: list[Step], source: Path, *, engine: EngineSpec 
 
 def export_parquet(run_dir: Path, stage_dir: Path, name: str = "data", card: str | None = None) -> Path:
     """Write the kept rows of `stage_dir` to DIR/export/<name>.parquet (atomically) and log it; with `card`
-    (a title), also the dataset card DIR/export/README.md."""
+    (a title), also the dataset card DIR/export/README.md. An export of the same rows again (a cached re-run, a
+    Prefect retry) rewrites nothing and logs nothing, so the run's files, and a Hub push of them, stay as they were."""
     from pipeline.ship import card as cards
 
-    df = read_shards(stage_dir)
-    path = write_shard(df, Path(run_dir) / "export" / f"{name}.parquet")
-    append_manifest(run_dir, {"stage": "export", "rows_in": df.height, "rows_out": df.height, "path": str(path)})
+    run_dir, path = Path(run_dir), Path(run_dir) / "export" / f"{name}.parquet"
+    source = shard_fingerprint(Path(stage_dir))
+    last = next((e for e in reversed(read_manifest(run_dir)) if e.get("stage") == "export" and e.get("path") == str(path)), None)
+    unchanged = bool(last and last.get("source") == source and path.exists() and last.get("sha256") == file_record(path)["sha256"])
+    if not unchanged:
+        df = read_shards(stage_dir)
+        write_shard(df, path)
+        append_manifest(run_dir, {"stage": "export", "rows_in": df.height, "rows_out": df.height, "path": str(path),
+                                  "source": source, "sha256": file_record(path)["sha256"]})
     if card:
-        cards.write(run_dir, Path(run_dir) / "export" / "README.md", pretty_name=card,
-                    description=f"Made by aligndata from the run directory `{Path(run_dir).name}`.")
+        cards.write(run_dir, run_dir / "export" / "README.md", pretty_name=card,
+                    description=f"Made by aligndata from the run directory `{run_dir.name}`.")
     return path
 
 

@@ -74,21 +74,27 @@ class CorpusIndex:
     """The indexes of the corpus at `folder` (created with `settings`, or with the defaults; an existing corpus
     keeps its own and refuses different ones)."""
 
-    def __init__(self, folder: Path, settings: DedupSettings | None = None):
+    def __init__(self, folder: Path, settings: DedupSettings | dict | None = None):
+        """`settings`: the dedup settings asked for, all of them (a DedupSettings) or only those the user set (a dict
+        of its fields). A new corpus takes them over the defaults; an existing one keeps its own and refuses any asked
+        setting that differs."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.folder / "index.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        given = asdict(settings) if isinstance(settings, DedupSettings) else dict(settings or {})
         stored = self.db.execute("SELECT value FROM settings WHERE key = 'dedup'").fetchone()
         if stored is None:
-            self.settings = settings or DedupSettings()
+            self.settings = DedupSettings(**given)
             self.db.execute("INSERT INTO settings VALUES ('dedup', ?)", (json.dumps(asdict(self.settings)),))
         else:
             self.settings = DedupSettings(**json.loads(stored[0]))
-            if settings is not None and settings != self.settings:
-                raise ValueError(f"{self.folder.parent} deduplicates with {self.settings}; it cannot change (the rows "
-                                 "already there were compared with these): drop the dedup options or use a new corpus")
+            differ = [f"{key}={getattr(self.settings, key)!r} (not {value!r})" for key, value in given.items()
+                      if getattr(self.settings, key) != value]
+            if differ:
+                raise ValueError(f"{self.folder.parent} deduplicates with {', '.join(differ)}, fixed when it was created "
+                                 "(the rows already there were compared so): drop those options or use a new corpus")
         self._remove_orphan_segments()
 
     def close(self) -> None:

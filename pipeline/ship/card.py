@@ -172,6 +172,10 @@ def _version() -> str:
 
 
 def write(run_dir: Path, out: Path, *, pretty_name: str, description: str = "", license: str = "other") -> Path:
-    """Render the card for `run_dir` and write it atomically to `out` (the export's README.md)."""
+    """Render the card for `run_dir` and write it atomically to `out` (the export's README.md); a card that says
+    what the file says already is not rewritten."""
     text = render(context(run_dir), pretty_name=pretty_name, description=description, license=license)
-    return write_atomic(Path(out), lambda tmp: Path(tmp).write_text(text))
+    out = Path(out)
+    if out.exists() and out.read_text() == text:
+        return out
+    return write_atomic(out, lambda tmp: Path(tmp).write_text(text))

@@ -51,9 +51,10 @@ def export_of(run: Path) -> Path:
     return path
 
 
-def add(run: Path, corpus: Path, *, settings: DedupSettings | None = None, title: str = "aligndata corpus") -> dict:
+def add(run: Path, corpus: Path, *, settings: DedupSettings | dict | None = None, title: str = "aligndata corpus") -> dict:
     """Add the selected rows of `run` to `corpus` (created if new); returns the addition's manifest entry
-    (with `"already": True` when this export was added before, and nothing changed)."""
+    (with `"already": True` when this export was added before, and nothing changed). `settings`: the dedup settings
+    asked for (CorpusIndex); an existing corpus uses its own for those not asked."""
     started = time.perf_counter()
     corpus, path = Path(corpus), export_of(run)
     content = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -229,29 +230,26 @@ def publish(corpus: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private:
 
     corpus = Path(corpus)
     log_path = corpus / "publish.json"
-    log = json.loads(log_path.read_text()) if log_path.exists() else {"repo_id": repo_id, "commits": []}
-    if log["repo_id"] != repo_id:
-        raise CorpusError(f"{corpus} is published to {log['repo_id']}; push there, or delete {log_path} to start "
-                          f"{repo_id} from the first addition")
-    with locked(corpus):
-        index = CorpusIndex(corpus / "index")
-        try:
-            additions, settings = index.additions(), index.settings
-        finally:
-            index.close()
-    done = {c["number"] for c in log["commits"]}
     pushed = []
-    for position, addition in enumerate(additions):
-        if addition["number"] in done:
-            continue
-        so_far = additions[:position + 1]  # the card and log as they were after this addition
-        files = {addition["files"]["data"]: corpus / addition["files"]["data"],
-                 "README.md": card(so_far, settings, title).encode(),
-                 "corpus.jsonl": manifest(so_far).encode()}
-        record = commit_files(repo_id, files, token_env=token_env, private=private,
-                              message=f"aligndata corpus: addition {addition['number']} "
-                                      f"(+{addition['rows_added']} rows, from {Path(addition['run']).name})")
-        log["commits"].append({"number": addition["number"], **record})
-        write_json(log, log_path)
-        pushed.append(record)
+    with locked(corpus):  # the push log too: one addition or push at a time
+        log = json.loads(log_path.read_text()) if log_path.exists() else {"repo_id": repo_id, "commits": []}
+        if log["repo_id"] != repo_id:
+            raise CorpusError(f"{corpus} is published to {log['repo_id']}; push there, or delete {log_path} to start "
+                              f"{repo_id} from the first addition")
+        with contextlib.closing(CorpusIndex(corpus / "index")) as index:
+            additions, settings = index.additions(), index.settings
+        done = {c["number"] for c in log["commits"]}
+        for position, addition in enumerate(additions):
+            if addition["number"] in done:
+                continue
+            so_far = additions[:position + 1]  # the card and log as they were after this addition
+            files = {addition["files"]["data"]: corpus / addition["files"]["data"],
+                     "README.md": card(so_far, settings, title).encode(),
+                     "corpus.jsonl": manifest(so_far).encode()}
+            record = commit_files(repo_id, files, token_env=token_env, private=private,
+                                  message=f"aligndata corpus: addition {addition['number']} "
+                                          f"(+{addition['rows_added']} rows, from {Path(addition['run']).name})")
+            log["commits"].append({"number": addition["number"], **record})
+            write_json(log, log_path)
+            pushed.append(record)
     return pushed
