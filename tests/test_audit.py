@@ -27,11 +27,14 @@ def test_a_paraphrase_with_changed_numbers_is_close_in_meaning_and_far_as_a_stri
     reference = jsonl(tmp_path / "train.jsonl", [ORIGINAL, "Write a limerick about a cat who loves jazz."])
     out = audit.audit(rows([CHANGED_NUMBERS, ORIGINAL, "What are the main causes of inflation?"]), against=str(reference))
     similarity, string = out["ref_similarity"].to_list(), out["ref_string_similarity"].to_list()
-    assert similarity[0] > 0.9 and string[0] < 0.5  # what string matching misses
+    # the README's numbers: cosine 0.947 with MiniLM (under the default 0.95), Indel 0.46
+    assert similarity[0] == pytest.approx(0.947, abs=0.002) and string[0] == pytest.approx(0.46, abs=0.01)
     assert similarity[1] == pytest.approx(1.0, abs=1e-5) and string[1] == 1.0  # a verbatim copy
     assert similarity[2] < 0.5 and string[2] < 0.5
     assert out["ref_nearest"].to_list()[:2] == [out["ref_nearest"][1]] * 2
-    counts = audit.summary(out, threshold=0.9)
+    at_default = audit.summary(out)  # the default threshold, 0.95: the rewrite is not counted
+    assert (at_default["semantic_overlap"], at_default["string_overlap"]) == (1, 1)
+    counts = audit.summary(out, threshold=0.9)  # at 0.9 it is, and string matching still misses it
     assert (counts["semantic_overlap"], counts["string_overlap"]) == (2, 1)
     assert sum(counts["histograms"]["ref_similarity"]["counts"]) == 3
 

@@ -182,9 +182,12 @@ def test_openai_engine_names_the_served_models_when_model_is_wrong(llama_server,
     assert "serves ['smollm2'], not 'llama-3-8b': pass --model smollm2" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_an_over_length_prompt_fails_only_its_own_row(backend):
-    engine = load_engine(EngineSpec.make(backend))
+@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("openai", marks=pytest.mark.server),
+                                     pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_an_over_length_prompt_fails_only_its_own_row(backend, request):
+    """Its own row fails as too_long (the server's HTTP 400 included), never the batch."""
+    base_url = request.getfixturevalue("llama_server").url if backend == "openai" else None
+    engine = load_engine(EngineSpec.make(backend, base_url=base_url))
     prefix = engine.template.user_prefix()
     too_long = prefix + "word " * 9000  # past llama.cpp's n_ctx 2048 and SmolLM2's 8192 positions on vLLM
     out = engine.generate([prefix, too_long, prefix], Sampling(max_tokens=8), seeds=[1, 2, 3])
@@ -192,6 +195,22 @@ def test_an_over_length_prompt_fails_only_its_own_row(backend):
     assert out[1][0].error_kind == "too_long"
     logprobs = engine.prompt_logprobs([prefix + "Hi", too_long])
     assert logprobs[0] and logprobs[1] is None
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_the_flaming_tokens_temperature_acts_on_the_first_token_only(backend):
+    """The first-token temperature on a real engine: divided by 0.01, the first token is the greedy one for every seed,
+    while without it sampling at T=1 from the Magpie prefix varies; what follows the first token is still sampled."""
+    engine = load_engine(EngineSpec.make(backend))
+    prefix = magpie.pre_query(engine).prefix
+    [[greedy]] = engine.generate([prefix], Sampling(temperature=0.0, max_tokens=1), [1])
+    seeds = list(range(8))
+    plain = engine.generate([prefix] * 8, Sampling(temperature=1.0, max_tokens=6), seeds)
+    cold_first = engine.generate([prefix] * 8, Sampling(temperature=1.0, max_tokens=6, first_token_temperature=0.01),
+                                 seeds)
+    firsts = lambda out: {c[0].text[:len(greedy.text)] == greedy.text for c in out}  # noqa: E731
+    assert firsts(cold_first) == {True} and firsts(plain) == {True, False}
+    assert len({c[0].text for c in cold_first}) > 1  # the tokens after the first are sampled as before
 
 
 def test_a_hung_llamacpp_worker_times_out_as_a_counted_failure_and_restarts():

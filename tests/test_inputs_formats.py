@@ -372,3 +372,19 @@ def test_a_broken_compressed_json_array_names_the_records_before_it(tmp_path, co
     path = compress(codec, json.dumps(ROWS[:3]).encode()[:-1] + b', {"x": tru}]', tmp_path / "a.json.cmp")
     with pytest.raises(InputError, match="a.json.cmp: the JSON array .* after 3 complete records, near byte \\d+ after decompression"):
         load(path)
+
+
+def test_records_tables_get_the_same_checks_as_any_input(tmp_path):
+    """A table with id, source and meta columns is read as aligndata records, every column kept, but its rows are
+    checked like any input's: a repeated id, a row that is not an object, a conversation with an unknown role."""
+    good = {"id": "a", "source": "import", "meta": "{}", "messages": [{"role": "user", "content": "hi"}], "deita_score": 3.0}
+    rows = [good, {**good, "id": "b", "messages": [{"role": "robot", "content": "x"}]}, {**good, "deita_score": 5.0}, 5,
+            {**good, "id": "c", "messages": [{"from": "human", "value": "hello"}]}]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stage = write_input(tmp_path / "run", path)
+    kept = pl.read_parquet(stage / "shard-00000.parquet")
+    assert kept["id"].to_list() == ["a", "c"] and kept["deita_score"].to_list() == [3.0, 3.0]
+    assert kept["messages"].to_list()[1] == [{"role": "user", "content": "hello"}]
+    dropped = pl.read_parquet(stage / "dropped-00000.parquet")
+    assert sorted(dropped["drop_reason"].to_list()) == ["duplicate_id", "not_an_object", "unknown_role:robot"]

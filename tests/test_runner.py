@@ -142,3 +142,21 @@ def test_a_stage_that_builds_new_rows_is_split_by_id_or_parent_id(tmp_path):
     out = pl.DataFrame({"id": ["a", "x"], "parent_id": [None, "c"]})
     assert _shard_of_rows(tagged, out, [0, 1])["_shard"].to_list() == [0, 1]
     assert _shard_of_rows(tagged, pl.DataFrame({"id": ["new"]}), [0, 1]) is None
+
+
+def test_a_stage_that_cannot_use_replicas_says_so_and_runs_here(tmp_path, caplog):
+    """A stage with per-shard state (MCTS trees) runs in this process under --replicas, and says so on the console
+    (the aligndata logger) and in the manifest."""
+    import logging
+
+    from pipeline.core.rundir import read_manifest
+    from pipeline.recipes.replicas import replicas
+
+    def stateful(df, *, engine, checkpoint):
+        return df
+
+    with caplog.at_level(logging.WARNING, logger="aligndata"), replicas(4, address="local"):
+        run_stage(tmp_path, "trees", stateful, source=magpie.plan(3, seed=0), engine=EngineSpec.make("fake", "m"), shard_size=2)
+    message = "this stage keeps resumable state inside each shard, so it runs in this process, not on the 4 replicas"
+    assert [r.getMessage() for r in caplog.records] == [f"trees: {message}"]
+    assert [e["message"] for e in read_manifest(tmp_path) if e.get("event") == "replicas_unused"] == [message]

@@ -39,3 +39,35 @@ def test_ifd_is_the_ratio_of_conditioned_to_unconditioned_answer_loss():
     out = ifd.score(df, engine=engine)
     assert out["ifd"].to_list() == [0.5, None]  # the second row has no answer
     assert engine.calls[-1][0] == 8  # one batched call: 4 prompts per row
+
+
+@pytest.mark.real_llm
+@pytest.mark.vllm
+def test_ifd_on_the_real_model_matches_a_hand_computation(vllm_engine):
+    """IFD = s(A|Q) / s(A) on SmolLM2 through vLLM's prompt logprobs, against the same ratio computed here from the
+    model's logits with transformers: the answer's mean token loss after the chat-template question, over its loss
+    after Cherry's "### Response:" header (the answer = the tokens the full text has beyond its prefix)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.engines.models import smollm2_hf_dir
+
+    question, answer = "What is the capital of France?", "The capital of France is Paris."
+    df = pl.DataFrame({"id": ["a"], "source": ["t"], "meta": ["{}"],
+                       "messages": [[{"role": "user", "content": question}, {"role": "assistant", "content": answer}]]})
+    got = ifd.score(df, engine=vllm_engine)["ifd"][0]
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir())
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir(), dtype=torch.float32).eval()
+
+    def answer_loss(prefix: str) -> float:
+        full = tokenizer(prefix + answer, add_special_tokens=False)["input_ids"]
+        n_answer = len(full) - len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logits = model(torch.tensor([full])).logits[0].double()
+        logprobs = torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(full[1:])[:, None])[:, 0]
+        return float(-logprobs[-n_answer:].mean())
+
+    expected = answer_loss(vllm_engine.template.prompt(question)) / answer_loss(ifd.RESPONSE_HEADER)
+    assert 0.05 < expected < 1.0  # the question helps predict the answer
+    assert got == pytest.approx(expected, rel=0.03)

@@ -180,6 +180,37 @@ def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], 
     return Converted(kept_frame.with_columns(dump_meta(kept["meta"])), bad_frame.with_columns(dump_meta(bad["meta"])), removed)
 
 
+def records_batch(batch: Batch, *, path: Path | str, seen_ids: set[str], strict: bool = False) -> Converted:
+    """aligndata records (a run's export, a stage directory, a table with `id`, `source` and `meta`) from one batch,
+    every column kept; rows that are not objects, repeat an id or hold no valid conversation are quarantined as in
+    `to_records` (or, with `strict`, an InputError)."""
+    name = Path(path).name
+    kept, bad = [], {"id": [], "meta": [], "drop_reason": []}
+    for offset, row in enumerate(batch.rows):
+        number = batch.first_row + offset
+        try:
+            if not isinstance(row, dict):
+                raise BadRow("not_an_object", f"expected a JSON object, got {type(row).__name__}")
+            if str(row.get("id")) in seen_ids:
+                raise BadRow("duplicate_id", f"field 'id' has the duplicate value {row.get('id')!r}; ids must be unique")
+            messages, _ = conversation({"messages": row.get("messages")}, "messages")
+        except BadRow as exc:
+            if strict:
+                raise InputError(f"{batch.file or path}: row {number} {exc} (drop_reason {exc.reason}); fix the row, or "
+                                 "run without --strict to quarantine such rows") from exc
+            bad["id"].append(record_id("quarantined", name, number))
+            bad["meta"].append({"import": {"file": batch.file_name or name, "row": number, "format": "records",
+                                           "raw": json.dumps(row, ensure_ascii=False, default=str)[:RAW_CHARS]}})
+            bad["drop_reason"].append(exc.reason)
+            continue
+        seen_ids.add(str(row.get("id")))
+        kept.append({**row, "messages": messages})
+    frame = pl.from_dicts(kept, infer_schema_length=None).drop("drop_reason", strict=False) if kept else empty()
+    bad_frame = pl.DataFrame({"id": bad["id"], "source": ["import"] * len(bad["id"]), "drop_reason": bad["drop_reason"]},
+                             schema={"id": pl.String, "source": pl.String, "drop_reason": pl.String})
+    return Converted(frame, bad_frame.with_columns(dump_meta(bad["meta"])), 0)
+
+
 def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool = False, salvage: bool = False) -> Path:
     """DIR/input/: the input as record shards of up to BATCH_ROWS rows, read in batches (bounded memory).
 
@@ -199,8 +230,7 @@ def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool =
         keys = keys_of(batch.rows)
         first_keys = first_keys if first_keys is not None else (sorted(keys) if batch.rows else None)
         if {"id", "source", "meta"} <= keys:  # aligndata records
-            kept = pl.from_dicts(batch.rows, infer_schema_length=None).drop("drop_reason", strict=False)
-            converted = Converted(kept, kept.clear(), 0)
+            converted = records_batch(batch, path=path, seen_ids=seen, strict=strict)
         else:
             fmt = fmt or (detect_format(keys, batch.file or path) if batch.rows else None)  # salvage may leave none
             converted = to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict)

@@ -14,6 +14,7 @@ api_key_env (name of the environment variable holding the key; the key itself is
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -25,6 +26,9 @@ from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling
 from pipeline.engines.models import DEFAULT_MODEL, smollm2_gguf
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# How servers say a prompt does not fit (OpenAI and llama_cpp.server: context_length_exceeded; vLLM: "maximum context
+# length"; llama.cpp's native server: "exceed context")
+CONTEXT_TOO_LONG = re.compile(r"context_length_exceeded|maximum context length|exceeds? (the )?context", re.I)
 
 
 class OpenAIEngine:
@@ -93,6 +97,8 @@ class OpenAIEngine:
             if response.status_code in RETRYABLE_STATUS:
                 error = f"http_{response.status_code}: {response.text[:200]}"
                 continue
+            if response.status_code == 400 and CONTEXT_TOO_LONG.search(response.text):
+                return None, f"too_long: {response.text[:300]}"  # the prompt does not fit: its own row, not retried
             if response.status_code != 200:
                 return None, f"http_{response.status_code}: {response.text[:300]}"
             try:
