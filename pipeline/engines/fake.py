@@ -20,7 +20,8 @@ import hashlib
 from typing import Sequence
 
 from pipeline.engines.templates import ChatTemplate, load_template
-from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup
+from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup, render, templated
+from pipeline.engines.usage import Usage
 
 FAKE_TEMPLATE = "chatml"
 
@@ -38,6 +39,7 @@ class FakeEngine:
         self.top_logprobs: dict[str, dict[str, float]] = dict(opts.get("top_logprobs", {}))
         self.prompt_logprob: dict[str, float] = dict(opts.get("prompt_logprob", {}))
         self.context_length: int | None = opts.get("context_length")
+        self.usage = Usage()
         self.calls: list[tuple[int, Sampling]] = []  # (number of prompts, sampling) per generate call
         self.requests = 0
 
@@ -47,7 +49,8 @@ class FakeEngine:
                 return text
         return f"fake {hashlib.sha256(f'{prompt}|{seed}'.encode()).hexdigest()[:8]}?"
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        prompts, sampling = templated(self.template, requests, sampling)
         self.calls.append((len(prompts), sampling))
         flat = []
         for _, prompt, seed in expand_requests(prompts, sampling, seeds):
@@ -69,11 +72,12 @@ class FakeEngine:
                 top = next((v for k, v in self.top_logprobs.items() if k in prompt), {d: 0.0 for d in "123456"})
                 logprobs = [dict(list(top.items())[: sampling.logprobs]) for _ in words[: sampling.max_tokens] or [""]]
             flat.append(Completion(text=text, finish_reason="length" if truncated else self.finish_reason,
-                                   n_tokens=len(words), logprobs=logprobs))
+                                   n_tokens=len(words), logprobs=logprobs, prompt_tokens=len(prompt.split())))
+        self.usage.add(flat)
         return regroup(prompts, sampling, flat)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(text.split()) for text in texts]
+    def count_tokens(self, texts: Sequence) -> list[int]:
+        return [len(render(self.template, text).split()) for text in texts]
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
         self.calls.append((len(prompts), None))

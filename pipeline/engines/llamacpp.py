@@ -31,7 +31,8 @@ from typing import Sequence
 
 from pipeline.engines.templates import load_template
 from pipeline.engines import (BANNED_LOGIT, Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed,
-                              regroup)
+                              regroup, render, templated)
+from pipeline.engines.usage import Usage
 from pipeline.engines.models import resolve_model
 
 MAX_CRASHES_IN_A_ROW = 3
@@ -65,6 +66,7 @@ class LlamaCppEngine:
         self.template = load_template(spec.template or self.path)
         self.model_name = os.path.basename(self.path)
         self.crashes = 0  # worker crashes since this engine was built (each failed the requests in flight)
+        self.usage = Usage()
         self._worker: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one request at a time on the worker's pipes
         self.system_info = self._start()["system_info"]
@@ -129,7 +131,8 @@ class LlamaCppEngine:
             in_a_row = in_a_row + 1 if replies[-1].get("failed", "").startswith(("crashed", "timeout")) else 0
         return replies
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        prompts, sampling = templated(self.template, requests, sampling)
         requests = [{"op": "complete", "prompt": prompt, "seed": seed, "max_tokens": sampling.max_tokens,
                      "temperature": sampling.temperature, "top_p": sampling.top_p, "stop": list(sampling.stop),
                      "logprobs": sampling.logprobs, "json_schema": sampling.json_schema_text,
@@ -141,7 +144,9 @@ class LlamaCppEngine:
                 flat.append(failed(reply["failed"]))
             else:
                 flat.append(Completion(text=reply["text"], finish_reason=reply["finish_reason"],
-                                       n_tokens=reply["n_tokens"], logprobs=reply["logprobs"]))
+                                       n_tokens=reply["n_tokens"], logprobs=reply["logprobs"],
+                                       prompt_tokens=reply.get("prompt_tokens", 0)))
+        self.usage.add(flat)
         return regroup(prompts, sampling, flat)
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:
@@ -150,7 +155,7 @@ class LlamaCppEngine:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
         """Tokens each text takes as a prompt (None if the worker could not say)."""
-        reply = self._call({"op": "count_tokens", "texts": list(texts)})
+        reply = self._call({"op": "count_tokens", "texts": [render(self.template, t) for t in texts]})
         return reply.get("counts")
 
     def close(self) -> None:
@@ -187,7 +192,7 @@ def _complete(llm, grammars: dict, request: dict) -> dict:
     if request["logprobs"] and choice.get("logprobs"):
         logprobs = [{tok: float(lp) for tok, lp in (top or {}).items()} for top in choice["logprobs"]["top_logprobs"]]
     return {"text": choice["text"], "finish_reason": choice.get("finish_reason") or "stop",
-            "n_tokens": out["usage"]["completion_tokens"], "logprobs": logprobs}
+            "n_tokens": out["usage"]["completion_tokens"], "prompt_tokens": out["usage"]["prompt_tokens"], "logprobs": logprobs}
 
 
 def _first_token_processor(rule: dict):

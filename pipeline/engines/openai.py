@@ -22,7 +22,8 @@ from typing import Sequence
 import httpx
 
 from pipeline.engines.templates import load_template
-from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup
+from pipeline.engines import Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, failed, regroup, templated
+from pipeline.engines.usage import Usage
 from pipeline.engines.models import DEFAULT_MODEL, smollm2_gguf
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -57,6 +58,7 @@ class OpenAIEngine:
         self.template = load_template(template_source)
         self.model_name = spec.model
         self.context_length = None  # the server's; an over-long prompt is its 400, failed as too_long
+        self.usage = Usage()
 
     def count_tokens(self, texts: Sequence[str]) -> None:
         return None
@@ -128,16 +130,19 @@ class OpenAIEngine:
             if sampling.logprobs:
                 logprobs = [{tok: float(lp) for tok, lp in (top or {}).items()}
                             for top in choice["logprobs"]["top_logprobs"]]
-            n_tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
-            return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop", n_tokens=n_tokens,
-                              logprobs=logprobs)
+            usage = data.get("usage") or {}
+            return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                              n_tokens=int(usage.get("completion_tokens") or 0), logprobs=logprobs,
+                              prompt_tokens=int(usage.get("prompt_tokens") or 0))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             return failed(f"malformed: {type(exc).__name__}: {exc}")
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-        requests = expand_requests(prompts, sampling, seeds)
+    def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        prompts, sampling = templated(self.template, requests, sampling)
+        flat_requests = expand_requests(prompts, sampling, seeds)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            flat = list(pool.map(lambda r: self._one(r[1], sampling, r[2]), requests))
+            flat = list(pool.map(lambda r: self._one(r[1], sampling, r[2]), flat_requests))
+        self.usage.add(flat)
         return regroup(prompts, sampling, flat)
 
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float] | None]:

@@ -19,7 +19,9 @@ from typing import Sequence
 
 from pipeline.core.devices import claim_accelerator, hold_accelerator, release_accelerator
 from pipeline.engines.templates import load_template
-from pipeline.engines import Completion, EngineSpec, Sampling, expand_requests, failed, regroup, release_engines
+from pipeline.engines import (Completion, EngineSpec, Sampling, expand_requests, failed, regroup, release_engines, render,
+                              templated)
+from pipeline.engines.usage import Usage
 from pipeline.engines.models import resolve_model
 
 FIRST_TOKEN_PROCESSOR = "pipeline.engines.vllm_logits:FirstTokenProcessor"  # Magpie's, for both model runners
@@ -87,14 +89,15 @@ class VLLMEngine:
         self.prefix = special_prefix(self.tokenizer)
         self.template = load_template(spec.template or path)
         self.model_name = os.path.basename(path.rstrip("/"))
+        self.usage = Usage()
 
     def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
         """Each prompt's token ids as vLLM will see them (prompt_token_ids)."""
         return prompt_token_ids(self.tokenizer, self.prefix, prompts)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text takes as a prompt."""
-        return [len(ids) for ids in self.token_ids(texts)]
+    def count_tokens(self, texts: Sequence) -> list[int]:
+        """Tokens each request (raw text, or a Chat as the template renders it) takes as a prompt."""
+        return [len(ids) for ids in self.token_ids([render(self.template, t) for t in texts])]
 
     def _params(self, sampling: Sampling, seed: int | None, max_tokens: int):
         from vllm import SamplingParams
@@ -116,9 +119,10 @@ class VLLMEngine:
         return f"too_long: {n_tokens} prompt tokens leave no room to generate in max_model_len {limit}" \
             if n_tokens >= limit else None
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         from vllm.inputs import TokensPrompt
 
+        prompts, sampling = templated(self.template, requests, sampling)
         requests = expand_requests(prompts, sampling, seeds)
         ids = self.token_ids(prompts)
         # An over-length prompt fails its own row only: vLLM would reject the batch it is in.
@@ -130,7 +134,9 @@ class VLLMEngine:
                 [self._params(sampling, s, min(sampling.max_tokens, self.context_length - len(ids[p])))
                  for p, _, s in runnable], use_tqdm=False) if runnable else [])
         except (ValueError, RuntimeError) as exc:
-            return regroup(prompts, sampling, [failed(f"engine: {exc}")] * len(requests))
+            flat = [failed(f"engine: {exc}")] * len(requests)
+            self.usage.add(flat)
+            return regroup(prompts, sampling, flat)
         flat = []
         for i in range(len(requests)):
             if i in length_errors:
@@ -142,7 +148,8 @@ class VLLMEngine:
             if sampling.logprobs and c.logprobs:
                 logprobs = [{lp.decoded_token: float(lp.logprob) for lp in step.values()} for step in c.logprobs]
             flat.append(Completion(text=c.text, finish_reason=c.finish_reason or "stop", n_tokens=len(c.token_ids),
-                                   logprobs=logprobs))
+                                   logprobs=logprobs, prompt_tokens=len(out.prompt_token_ids or ())))
+        self.usage.add(flat)
         return regroup(prompts, sampling, flat)
 
     def close(self) -> None:

@@ -173,38 +173,43 @@ class ReplicaPool:
 
     def map(self, items: list, args: Callable, on_done: Callable, depth: int = 2) -> None:
         """Each replica holds up to `depth` items (the next one is queued while it works, so it never waits for the
-        driver to write); a result is written as soon as it arrives. An item whose replica is lost goes to another
-        (at most MAX_ATTEMPTS runs); a replica whose models fail to load stops the map at once."""
-        pending, running, dead, attempts = list(items), {}, set(), {}  # running: object ref -> (item, actor)
+        driver to write); a result is written as soon as it arrives. A lost replica's items go to others; the one it
+        was running (its earliest: an actor runs its calls in order) counts an attempt, at most MAX_ATTEMPTS; a
+        replica whose models fail to load stops the map at once."""
+        pending, running, attempts = list(items), {}, {}  # running: object ref -> (item, actor, submission number)
+        submitted = iter(range(10**12))
 
         def fill() -> None:
             for _ in range(depth):
                 for actor in self.actors:
-                    if pending and sum(a is actor for _, a in running.values()) < depth:
+                    if pending and sum(a is actor for _, a, _ in running.values()) < depth:
                         item = pending.pop(0)
-                        running[actor.run.remote(*args(item))] = (item, actor)
+                        running[actor.run.remote(*args(item))] = (item, actor, next(submitted))
 
         fill()
         while running:
             ready, _ = self.ray.wait(list(running), num_returns=1)
-            item, actor = running.pop(ready[0])
+            item, actor, number = running.pop(ready[0])
             try:
                 result = self.ray.get(ready[0])
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as exc:
                 if getattr(exc, "actor_init_failed", False):
                     raise ReplicaFailure(f"a replica could not load its models: {_reason(exc)}") from None
-                key = repr(item)
+                lost = [(number, item)] + [(n, it) for ref, (it, a, n) in list(running.items()) if a is actor]
+                for ref in [ref for ref, (_, a, _) in running.items() if a is actor]:
+                    del running[ref]
+                lost.sort(key=lambda entry: entry[0])
+                culprit = lost[0][1]
+                key = repr(culprit)
                 attempts[key] = attempts.get(key, 0) + 1
                 if attempts[key] >= MAX_ATTEMPTS:
-                    raise ReplicaFailure(f"shards {item} lost their replica {attempts[key]} times (last: {_reason(exc)}); "
-                                         "finished shards are kept: fix the cause (memory? a crashing model?) and run "
-                                         "the same command again to resume") from None
-                if id(actor) not in dead:  # one replacement per lost replica, however many items it held
-                    dead.add(id(actor))
-                    self.notify("replica_lost", f"a replica was lost running shards {item} ({_reason(exc)}); starting "
-                                                f"another, attempt {attempts[key] + 1} of {MAX_ATTEMPTS}")
-                    self.actors[self.actors.index(actor)] = self._start()
-                pending.insert(0, item)  # back to the front of the queue
+                    raise ReplicaFailure(f"shards {culprit} lost their replica {attempts[key]} times (last: "
+                                         f"{_reason(exc)}); finished shards are kept: fix the cause (memory? a crashing "
+                                         "model?) and run the same command again to resume") from None
+                self.notify("replica_lost", f"a replica was lost running shards {culprit} ({_reason(exc)}); starting "
+                                            f"another, attempt {attempts[key] + 1} of {MAX_ATTEMPTS}")
+                self.actors[self.actors.index(actor)] = self._start()
+                pending[:0] = [it for _, it in lost]  # back to the front of the queue, in their order
                 fill()
                 continue
             fill()
