@@ -31,6 +31,9 @@ def run(
                                                                        "for synthesis, 64 for scoring)."),
     wait: bool = typer.Option(False, "--wait", help="If another command is writing --out, wait for it to finish "
                                                     "(default: refuse, naming it)."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="Stop, resumable, before an engine "
+                                                                             "window would pass this many USD."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="A YAML file of prices over the bundled table."),
 ) -> None:
     """The main job, as the end-to-end Prefect flow: Magpie synthesis → dedup, deita scores, diverse selection →
     Parquet, dataset card, trainer exports (TRL, HF, LLaMA-Factory, axolotl) → report, all in --out.
@@ -54,7 +57,7 @@ def run(
                                           synthesize=QUICKSTART_SYNTHESIS | ({"shard_size": shard_size} if shard_size else {}),
                                           curate={"k": k, **({"shard_size": shard_size} if shard_size else {})},
                                           title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray,
-                                          replicas=replicas)
+                                          replicas=replicas, max_cost=max_cost, prices=str(prices) if prices else None)
         except job_errors() as exc:
             raise fail(exc) from exc
     if not output.settings["verbose"]:  # Prefect logs the ephemeral server's shutdown at exit, after run.log closed

@@ -17,6 +17,7 @@ from flows.publish import publish_flow
 from flows.synthesize import synthesize_flow
 from flows.tasks import ray_runner
 from pipeline.core import rundir
+from pipeline.recipes.budget import spending
 from pipeline.ship import corpus as corpora
 from pipeline.ship import report
 
@@ -61,7 +62,8 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
                     curate: dict | None = None,
                     title: str = "Alignment data", repo_id: str | None = None, token_env: str = "HF_TOKEN",
                     ray_address: str | None = None, gpus: float = 0.0, replicas: int = 1, max_failure_rate: float = 0.1,
-                    corpus: str | None = None, corpus_repo_id: str | None = None) -> dict:
+                    corpus: str | None = None, corpus_repo_id: str | None = None, max_cost: float | None = None,
+                    prices: str | None = None) -> dict:
     """Synthesize, curate and publish into the run directory `out`, or for scheduled runs into RUNS/<scheduled date>
     with a seed derived from `seed` and the date (see run_directory); returns rundir.summarize() with the outputs.
 
@@ -72,9 +74,11 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
     shards over that many engine replicas (one GPU each on GPU hosts; on the cluster at `ray_address`, else a local
     one). With `corpus` (a directory), the run's selected rows are then
     added to that growing corpus, deduplicated against it, and with `corpus_repo_id` the addition is pushed.
+    `max_cost` (USD) stops the run, resumable, before an engine window would pass it, at the bundled prices or those
+    of the YAML file `prices` (pipeline.recipes.budget; tasks on Ray workers are priced but not held to it).
     """
     out, seed = run_directory(out, runs, run_name, seed)
-    with rundir.writer_lock(Path(out)):  # one writer per run directory: another flow run on it is refused
+    with rundir.writer_lock(Path(out)), spending(prices, max_cost):  # one writer per run directory
         synth, cur = synthesize_flow, curate_flow
         if ray_address:  # each subflow gets its own runner (a runner is entered and left by one flow run)
             address = None if ray_address == "local" else ray_address

@@ -12,7 +12,7 @@ runner = CliRunner()
 def test_unknown_engine_lists_the_valid_ones(tmp_path):
     result = runner.invoke(app, ["magpie", "--out", str(tmp_path), "--engine", "ollama"])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # a usage error, not a traceback
-    assert "'ollama' is not one of 'llamacpp', 'openai', 'vllm'" in " ".join(result.output.replace("│", " ").split())
+    assert "'ollama' is not one of 'llamacpp', 'openai', 'openai-chat', 'anthropic', 'vllm'" in " ".join(result.output.replace("│", " ").split())
 
 
 @pytest.mark.real_llm

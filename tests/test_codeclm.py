@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.synth import codeclm
 from pipeline.engines.templates import load_template
-from pipeline.engines import Completion, EngineSpec
+from pipeline.engines import Completion, EngineSpec, render
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -50,7 +50,7 @@ class Scripted:
         self.judged = []
 
     def generate(self, prompts, sampling, seeds=None):
-        return [[Completion(text=self.reply(p), finish_reason="stop")] * sampling.n for p in prompts]
+        return [[Completion(text=self.reply(render(self.template, p)), finish_reason="stop")] * sampling.n for p in prompts]
 
     def reply(self, prompt):
         user = prompt.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
@@ -134,7 +134,7 @@ def test_logprob_judge_scores_each_assistant_in_both_orders():
         """Gives Assistant 1 a 9 and Assistant 2 a 1 whatever they wrote: a pure position bias."""
 
         def generate(self, prompts, sampling, seeds=None):
-            digits = ["9" if p.endswith("Assistant 1: ") else "1" for p in prompts]
+            digits = ["9" if render(self.template, p).endswith("Assistant 1: ") else "1" for p in prompts]
             return [[Completion(text=d, finish_reason="stop", logprobs=[{k: (0.0 if k == d else -1e4) for k in "123456789"}])]
                     for d in digits]
 

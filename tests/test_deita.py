@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.score import deita
 from pipeline.core.records import turns
-from pipeline.engines import EngineSpec, load_engine
+from pipeline.engines import EngineSpec, load_engine, render
 
 
 def test_prompts_are_the_official_strings_byte_for_byte():
@@ -86,9 +86,9 @@ def test_missing_digits_give_null_scores():
 
 def test_judge_mode_opens_the_assistant_reply_with_the_label():
     engine = load_engine(EngineSpec.make("fake", "deita-judge"))
-    prompt = deita._prompt(engine, deita.COMPLEXITY_PROMPT.format(instruction="Q"), "judge")
+    prompt = render(engine.template, deita._prompt(engine, deita.COMPLEXITY_PROMPT.format(instruction="Q"), "judge"))
     assert prompt.startswith("<|im_start|>user\nYou are a helpful assistant.") and prompt.endswith("<|im_start|>assistant\n##Complexity: ")
-    with pytest.raises(ValueError, match="mode must be in \\['scorer', 'judge'\\]"):
+    with pytest.raises(ValueError, match="mode must be in \\['auto', 'scorer', 'judge'\\]"):
         deita.score(frame([[{"role": "user", "content": "q"}]]), engine=engine, mode="direct")
 
 

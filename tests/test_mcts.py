@@ -10,7 +10,7 @@ import pytest
 from pipeline.core.rundir import ShardState
 from pipeline.synth import mcts
 from pipeline.engines.templates import load_template
-from pipeline.engines import Completion, EngineSpec
+from pipeline.engines import Completion, EngineSpec, render
 from pipeline.synth.mcts import Node, Search, Tree, backup, q_value, run_search, select, uct
 
 
@@ -27,7 +27,7 @@ class ScriptedEngine:
     def generate(self, prompts, sampling, seeds=None):
         self.calls.append(len(prompts))
         out = []
-        for prompt in prompts:
+        for prompt in (render(self.template, p) for p in prompts):
             match = re.search(r"paraphrased is \[(.*)\]\. You should optimize this query by (.*)\. You should also", prompt, re.S)
             if match:
                 name = next(n for d in mcts.principles().values() for n, c in d.items() if c == match.group(2))

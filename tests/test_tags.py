@@ -42,7 +42,7 @@ def test_prefilled_parse(reply, quality):
     assert out["input_quality"].to_list() == [quality]
     stored = meta_dicts(out)[0]["tags"]["quality"]
     assert stored["raw"] == "{" + reply + "}" and stored["structured"] is False
-    assert engine.calls[-1][1].stop == ("}",)
+    assert engine.calls[-1][1].stop[0] == "}"  # then the template's end-of-turn stops
 
 
 def test_json_with_trailing_text_and_other_vs_others():

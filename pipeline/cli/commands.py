@@ -12,6 +12,7 @@ from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, hois
                                  TEMPLATE, EMBEDDER, Backend, app, choice, comma_list, console, engine_spec, fail, role,
                                  run_job, shard_size_option)
 from pipeline.cli import mining, selfalign  # noqa: F401  (registers their commands)
+from pipeline.cli.batches import batches
 from pipeline.cli.corpus import corpus_app
 from pipeline.core.inputs import FORMATS as INPUT_FORMATS
 from pipeline.recipes import DEDUP_METHODS, SELECTORS
@@ -31,6 +32,7 @@ ResponderFormat = choice(("chat", "base"))  # pipeline.synth.mcts checks these t
 ExportFormat = choice(EXPORT_FORMATS)
 
 app.add_typer(corpus_app, name="corpus")
+app.command("batches")(batches)
 
 
 @app.command()
@@ -57,16 +59,22 @@ def magpie(
     response_max_tokens: Optional[int] = typer.Option(None, help="Default: per profile (paper: 4096)."),
     response_mode: ResponseMode = typer.Option("chat", help="chat (the model's template) or urial (a base model answering "
                                                    "through URIAL's in-context prompt; --model is then a base model)."),
+    responder: Optional[str] = typer.Option(None, help="Who answers the instructions (default: --model): a model on "
+                                                       "--engine's backend, or an engine block as JSON, e.g. "
+                                                       '\'{"backend": "openai-chat", "model": "gpt-4o-mini", "options": '
+                                                       '{"api_key_env": "OPENAI_API_KEY"}}\'.'),
     shard_size: int = shard_size_option(32),
     max_failure_rate: float = typer.Option(0.1, help="Stop when more than this share of a shard fails in the engine."),
 ) -> None:
     """Magpie self-synthesis: instructions, responses, optional extra turns, basic filters, Parquet export."""
-    run_job("magpie_job", out, n=n, seed=seed, engine=engine_spec(engine, model, base_url, template, option, api_key_env), turns=turns, task=task,
-                system=system, profile=profile, instruction_temperature=temperature,
-                instruction_max_tokens=instruction_max_tokens, response_temperature=response_temperature,
-                response_top_p=response_top_p, response_max_tokens=response_max_tokens, response_mode=response_mode,
-                shard_size=shard_size,
-                max_failure_rate=max_failure_rate)
+    spec = engine_spec(engine, model, base_url, template, option, api_key_env)
+    answering = role(spec, responder)
+    run_job("magpie_job", out, n=n, seed=seed, engine=spec, turns=turns, task=task,
+            system=system, profile=profile, instruction_temperature=temperature,
+            instruction_max_tokens=instruction_max_tokens, response_temperature=response_temperature,
+            response_top_p=response_top_p, response_max_tokens=response_max_tokens, response_mode=response_mode,
+            responder=answering.to_json() if answering else None, shard_size=shard_size,
+            max_failure_rate=max_failure_rate)
 
 
 
@@ -88,7 +96,9 @@ def curate(
     template: Optional[str] = TEMPLATE,
     option: list[str] = OPTION,
     api_key_env: Optional[str] = API_KEY_ENV,
-    score_mode: ScoreMode = typer.Option("scorer", help="scorer (exact raw deita prompt) or judge (inside the chat template)."),
+    score_mode: ScoreMode = typer.Option("auto", help="scorer (exact raw deita prompt), judge (as a conversation, the "
+                                                       "label line opening the reply) or auto (scorer where the engine "
+                                                       "takes raw text, judge on a chat API)."),
     complexity_model: Optional[str] = typer.Option(None, help="A second model for complexity (hkust-nlp/deita-complexity-scorer; --model then scores quality)."),
     fmt: Optional[InputFormat] = typer.Option(None, "--format", help="The input's format: messages (OpenAI), sharegpt, "
                                                                      "alpaca or instructions (seeds; default: detected)."),

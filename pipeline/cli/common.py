@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthesize a
 console = Console(stderr=True)
 
 
-EXECUTION = {"replicas": 1, "ray": None, "wait": False}  # set by the app's --replicas, --ray and --wait
+EXECUTION = {"replicas": 1, "ray": None, "wait": False, "prices": None, "max_cost": None}  # the app's global options
 
 
 @app.callback()
@@ -33,12 +33,19 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", help="Show thi
                                                    "(default with --replicas > 1) or an address."),
                  wait: bool = typer.Option(False, "--wait", help="If another command is writing the run directory, "
                                            "wait for it to finish (default: refuse, naming it); accepted after the "
-                                           "command too.")) -> None:
+                                           "command too."),
+                 prices: Optional[Path] = typer.Option(None, "--prices", help="A YAML file of prices ({model: {input, "
+                                                       "output, batch_input, batch_output}} in USD per 1M tokens) over "
+                                                       "the bundled table; accepted after the command too."),
+                 max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="Stop, resumable, before an "
+                                                          "engine window would take the run directory past this many "
+                                                          "USD; accepted after the command too.")) -> None:
     output.settings["verbose"] = verbose
-    EXECUTION.update(replicas=replicas, ray=ray or ("local" if replicas > 1 else None), wait=wait)
+    EXECUTION.update(replicas=replicas, ray=ray or ("local" if replicas > 1 else None), wait=wait,
+                     prices=str(prices) if prices else None, max_cost=max_cost)
 
 
-GLOBAL_OPTIONS = ("--replicas", "--ray")
+GLOBAL_OPTIONS = ("--replicas", "--ray", "--prices", "--max-cost")
 GLOBAL_FLAGS = ("--wait",)
 
 
@@ -142,8 +149,26 @@ def engine_spec(engine: str, model: str, base_url: Optional[str], template: Opti
 
 
 def role(spec: EngineSpec, model: Optional[str]) -> Optional[EngineSpec]:
-    """The same engine settings for another model (a base, target, optimizer or responder model)."""
-    return replace(spec, model=model) if model else None
+    """The engine of a role model (a base, target, optimizer, responder, judge or complexity scorer): a model name or
+    path runs on the job's engine settings; an engine block as JSON, as prefect.yaml writes them
+    ('{"backend": "anthropic", "model": "claude-3-5-haiku-latest"}'), is its own engine (a hosted one, say).
+
+    >>> role(EngineSpec.make("vllm", "m"), '{"backend": "openai-chat", "model": "gpt-4o-mini"}').backend
+    'openai-chat'
+    """
+    if not model:
+        return None
+    if not model.lstrip().startswith("{"):
+        return replace(spec, model=model)
+    try:
+        block = json.loads(model)
+        built = EngineSpec.make(**block)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise typer.BadParameter(f"an engine block must be JSON with backend, model and optionally base_url, template, "
+                                 f"options; got {model!r} ({exc})") from None
+    if built.backend not in ENGINES:
+        raise typer.BadParameter(f"unknown engine {built.backend!r} in {model!r}; valid: {', '.join(ENGINES)}")
+    return built
 
 
 def job_errors() -> tuple[type[Exception], ...]:
@@ -152,10 +177,11 @@ def job_errors() -> tuple[type[Exception], ...]:
     from pipeline.ship.publish import PublishError
     from pipeline.core.records import RecordError
     from pipeline.core.rundir import RunDirBusy, WriteError
+    from pipeline.recipes.budget import BudgetExceeded
     from pipeline.recipes.replicas import ReplicaFailure
 
     return (EngineFailures, EngineUnavailable, StageMismatch, InputError, RecordError, PublishError, FileNotFoundError,
-            ReplicaFailure, RunDirBusy, WriteError)
+            ReplicaFailure, RunDirBusy, WriteError, BudgetExceeded)
 
 
 def fail(exc: Exception) -> typer.Exit:
@@ -177,11 +203,13 @@ def run_job(job: str, out: Path, **kwargs) -> None:
 
         from pipeline import recipes
         from pipeline.core.rundir import writer_lock
+        from pipeline.recipes.budget import spending
         from pipeline.recipes.replicas import replicas
 
         try:
             with writer_lock(out, wait=EXECUTION["wait"], on_wait=lambda m: console.print(m, soft_wrap=True)), \
-                    replicas(EXECUTION["replicas"], EXECUTION["ray"]):
+                    replicas(EXECUTION["replicas"], EXECUTION["ray"]), \
+                    spending(EXECUTION["prices"], EXECUTION["max_cost"]):
                 summary = getattr(recipes, job)(out, on_progress=on_progress, **kwargs)
         except job_errors() as exc:
             raise fail(exc) from exc
@@ -193,7 +221,15 @@ def print_summary(summary: dict, out: Path) -> None:
     for stage, s in summary["stages"].items():
         drops = ", ".join(f"{k}: {v}" for k, v in s["drops"].items()) or "-"
         nulls = "".join(f"  null {k}: {v}" for k, v in s.get("nulls", {}).items())
-        console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}", soft_wrap=True)
+        tokens = s.get("tokens") or {}
+        used = ""
+        if tokens:
+            prompt = sum(t.get("prompt_tokens", 0) + t.get("batch_prompt_tokens", 0) for t in tokens.values())
+            completion = sum(t.get("completion_tokens", 0) + t.get("batch_completion_tokens", 0) for t in tokens.values())
+            cost = s.get("cost_usd")
+            used = f"  tokens: {prompt} in, {completion} out" + (f", ${cost:.4f}" if cost else "")
+        console.print(f"{stage:>14}  {s['rows_in']:>5} → {s['rows_out']:<5} {s['seconds']:>7.1f}s  drops: {drops}{nulls}{used}",
+                      soft_wrap=True)
     exports = summary["export"] if isinstance(summary["export"], dict) else {"data": summary["export"]}
     manifest = summary.get("manifest", out / "manifest.jsonl")
     console.print(f"wrote {', '.join(exports.values())} ({summary['seconds']} s); manifest: {manifest}", soft_wrap=True)

@@ -318,7 +318,8 @@ def stage_complete(stage_dir: Path) -> bool:
 
 
 def summarize(run_dir: Path) -> dict:
-    """Rows in/out, drops by reason and seconds per stage, from the manifest's finished shards."""
+    """Rows in/out, drops by reason, seconds, and tokens and cost per model, per stage, from the manifest's finished
+    shards (each shard's latest line); `cost_usd` is None where a model had no price."""
     latest: dict[tuple, dict] = {}
     for entry in read_manifest(run_dir):
         # a line whose shard never appeared (a crash between the line and the rename) is not counted
@@ -334,6 +335,16 @@ def summarize(run_dir: Path) -> dict:
             s["drops"][reason] = s["drops"].get(reason, 0) + count
         for column, count in entry.get("nulls", {}).items():
             s["nulls"][column] = s["nulls"].get(column, 0) + count
+        for used in (entry.get("tokens") or {}).values():
+            tokens = s.setdefault("tokens", {}).setdefault(used["model"], {"backend": used["backend"]})
+            for key, value in used.items():
+                if key == "cost_usd":  # None (no price) stays None
+                    tokens[key] = None if value is None or tokens.get(key, 0.0) is None else round(tokens.get(key, 0.0) + value, 6)
+                elif key not in ("backend", "model"):
+                    tokens[key] = tokens.get(key, 0) + value
+        if "cost_usd" in entry:
+            s["cost_usd"] = None if entry["cost_usd"] is None or s.get("cost_usd", 0.0) is None else \
+                round(s.get("cost_usd", 0.0) + entry["cost_usd"], 6)
     return {"stages": stages}
 
 

@@ -118,7 +118,7 @@ def chat(user: str, *, system: str | None = None, opening: str = "", history: Se
     return Chat(tuple([*system_turn, *history, {"role": "user", "content": user}]), opening)
 
 
-def conversation(messages: Sequence[dict], opening: str = "") -> Chat:
+def reply_to(messages: Sequence[dict], opening: str = "") -> Chat:
     """The Chat that continues `messages` with the assistant's reply."""
     return Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages), opening)
 
@@ -148,6 +148,19 @@ def templated(template: ChatTemplate, requests: Sequence, sampling: "Sampling") 
 class EngineUnavailable(RuntimeError):
     """An engine cannot serve at all (its model does not load, its server serves other models); the message
     says what to fix. Failures of single requests are Completions, never this."""
+
+
+class RawTextUnsupported(EngineUnavailable):
+    """A raw-text request (or prompt logprobs) asked of a chat API, which takes conversations only."""
+
+
+def raw_text_template(engine: "Engine", what: str) -> ChatTemplate:
+    """The engine's chat template, for a stage that writes raw text around it (`what`: Magpie's pre-query prompt,
+    URIAL, IFD's prompt logprobs); a chat API has none, which is a one-line error naming the engines that do."""
+    if getattr(engine, "template", None) is None:
+        raise RawTextUnsupported(f"{engine.spec.backend} sends conversations, and {what} needs raw text: use --engine "
+                                 "vllm, llamacpp, or openai (a /v1/completions server)")
+    return engine.template
 
 
 def failed(error: str) -> Completion:
@@ -281,4 +294,4 @@ def regroup(prompts: Sequence[str], sampling: Sampling, flat: list[Completion]) 
 
 
 
-__all__ = ["ENGINE_ERROR", "Chat", "Completion", "chat", "conversation", "render", "templated", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines", "close_engines"]
+__all__ = ["ENGINE_ERROR", "Chat", "Completion", "RawTextUnsupported", "raw_text_template", "chat", "reply_to", "render", "templated", "Engine", "EngineSpec", "EngineUnavailable", "failure_reason", "Sampling", "failed", "load_engine", "release_engines", "close_engines"]

@@ -12,15 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from pipeline.engines import Completion, EngineUnavailable, failed
+from pipeline.engines import Completion, RawTextUnsupported, failed  # noqa: F401 (RawTextUnsupported: re-exported)
 from pipeline.engines.openai import CONTEXT_TOO_LONG
 
 RAW_TEXT = ("{backend} sends conversations, and this stage needs raw text prompts (Magpie's pre-query instructions, "
             "URIAL, prompt logprobs for IFD): use --engine vllm, llamacpp, or openai (a /v1/completions server)")
-
-
-class RawTextUnsupported(EngineUnavailable):
-    """A raw-text request (or prompt logprobs) asked of a chat API."""
 
 
 class AdaptiveLimit:

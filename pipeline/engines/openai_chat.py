@@ -69,6 +69,7 @@ class OpenAIChatEngine:
         self.limit = AdaptiveLimit(int(opts.get("concurrency", 8)), int(opts.get("max_concurrency", 64)),
                                    rpm=opts.get("rpm"), tpm=opts.get("tpm"))
         self.prefill = str(opts.get("prefill", "none"))
+        self.prefills = self.prefill == "continue"  # whether a Chat's opening is continued (else left out)
         self.json_mode = str(opts.get("json_mode", "json_schema"))
         if self.prefill not in ("none", "continue") or self.json_mode not in ("json_schema", "json_object"):
             raise EngineUnavailable(f"openai-chat options: prefill is none or continue (got {self.prefill!r}), json_mode "

@@ -50,8 +50,8 @@ def priced(used: dict[str, dict], share: float = 1.0) -> tuple[dict, float | Non
     prices, tokens, total = SPENDING.get().prices, {}, 0.0
     for role, entry in used.items():
         usage = Usage(**{k: v for k, v in entry.items() if k not in ("backend", "model")}).scaled(share)
-        tokens[role] = {"backend": entry["backend"], "model": entry["model"], **usage.as_dict()}
         value = cost(entry["backend"], entry["model"], usage, prices)
+        tokens[role] = {"backend": entry["backend"], "model": entry["model"], **usage.as_dict(), "cost_usd": value}
         total = None if value is None or total is None else total + value
     return tokens, (round(total, 6) if total is not None else None)
 

@@ -13,7 +13,7 @@ SELECTORS = ("diverse", "isa")
 
 
 def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DEDUP_METHODS, selector: str = "diverse",
-                 isa_fraction: float | None = None, score_mode: str = "scorer", top_logprobs: int = 20,
+                 isa_fraction: float | None = None, score_mode: str = "auto", top_logprobs: int = 20,
                  embed_field: str = "instruction", embedder: str = "minilm", reference: str | None = None,
                  complexity_engine: dict | None = None, quality_filters: list | None = None, long_output: bool = False,
                  ifd_max: float | None = None, shard_size: int = 64) -> list[Step]:

@@ -46,12 +46,13 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
                  instruction_max_tokens: int | None = None, response_temperature: float | None = None,
                  response_top_p: float | None = None, response_max_tokens: int | None = None, response_mode: str = "chat",
                  instruction_filter_spec: list | None = None, filter_spec: list | None = None,
-                 shard_size: int = 32) -> list[Step]:
+                 responder: str | None = None, shard_size: int = 32) -> list[Step]:
     """Instructions → instruction filters → responses (→ follow-up + response per extra turn) → filters.
 
     Sampling: the settings given, else the `profile`'s (profile_settings; `model` decides `auto`), else the
     model family's official ones. Instructions are filtered before any response is generated so no engine time
-    goes to rows that would be dropped; the final filters check every turn again.
+    goes to rows that would be dropped; the final filters check every turn again. `responder` (EngineSpec JSON)
+    answers instead of the job's engine: a hosted chat model, say (instructions need the pre-query's raw text).
     """
     given = {"instruction_max_tokens": instruction_max_tokens, "response_temperature": response_temperature,
              "response_top_p": response_top_p, "response_max_tokens": response_max_tokens}
@@ -65,12 +66,13 @@ def magpie_steps(*, turns: int = 1, task: str | None = None, system: str | None 
         Step("instructions-filtered", "filters:mark",
              {"spec": filters.MAGPIE_INSTRUCTION if instruction_filter_spec is None else instruction_filter_spec},
              uses_engine=False, shard_size=None),
-        Step("responses", "pipeline.synth.magpie:respond", responses, shard_size=shard_size),
+        Step("responses", "pipeline.synth.magpie:respond", responses, shard_size=shard_size, engine=responder),
     ]
     for turn in range(2, turns + 1):
         steps += [Step(f"followups-{turn}", "pipeline.synth.magpie:follow_up", {"max_tokens": s.get("instruction_max_tokens")},
                        shard_size=shard_size),
-                  Step(f"responses-{turn}", "pipeline.synth.magpie:respond", responses, shard_size=shard_size)]
+                  Step(f"responses-{turn}", "pipeline.synth.magpie:respond", responses, shard_size=shard_size,
+                       engine=responder)]
     spec = filters.MAGPIE_BASIC if filter_spec is None else filter_spec
     return steps + [Step("filtered", "filters:mark", {"spec": spec}, uses_engine=False, shard_size=None)]
 

@@ -51,8 +51,11 @@ def replicas(count: int, address: str | None = "local") -> Iterator[None]:
         EXECUTION.reset(token)
 
 
-def call_stage(stage: Callable, frame: pl.DataFrame, kwargs: dict) -> tuple[pl.DataFrame, list[str], float]:
-    """(the stage's output, its StageWarnings' messages, seconds) for one call; other warnings are shown as usual."""
+def call_stage(stage: Callable, frame: pl.DataFrame, kwargs: dict) -> tuple[pl.DataFrame, list[str], float, dict]:
+    """(the stage's output, its StageWarnings' messages, seconds, what its engines used) for one call; other warnings
+    are shown as usual. What the engines used is {role: {backend, model, requests, tokens...}} (Usage)."""
+    engines = {role: e for role, e in kwargs.items() if hasattr(e, "usage") and hasattr(e, "spec")}
+    before = {role: engine.usage.copy() for role, engine in engines.items()}
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StageWarning)
@@ -61,7 +64,9 @@ def call_stage(stage: Callable, frame: pl.DataFrame, kwargs: dict) -> tuple[pl.D
     for w in caught:
         if not issubclass(w.category, StageWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    return out, notes, time.perf_counter() - started
+    used = {role: {"backend": e.spec.backend, "model": e.spec.model, **e.usage.since(before[role]).as_dict()}
+            for role, e in engines.items()}
+    return out, notes, time.perf_counter() - started, used
 
 
 def _connect(address: str | None) -> None:
@@ -123,8 +128,16 @@ def _replica_class():
                                            options={**spec.opts, "n_threads": cpus})
                 self.engines[role] = load_engine(spec)
 
-        def run(self, stage: Callable, frame, params: dict):
-            return call_stage(stage, frame, {**params, **self.engines})
+        def run(self, stage: Callable, frame, params: dict, batch_dir: str | None = None):
+            from pathlib import Path
+
+            from pipeline.engines.batches import BATCH_DIR
+
+            token = BATCH_DIR.set(Path(batch_dir) if batch_dir else None)
+            try:
+                return call_stage(stage, frame, {**params, **self.engines})
+            finally:
+                BATCH_DIR.reset(token)
 
         def gpu_ids(self) -> list:
             return ray.get_gpu_ids()

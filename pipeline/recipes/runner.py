@@ -23,6 +23,8 @@ from pipeline.core.codehash import code_hash
 from pipeline.core.devices import free_host_memory
 from pipeline.engines.models import model_revision
 from pipeline.core.notices import notice
+from pipeline.engines.batches import BATCH_DIR
+from pipeline.recipes.budget import check_prices, check_window, priced
 from pipeline.recipes.replicas import EXECUTION, call_stage, gpus_per_replica
 from pipeline.core.rundir import (LazyShards, ShardState, append_manifest, check_identity, file_record,
                                   shard_fingerprint, write_shard)
@@ -96,13 +98,21 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
 
     def run_window(window: list[int], tagged: pl.DataFrame) -> None:
         nonlocal loaded
+        check_window(run_dir, name, tagged.height)
         loaded = loaded if loaded is not None else {role: load_engine(spec) for role, spec in models.items()}
         kwargs = {**params, **loaded}
         if wants_checkpoint:
             kwargs["checkpoint"] = ShardState(stage_dir / f"state-{window[0]:05d}.json")
-        write(window, tagged, call_stage(stage, tagged, kwargs))
+        token = BATCH_DIR.set(stage_dir / "batches")  # where a provider batch keeps its id (pipeline.engines.batches)
+        try:
+            result = call_stage(stage, tagged, kwargs)
+        finally:
+            BATCH_DIR.reset(token)
+        write(window, tagged, result)
 
     work = [w for w in windows if w]
+    if work:
+        check_prices(models.values())
     if work and models and wants_checkpoint and EXECUTION.get():
         notice(run_dir, name, "replicas_unused", f"this stage keeps resumable state inside each shard, so it runs in "
                                                  f"this process, not on the {EXECUTION.get().count} replicas")
@@ -116,7 +126,8 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
 
         def dispatch(window: list[int]):
             inputs[tuple(window)] = window_rows(window)
-            return stage, inputs[tuple(window)], params
+            check_window(run_dir, name, inputs[tuple(window)].height)
+            return stage, inputs[tuple(window)], params, str(stage_dir / "batches")
 
         try:
             pool.map(work, dispatch, lambda window, result: write(window, inputs.pop(tuple(window)), result))
@@ -143,9 +154,9 @@ def _progress(on_shard: Callable[[int, int], None] | None, total: int, finished:
 
 def engine_batch_rows(spec: EngineSpec) -> int:
     """Rows per engine call across shards: the `batch_rows` option, else the backend's (vLLM 1024: its scheduler
-    fills the GPU with hundreds of sequences; an OpenAI-compatible server 256, so `concurrency` requests stay in flight;
+    fills the GPU with hundreds of sequences; a server or hosted API 256, so `concurrency` requests stay in flight;
     0, one shard, for engines that decode one sequence at a time)."""
-    return int(spec.opts.get("batch_rows", {"vllm": 1024, "openai": 256}.get(spec.backend, 0)))
+    return int(spec.opts.get("batch_rows", {"vllm": 1024, "openai": 256, "openai-chat": 256, "anthropic": 256}.get(spec.backend, 0)))
 
 
 def _windows(rows: list[int], batch_rows: int, finished: Callable[[int], bool]):
@@ -185,7 +196,7 @@ def _tagged(window: list[int], shards: list[pl.DataFrame]) -> pl.DataFrame:
 def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_failure_rate, computes, redo) -> None:
     """Split a window's output back into its shards (`tagged`: the window's input, with each row's shard) and write
     each in order; `redo(index, rows)` reruns a shard alone when the stage built rows that cannot be traced to one."""
-    out, notes, seconds = result
+    out, notes, seconds, used = result
     if SHARD not in out.columns:
         out = _shard_of_rows(tagged, out, window)
         if out is None:  # rows the stage made anew, from no input id: go shard by shard
@@ -193,13 +204,16 @@ def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_fail
                 redo(index, tagged.filter(pl.col(SHARD) == index))
             return
     rows_in = dict(tagged.group_by(SHARD).len().iter_rows())
+    total = max(sum(rows_in.values()), 1)
     for index in window:
         rows = out if len(window) == 1 else out.filter(pl.col(SHARD) == index)  # one shard: no copy
+        tokens, cost = priced(used, rows_in.get(index, 0) / total)  # the window's usage, by each shard's rows
+        spent = {"tokens": tokens, "cost_usd": cost} if tokens else {}
         _finish_shard(run_dir, stage_dir, index, rows_in.get(index, 0), rows.drop(SHARD),
-                      identity, notes, seconds / len(window), max_failure_rate, computes)
+                      identity, notes, seconds / len(window), max_failure_rate, computes, spent)
 
 
-def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seconds, max_failure_rate, computes):
+def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seconds, max_failure_rate, computes, spent):
     if "drop_reason" not in out.columns:
         out = out.with_columns(pl.lit(None, dtype=pl.String).alias("drop_reason"))
     # Masks and counts only: the kept and dropped rows are written from `out` without copying it (write_shard).
@@ -209,7 +223,7 @@ def _finish_shard(run_dir, stage_dir, index, rows_in, out, identity, notes, seco
     nulls = {c: n for c in computes if c in out.columns and (n := out[c].filter(is_kept).null_count())}
     entry = {"stage": identity["stage"], "code": identity["code"], "shard": index, "rows_in": rows_in,
              "rows_out": int(is_kept.sum()), "drops": drops, "nulls": nulls, "seconds": round(seconds, 3),
-             "engine": identity["engine"], "params": identity["params"],
+             "engine": identity["engine"], "params": identity["params"], **spent,
              **({"warnings": notes} if notes else {})}
     if rows_in and failures > max_failure_rate * rows_in:
         append_manifest(run_dir, {**entry, "status": "failed"})

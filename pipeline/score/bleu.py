@@ -15,7 +15,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.core.records import dump_meta, first_pairs, meta_dicts, seed_of
-from pipeline.engines import ENGINE_ERROR, Engine, Sampling
+from pipeline.engines import ENGINE_ERROR, Engine, Sampling, chat
 
 
 def bleu(hypothesis: str, references: list[str]) -> float:
@@ -47,9 +47,9 @@ def score(df: pl.DataFrame, *, engine: Engine, references_column: str | None = N
     if df.is_empty():
         return df.with_columns(pl.lit(None, dtype=pl.Float64).alias("bleu"))
     pairs, metas = first_pairs(df), meta_dicts(df)
-    sampling = Sampling(temperature=temperature, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings()))
+    sampling = Sampling(temperature=temperature, max_tokens=max_tokens)
     seeds = [seed_of("bleuberi", rid) % 2**31 for rid in df["id"].to_list()]  # by row: any shard size
-    completions = [c[0] for c in engine.generate([engine.template.prompt(q) for q, _ in pairs], sampling, seeds)]
+    completions = [c[0] for c in engine.generate([chat(q) for q, _ in pairs], sampling, seeds)]
     values, reasons = [], []
     for (_, answer), meta, completion in zip(pairs, metas, completions):
         refs = references_of(meta, answer, references_column)

@@ -10,7 +10,8 @@ response (complexity: the instruction) cut from its end until the prompt fits, t
 and a StageWarning on the record. deita's reference code never cuts: its transformers path runs past the model's
 positions, its vLLM path has the request refused and returns 3.0; neither is a score of the row (deviation table).
 
-Two prompt modes: "scorer" (default) sends the exact official prompt as raw text, as the published
+Two prompt modes ("auto", the default, picks scorer on engines that take raw text, judge on chat APIs): "scorer"
+sends the exact official prompt as raw text, as the published
 hkust-nlp/deita-*-scorer models expect; "judge" puts it in the engine's chat template, the prompt's
 body as the user turn and its label line ("##Complexity: ") opening the assistant's reply, for an
 instruct model used as a generic judge. On SmolLM2 both give all six digits in the top 20.
@@ -23,10 +24,10 @@ from typing import Callable
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason, raw_text_template
 from pipeline.core.records import messages_of, turns
 from pipeline.core.rundir import StageWarning
-from pipeline.score.ratings import expected_rating
+from pipeline.score.ratings import RATED_DIGIT_NOTE, expected_rating, rating
 
 # Official strings (hkust-nlp/deita selection/scorer), spacing included: two spaces before "\n##Complexity",
 # a space after {output}, a trailing space after each colon.
@@ -35,7 +36,7 @@ COMPLEXITY_PROMPT = ("You are a helpful assistant. Please identify the complexit
 QUALITY_PROMPT = ("You are a helpful assistant. Please identify the quality score of the Response corresponding to the "
                   "Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: ")
 DIGITS = ("1", "2", "3", "4", "5", "6")
-MODES = ("scorer", "judge")
+MODES = ("auto", "scorer", "judge")
 
 
 def expected_score(top_logprobs: dict[str, float] | None) -> float | None:
@@ -48,13 +49,18 @@ def expected_score(top_logprobs: dict[str, float] | None) -> float | None:
     return expected_rating(top_logprobs, DIGITS)
 
 
-def _prompt(engine: Engine, text: str, mode: str) -> str:
+DIGIT_HINT = "\nAnswer with the score only: one digit from 1 to 6."
+
+
+def _prompt(engine: Engine, text: str, mode: str):
     if mode == "scorer":
         return text
     # Judge: the prompt's body is the user turn and its last line ("##Complexity: ") opens the assistant's
-    # reply, so the next token is the score rather than a preamble.
+    # reply, so the next token is the score rather than a preamble. An engine that may not continue that opening
+    # (a chat API without prefill, or one whose rating is read from its words) is also told to answer with the digit.
     body, label = text.rsplit("\n", 1)
-    return engine.template.prompt(body.rstrip(), opening=label)
+    trusted = getattr(engine, "prefills", True) and getattr(engine, "has_logprobs", True)
+    return chat(body.rstrip() + ("" if trusted else DIGIT_HINT), opening=label)
 
 
 PARTS = ("both", "complexity", "quality")
@@ -110,7 +116,7 @@ def _per_row(values: list, lengths: list[int]) -> list[list]:
     return [values[start:start + n] for start, n in zip(starts, lengths)]
 
 
-def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprobs: int = 20,
+def score(df: pl.DataFrame, *, engine: Engine, mode: str = "auto", top_logprobs: int = 20,
           part: str = "both") -> pl.DataFrame:
     """Add `complexity`, `quality` (per turn) and `deita_score`; one engine call for the whole frame.
 
@@ -122,6 +128,10 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
     """
     if mode not in MODES or part not in PARTS:
         raise ValueError(f"deita mode must be in {list(MODES)} and part in {list(PARTS)}; got {mode!r}, {part!r}")
+    if mode == "auto":  # the scorers' raw prompt where the engine takes raw text; a chat API gets it as a conversation
+        mode = "scorer" if getattr(engine, "template", None) is not None else "judge"
+    if mode == "scorer":
+        raw_text_template(engine, "deita's scorer prompt (--score-mode judge sends it as a conversation)")
     if part == "quality" and "complexity" not in df.columns:
         raise ValueError("deita part='quality' reads the `complexity` column: run part='complexity' first")
     if df.is_empty():
@@ -140,8 +150,15 @@ def score(df: pl.DataFrame, *, engine: Engine, mode: str = "scorer", top_logprob
         prompts, cut = prompts + fitted, cut + n
     if cut:
         warnings.warn(CUT_WARNING, StageWarning, stacklevel=2)
-    completions = [c[0] for c in engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=top_logprobs))]
-    flat = [expected_score(c.logprobs[0] if c.logprobs else None) for c in completions]
+    prefills = mode == "scorer" or getattr(engine, "prefills", True)  # the reply opened up to the digit
+    # one token is the digit's distribution; where the rating is read from words, the words need room
+    reads_one = prefills and getattr(engine, "has_logprobs", True)
+    completions = [c[0] for c in engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1 if reads_one else 16,
+                                                                   logprobs=top_logprobs))]
+    rated = [rating(c, DIGITS, first_token=prefills) for c in completions]
+    if any(by_digit for _, by_digit in rated):
+        warnings.warn(RATED_DIGIT_NOTE, StageWarning, stacklevel=2)
+    flat = [value for value, _ in rated]
     lengths = [len(c) for c in pairs]
     row_of_turn = [row for row, n in enumerate(lengths) for _ in range(n)]
     failures: list[str | None] = [None] * df.height  # a row fails with its first failed request, in either part

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.engines import ENGINE_ERROR, Engine
+from pipeline.engines import ENGINE_ERROR, Engine, raw_text_template
 from pipeline.core.records import first_pairs
 
 RESPONSE_HEADER = "### Response:"
@@ -31,9 +31,10 @@ def score(df: pl.DataFrame, *, engine: Engine) -> pl.DataFrame:
     if df.is_empty():
         return df.with_columns(pl.lit(None, dtype=pl.Float64).alias("ifd"))
     firsts = first_pairs(df)
+    template = raw_text_template(engine, "IFD's prompt logprobs")
     prompts = []
     for question, answer in firsts:
-        conditioned = engine.template.prompt(question)
+        conditioned = template.prompt(question)
         prompts += [conditioned + answer, conditioned, RESPONSE_HEADER + answer, RESPONSE_HEADER]
     logprobs = engine.prompt_logprobs(prompts)
     values, failures = [], []

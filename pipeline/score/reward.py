@@ -13,16 +13,19 @@ stage's engine. Also Magpie's reward difference r* - r_base, whose base model an
 """
 from __future__ import annotations
 
+import warnings
+
 from functools import lru_cache
 from typing import Protocol, Sequence
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling, failure_reason, urial
+from pipeline.core.rundir import StageWarning
+from pipeline.engines import Engine, Sampling, chat, failure_reason, urial
 from pipeline.core.devices import (claim_accelerator, free_accelerator_memory, hold_accelerator, release_accelerator,
                                    torch_device, torch_dtype)
 from pipeline.core.records import first_pairs
-from pipeline.score.ratings import expected_rating
+from pipeline.score.ratings import RATED_DIGIT_NOTE, rating
 
 JUDGE_PROMPT = ("Rate how well the assistant's response answers the user's request: helpful, correct, relevant and "
                 "complete. 1 means useless or harmful, 9 means excellent.\n\n[User request]\n{instruction}\n\n"
@@ -43,10 +46,15 @@ class JudgeReward:
         self.engine, self.top_logprobs = engine, top_logprobs
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float | None], list[str | None]]:
-        prompts = [self.engine.template.prompt(JUDGE_PROMPT.format(instruction=q, response=r), opening=JUDGE_OPENING)
-                   for q, r in pairs]
-        replies = self.engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1, logprobs=self.top_logprobs))
-        ratings = [expected_rating(c[0].logprobs[0] if c[0].logprobs else None) for c in replies]
+        prompts = [chat(JUDGE_PROMPT.format(instruction=q, response=r), opening=JUDGE_OPENING) for q, r in pairs]
+        prefills = getattr(self.engine, "prefills", True)
+        reads_one = prefills and getattr(self.engine, "has_logprobs", True)  # else the rating is read from words
+        replies = self.engine.generate(prompts, Sampling(temperature=0.0, max_tokens=1 if reads_one else 16,
+                                                         logprobs=self.top_logprobs))
+        rated = [rating(c[0], first_token=prefills) for c in replies]
+        if any(by_digit for _, by_digit in rated):
+            warnings.warn(RATED_DIGIT_NOTE, StageWarning, stacklevel=2)
+        ratings = [value for value, _ in rated]
         return [None if r is None else (r - 1.0) / 8.0 for r in ratings], [failure_reason(c) for c in replies]
 
 

@@ -18,7 +18,7 @@ from functools import cache
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason
 from filters.magpie import DIFFICULTY_LEVELS, QUALITY_LEVELS
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts
 
@@ -140,7 +140,7 @@ TAGS = {
                                           ["primary_tag", "other_tags"]),
                  {"primary_tag": "task_category", "other_tags": "other_task_categories"}),
 }
-STRUCTURED_BACKENDS = ("vllm", "llamacpp")
+STRUCTURED_BACKENDS = ("vllm", "llamacpp", "openai-chat", "anthropic")  # JSON-schema constrained output
 
 
 def parse_json_object(text: str | None) -> dict | None:
@@ -176,7 +176,7 @@ def ask_json(engine: Engine, prompts: list[str], schema: dict, *, max_tokens: in
     sampling = Sampling(temperature=0.0, max_tokens=max_tokens, stop=() if structured else ("}",),
                         json_schema=Sampling.schema(schema) if structured else None)
     opening = "" if structured else "{"
-    replies = [c[0] for c in engine.generate([engine.template.prompt(p, opening=opening) for p in prompts], sampling)] \
+    replies = [c[0] for c in engine.generate([chat(p, opening=opening) for p in prompts], sampling)] \
         if prompts else []
     raws = [None if r.text is None else r.text if structured else "{" + r.text + "}" for r in replies]
     return [(parse_json_object(raw), raw, reply) for raw, reply in zip(raws, replies)]

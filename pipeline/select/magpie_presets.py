@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 import filters
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason
 from pipeline.core.records import dump_meta, first_pairs, meta_dicts, seed_of
 from pipeline.score.reward import reward_model
 
@@ -95,9 +95,8 @@ def preference_pairs(df: pl.DataFrame, *, engine: Engine, k: int = 5, temperatur
     "engine_error:<kind>"; a reward that could not be parsed "reward_null".
     """
     pairs = first_pairs(df)
-    prompts = [engine.template.prompt(q) for q, _ in pairs]
-    sampling = Sampling(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                        stop=tuple(engine.template.stop_strings()))
+    prompts = [chat(q) for q, _ in pairs]
+    sampling = Sampling(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     groups = engine.generate(prompts, sampling, [seed_of("dpo", rid) for rid in df["id"].to_list()])
     flat = [(q, c.text.strip()) for (q, _), group in zip(pairs, groups) for c in group if not c.failed]
     scores = iter(zip(*reward_model(engine, reward_model_path).score(flat)))

@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.rundir import read_manifest, write_atomic
+from pipeline.engines.usage import PRICES_DATE, PRICES_SOURCE
 from pipeline.core.secrets import redact
 from pipeline.score.embed import describe_embedder
 
@@ -125,9 +126,16 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
               f"instruction following) read as the reference reads them; kept when both are at least {_filter_param(stages, 'self_assessed_at_least', 'min_score', 9)}"
               for s in stages if s.get("function") == "pipeline.synth.isheep.self_assess"]
     notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
+    usage = [{"stage": stage, "model": model, "backend": t["backend"], "requests": t.get("requests", 0),
+              "prompt_tokens": t.get("prompt_tokens", 0) + t.get("batch_prompt_tokens", 0),
+              "completion_tokens": t.get("completion_tokens", 0) + t.get("batch_completion_tokens", 0),
+              "batch": "yes" if t.get("batch_prompt_tokens") else "no",
+              "cost": "-" if t.get("cost_usd") is None else f"{t['cost_usd']:.4f}"}
+             for stage, s in funnel.items() for model, t in s.get("tokens", {}).items()]
     return {"funnel": [{"stage": stage["stage"], "code": stage.get("code", ""), "rows_in": s["rows_in"], "rows_out": s["rows_out"],
                         "drops": ", ".join(f"{k}: {v}" for k, v in sorted(s["drops"].items()))}
                        for stage, s in zip(stages, funnel.values())],
+            "usage": usage, "prices": f"{PRICES_DATE} list prices ({PRICES_SOURCE}) unless a --prices file was given",
             "models": models, "filters": filter_steps, "notes": notes, "methods": methods, "rows": df.height, "languages": languages or ["en"],
             "seeds": ", ".join(seeds) if seeds else "see each row's meta"}
 
@@ -160,6 +168,7 @@ def render(ctx: dict, *, pretty_name: str, description: str, license: str = "oth
         aligndata_version=aligndata_version, method_links=[(m, PAPERS.get(m)) for m in ctx["methods"] or ["curation"]],
         rows=ctx["rows"],
         split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], filters=ctx.get("filters", []), notes=ctx.get("notes", []), seeds=ctx["seeds"],
+        usage=ctx.get("usage", []), prices=ctx.get("prices", ""),
         citations=[CITATIONS[m] for m in ctx["methods"]])
     return redact(str(card))
 

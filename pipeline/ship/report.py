@@ -167,7 +167,7 @@ def write(run_dir: Path) -> Path:
     cov = coverage(pool, set(selected["id"].to_list()))
     parts = [f"<h1>aligndata run report: {html.escape(run_dir.name)}</h1>",
              f"<p>{selected.height} rows exported from a pool of {pool.height}; {len(funnel)} stages.</p>",
-             "<h2>Funnel</h2>", funnel_plot(funnel), _drops_table(funnel)]
+             "<h2>Funnel</h2>", funnel_plot(funnel), _drops_table(funnel), _usage_table(funnel)]
     examples = dropped_examples(run_dir, list(funnel))
     if examples:
         parts += ["<h2>What was dropped</h2>", f"<p>Up to {EXAMPLES} rows per stage and reason.</p>",
@@ -239,6 +239,21 @@ def rows_table(rows: list[dict], columns: list[str]) -> str:
 
 def _cell(value) -> str:
     return "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _usage_table(funnel: dict) -> str:
+    """Requests, tokens and cost per stage and model (empty when no engine counted any)."""
+    def row(stage: str, model: str, t: dict) -> str:
+        cost = "-" if t.get("cost_usd") is None else f"{t['cost_usd']:.4f}"
+        cells = [stage, model, t.get("requests", 0), t.get("prompt_tokens", 0) + t.get("batch_prompt_tokens", 0),
+                 t.get("completion_tokens", 0) + t.get("batch_completion_tokens", 0), cost]
+        return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+    rows = "".join(row(stage, model, t) for stage, s in funnel.items() for model, t in s.get("tokens", {}).items())
+    if not rows:
+        return ""
+    return ("<h2>Tokens and cost</h2><table><tr><th>stage</th><th>model</th><th>requests</th><th>prompt tokens</th>"
+            f"<th>completion tokens</th><th>cost (USD)</th></tr>{rows}</table>")
 
 
 def _drops_table(funnel: dict) -> str:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Chat, Engine, Sampling, chat, failure_reason
 from pipeline.core.records import dump_meta, empty, first_instructions, meta_dicts, record_id, seed_of as _seed
 
 TEMPERATURE = 0.7
@@ -132,12 +132,6 @@ def parse_instruction(text: str | None) -> str | None:
 
 # --- stages ----------------------------------------------------------------------------------------------
 
-def _chat(engine: Engine, prompt: str, opening: str = "") -> str:
-    """The prompt as a user turn, with the assistant's reply opened by `opening` (a format's first words keep
-    small models in the format instead of answering the instruction itself)."""
-    return engine.template.prompt(prompt, opening=opening)
-
-
 ENCODE_OPENING, DECODE_OPENING, RUBRICS_OPENING = "Use case:", "1.", "Rubric 1:"
 
 
@@ -148,9 +142,8 @@ def _text(reply, opening: str) -> str | None:
 def encode(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 128) -> pl.DataFrame:
     """Stage: `meta.codeclm.metadata` = {use_case, skills} per seed instruction; unparsable -> drop "metadata_unparsed"."""
     instructions = first_instructions(df)
-    replies = engine.generate([_chat(engine, ENCODE_PROMPT.format(instruction=q), ENCODE_OPENING) for q in instructions],
-                              Sampling(temperature=TEMPERATURE, max_tokens=max_tokens,
-                                       stop=tuple(engine.template.stop_strings())),
+    replies = engine.generate([chat(ENCODE_PROMPT.format(instruction=q), opening=ENCODE_OPENING) for q in instructions],
+                              Sampling(temperature=TEMPERATURE, max_tokens=max_tokens),
                               [_seed(rid, "encode") for rid in df["id"].to_list()])
     metas, reasons = meta_dicts(df), []
     for meta, reply in zip(metas, replies):
@@ -185,10 +178,9 @@ def decode(df: pl.DataFrame, *, engine: Engine, n_metadata: int = 200, per_metad
     instructions for each; returns one record per instruction (iteration 1)."""
     metadata = [m["codeclm"]["metadata"] for m in meta_dicts(df) if (m.get("codeclm") or {}).get("metadata")]
     pairs = augment(metadata, n_metadata, seed=seed)
-    prompts = [_chat(engine, DECODE_PROMPT.format(n=per_metadata, use_case=p["use_case"], skills=", ".join(p["skills"])),
-                     DECODE_OPENING) for p in pairs]
-    replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=max_tokens,
-                                                stop=tuple(engine.template.stop_strings())),
+    prompts = [chat(DECODE_PROMPT.format(n=per_metadata, use_case=p["use_case"], skills=", ".join(p["skills"])),
+                     opening=DECODE_OPENING) for p in pairs]
+    replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=max_tokens),
                               [_seed(seed, i, "decode") for i in range(len(prompts))])
     ids, messages, metas, reasons = [], [], [], []
     for i, (pair, reply) in enumerate(zip(pairs, replies)):
@@ -222,7 +214,7 @@ class Judged:
 JUDGE_MODES = ("text", "logprobs")
 
 
-def _order_scores(judge: Engine, prompts: list[str], mode: str,
+def _order_scores(judge: Engine, prompts: list[Chat], mode: str,
                   max_tokens: int) -> tuple[list[tuple[float, float] | None], list[str | None]]:
     """(score of assistant 1, score of assistant 2) per judge prompt, or None; and each prompt's engine_error.
 
@@ -230,13 +222,15 @@ def _order_scores(judge: Engine, prompts: list[str], mode: str,
     each assistant's score is the expected digit 1-9 after "Assistant k: ", rescaled to 1-10.
     """
     if mode == "text":
-        replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(judge.template.stop_strings())))
+        replies = judge.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens))
         return [parse_scores(c[0].text) for c in replies], [failure_reason(c) for c in replies]
-    from pipeline.score.ratings import expected_rating
+    from pipeline.score.ratings import rating
 
-    openings = [p + f"Assistant {k}: " for p in prompts for k in (1, 2)]
-    replies = judge.generate(openings, Sampling(temperature=0.0, max_tokens=1, logprobs=20))
-    ratings = [expected_rating(c[0].logprobs[0] if c[0].logprobs else None) for c in replies]
+    openings = [replace(p, opening=p.opening + f"Assistant {k}: ") for p in prompts for k in (1, 2)]
+    prefills = getattr(judge, "prefills", True)
+    reads_one = prefills and getattr(judge, "has_logprobs", True)  # else the rating is read from words
+    replies = judge.generate(openings, Sampling(temperature=0.0, max_tokens=1 if reads_one else 16, logprobs=20))
+    ratings = [rating(c[0], first_token=prefills)[0] for c in replies]
     scaled = [None if r is None else 1.0 + (r - 1.0) * 9.0 / 8.0 for r in ratings]
     return ([None if None in scaled[2 * i:2 * i + 2] else (scaled[2 * i], scaled[2 * i + 1]) for i in range(len(prompts))],
             [failure_reason(replies[2 * i] + replies[2 * i + 1]) for i in range(len(prompts))])
@@ -251,8 +245,8 @@ def judge_pairs(judge: Engine, items: list[tuple[str, str, str]], *, mode: str =
         raise ValueError(f"unknown judge mode {mode!r}; valid: {list(JUDGE_MODES)}")
     prompts = []
     for question, strong, target in items:
-        prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=strong, second=target)))
-        prompts.append(_chat(judge, JUDGE_PROMPT.format(question=question, first=target, second=strong)))
+        prompts.append(chat(JUDGE_PROMPT.format(question=question, first=strong, second=target)))
+        prompts.append(chat(JUDGE_PROMPT.format(question=question, first=target, second=strong)))
     scores, failures = _order_scores(judge, prompts, mode, max_tokens)
     out = []
     for i in range(len(items)):
@@ -312,10 +306,9 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
             for i in improve:
                 options = rubrics[i] or [("", "Add a realistic constraint that makes the task harder.")]
                 actions.append(random.Random(_seed(seed, ids[i], metas[i]["codeclm"]["iteration"], "a")).choice(options)[1])
-            prompts = [_chat(engine, IMPROVE_PROMPT.format(use_case=metas[i]["codeclm"]["metadata"]["use_case"], action=a,
+            prompts = [chat(IMPROVE_PROMPT.format(use_case=metas[i]["codeclm"]["metadata"]["use_case"], action=a,
                                                            instruction=instructions[i])) for i, a in zip(improve, actions)]
-            replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=256,
-                                                        stop=tuple(engine.template.stop_strings())),
+            replies = engine.generate(prompts, Sampling(temperature=TEMPERATURE, max_tokens=256),
                                       [_seed(seed, ids[i], metas[i]["codeclm"]["iteration"], "i") for i in improve])
             for i, action, reply in zip(improve, actions, replies):
                 if reply[0].failed:
@@ -335,8 +328,8 @@ def contrastive(df: pl.DataFrame, *, engine: Engine, target: Engine | None = Non
 
 
 def _respond(engine: Engine, questions: list[str], seeds: list[int], max_tokens: int) -> tuple[list[str | None], list[str | None]]:
-    replies = engine.generate([engine.template.prompt(q) for q in questions],
-                              Sampling(temperature=TEMPERATURE, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings())), seeds)
+    replies = engine.generate([chat(q) for q in questions],
+                              Sampling(temperature=TEMPERATURE, max_tokens=max_tokens), seeds)
     return [None if c[0].failed else c[0].text.strip() for c in replies], [failure_reason(c) for c in replies]
 
 
@@ -344,9 +337,9 @@ def _rubrics(engine: Engine, metadata: list[dict], seed: int) -> tuple[list[list
     """Self-Rubrics: 4 (rubric, action) pairs per distinct metadata, one batched call; and per row the
     engine_error of its metadata's failed request."""
     keys = list(dict.fromkeys((m["use_case"], tuple(m["skills"])) for m in metadata))
-    replies = engine.generate([_chat(engine, RUBRICS_PROMPT.format(use_case=u, skills=", ".join(s)), RUBRICS_OPENING)
+    replies = engine.generate([chat(RUBRICS_PROMPT.format(use_case=u, skills=", ".join(s)), opening=RUBRICS_OPENING)
                                for u, s in keys],
-                              Sampling(temperature=TEMPERATURE, max_tokens=512, stop=tuple(engine.template.stop_strings())),
+                              Sampling(temperature=TEMPERATURE, max_tokens=512),
                               [_seed(seed, u, s, "rubrics") for u, s in keys])
     table = {key: parse_rubrics(_text(reply[0], RUBRICS_OPENING))[:4] for key, reply in zip(keys, replies)}
     failures = {key: failure_reason(reply) for key, reply in zip(keys, replies)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.core.records import dump_meta, messages_of, meta_dicts
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, failure_reason, reply_to
 from pipeline.score.tags import ask_json
 
 RUBRIC = ("SAT: the user is satisfied with the previous answer: thanks or praises it, says it worked, or builds on it "
@@ -94,8 +94,8 @@ def preferred_pairs(df: pl.DataFrame, *, engine: Engine, temperature: float = 0.
         system = [m for m in prompt if m["role"] == "system"]
         merged = [{"role": "system", "content": (system[0]["content"] + "\n\n" if system else "") + guide}]
         prompts.append(prompt)
-        rendered.append(engine.template.render(merged + [m for m in prompt if m["role"] != "system"], add_generation_prompt=True))
-    sampling = Sampling(temperature=temperature, max_tokens=max_tokens, stop=tuple(engine.template.stop_strings()))
+        rendered.append(reply_to(merged + [m for m in prompt if m["role"] != "system"]))
+    sampling = Sampling(temperature=temperature, max_tokens=max_tokens)
     replies = [c[0] for c in engine.generate(rendered, sampling)] if rendered else []
     chosen, rejected, reasons = [], [], []
     for prompt, conversation, meta, reply in zip(prompts, conversations, metas, replies):

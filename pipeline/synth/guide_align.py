@@ -28,7 +28,7 @@ import polars as pl
 
 from pipeline.core.devices import import_faiss
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason
 from pipeline.score.embed import MINILM, encode, matrix
 
 WRITE = ("Read the user input below. Think about what could go wrong in an assistant's response to it: harm to the "
@@ -54,7 +54,7 @@ def parse_guidelines(text: str | None, limit: int = 3) -> list[str]:
 def write_guidelines(df: pl.DataFrame, *, engine: Engine, per_input: int = 3, max_tokens: int = 256) -> pl.DataFrame:
     """Stage: meta.guide_align.written, the guidelines the model wrote for each input (greedy decoding)."""
     metas = meta_dicts(df)
-    prompts = [engine.template.prompt(WRITE.format(per_input=per_input, input=q)) for q in first_instructions(df)]
+    prompts = [chat(WRITE.format(per_input=per_input, input=q)) for q in first_instructions(df)]
     replies = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens))
     reasons = []
     for meta, reply in zip(metas, replies):
@@ -105,10 +105,9 @@ def answer_with_guidelines(df: pl.DataFrame, *, engine: Engine, library: str, li
     questions, metas = first_instructions(df), meta_dicts(df)
     top = retrieve(encode(questions, model=embedder), vectors, k) if questions else np.zeros((0, k), np.int64)
     chosen = [[guidelines[j] for j in row if j >= 0] for row in top]
-    prompts = [engine.template.prompt(q, system=GUIDED_SYSTEM.format(guidelines="\n".join(f"- {g}" for g in gs)))
+    prompts = [chat(q, system=GUIDED_SYSTEM.format(guidelines="\n".join(f"- {g}" for g in gs)))
                for q, gs in zip(questions, chosen)]
-    replies = engine.generate(prompts, Sampling(temperature=temperature, max_tokens=max_tokens,
-                                                stop=tuple(engine.template.stop_strings())))
+    replies = engine.generate(prompts, Sampling(temperature=temperature, max_tokens=max_tokens))
     messages, reasons = [], []
     for q, meta, gs, reply in zip(questions, metas, chosen, replies):
         text = (reply[0].text or "").strip()

@@ -17,7 +17,7 @@ import string
 import polars as pl
 
 from pipeline.core.records import dump_meta, first_pairs, meta_dicts, record_id, seed_of
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason
 
 IDK = "I apologize, but I'm not able to provide an answer to the question."
 PROMPT = ("Answer the question. If you don't know the answer to the question, it is appropriate to say "
@@ -87,7 +87,7 @@ def answer(df: pl.DataFrame, *, engine: Engine, m: int = 10, answers_column: str
     if matcher not in MATCHERS:
         raise ValueError(f"unknown matcher {matcher!r}; valid: {list(MATCHERS)}")
     pairs, metas, ids = first_pairs(df), meta_dicts(df), df["id"].to_list()
-    prompts = [engine.template.prompt(PROMPT.format(question=q)) for q, _ in pairs]
+    prompts = [chat(PROMPT.format(question=q)) for q, _ in pairs]
     greedy = [c[0] for c in engine.generate(prompts, Sampling(temperature=0.0, max_tokens=max_tokens, stop=("\n",)))]
     sampled = engine.generate(prompts, Sampling(n=m, temperature=1.0, max_tokens=max_tokens, stop=("\n",)),
                               [seed_of("honesty", rid) % 2**31 for rid in ids])

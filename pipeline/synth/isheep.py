@@ -28,7 +28,7 @@ import string
 import polars as pl
 
 from pipeline.core.records import dump_meta, empty, first_pairs, meta_dicts, record_id
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason
 
 ORIGIN_SAMPLES = 3
 TEMPERATURE, TOP_P = 1.0, 0.95
@@ -149,9 +149,8 @@ def answer(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 1024) -> pl.Da
     """Stage: the current model's answer to each task (through its chat template); an empty one is dropped
     (`empty_response`)."""
     metas = meta_dicts(df)
-    prompts = [engine.template.prompt(q) for q, _ in first_pairs(df)]
-    sampling = Sampling(temperature=TEMPERATURE, top_p=TOP_P, max_tokens=max_tokens,
-                        stop=tuple(engine.template.stop_strings()))
+    prompts = [chat(q) for q, _ in first_pairs(df)]
+    sampling = Sampling(temperature=TEMPERATURE, top_p=TOP_P, max_tokens=max_tokens)
     replies = engine.generate(prompts, sampling, [(m["isheep"]["row_seed"] + 1) % 2**31 for m in metas])
     messages, reasons = [], []
     for turns, reply in zip(df["messages"].to_list(), replies):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.engines.templates import OFFICIAL, TASK_SYSTEM_PROMPTS, family_of, registry_agrees
-from pipeline.engines import Completion, Engine, Sampling, urial
+from pipeline.engines import Completion, Engine, Sampling, raw_text_template, reply_to, urial
 from pipeline.synth.magpie_logits import default_processor, sampling_fields
 from pipeline.synth.magpie_sanitizer import sanitize_instruction
 from pipeline.core.rundir import StageWarning
@@ -57,11 +57,12 @@ def pre_query(engine: Engine, *, task: str | None = None, system: str | None = N
     """The Magpie pre-query prompt for `engine`'s model; `task` picks an official task system prompt."""
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown Magpie task {task!r}; valid: {list(TASKS)}")
+    template = raw_text_template(engine, "Magpie's pre-query instruction prompt")
     family = family_of(engine.model_name) or family_of(engine.spec.model)
     official = OFFICIAL.get(family) if system is None else None
-    if official and not registry_agrees(official.pre_query_template, engine.template):
+    if official and not registry_agrees(official.pre_query_template, template):
         warnings.warn(f"the Magpie registry's {family!r} prefix {official.pre_query_template!r} does not match the "
-                      f"model's chat template ({engine.template.user_prefix()!r}): using the template's", StageWarning,
+                      f"model's chat template ({template.user_prefix()!r}): using the template's", StageWarning,
                       stacklevel=2)
         official, family = None, None
     if official and (task is None or task in official.task_templates):
@@ -73,8 +74,8 @@ def pre_query(engine: Engine, *, task: str | None = None, system: str | None = N
     else:
         system_text = system if system is not None else TASK_SYSTEM_PROMPTS.get(task)
         history = [{"role": "system", "content": system_text}] if system_text else []
-        prefix = engine.template.user_prefix(history)
-        stop = tuple(engine.template.stop_strings())
+        prefix = template.user_prefix(history)
+        stop = tuple(template.stop_strings())
         temperature, top_p, early, origin = DERIVED_INSTRUCTION_TEMPERATURE, 1.0, True, "template"
         max_tokens = PAPER_INSTRUCTION_MAX_TOKENS
     if task == "translation":
@@ -165,12 +166,13 @@ def respond(df: pl.DataFrame, *, engine: Engine, temperature: float | None = Non
     sampling = Sampling(temperature=(official.response_temperature if official else 0.0) if temperature is None else temperature,
                         top_p=(official.response_top_p if official else 1.0) if top_p is None else top_p,
                         max_tokens=PAPER_RESPONSE_MAX_TOKENS if max_tokens is None else max_tokens,
-                        stop=urial.STOP if mode == "urial" else tuple(engine.template.stop_strings()))
+                        stop=urial.STOP if mode == "urial" else ())  # a chat's engine adds its template's stops
     metas = meta_dicts(df)
     turn = [sum(m["role"] == "user" for m in c) for c in conversations]
     seeds = [s for t, meta in zip(turn, metas) for s in _row_seeds([meta], t, "assistant")]
-    prompts = [urial.render(c) if mode == "urial" else engine.template.render(c, add_generation_prompt=True)
-               for c in conversations]
+    if mode == "urial":
+        raw_text_template(engine, "URIAL's in-context prompt")
+    prompts = [urial.render(c) if mode == "urial" else reply_to(c) for c in conversations]
     completions = [c[0] for c in engine.generate(prompts, sampling, seeds)]
     for conversation, meta, completion, seed, t in zip(conversations, metas, completions, seeds, turn):
         turns = meta.setdefault("magpie", {}).setdefault("turns", [])
@@ -193,16 +195,17 @@ def follow_up(df: pl.DataFrame, *, engine: Engine, temperature: float = 1.0, top
     if df.is_empty():
         return df
     conversations = messages_of(df)
+    template = raw_text_template(engine, "Magpie's multi-turn pre-query prompt")
     family = family_of(engine.model_name) or family_of(engine.spec.model)
     official = OFFICIAL.get(family)
-    stop = tuple(official.stop_tokens) if official else tuple(engine.template.stop_strings())
+    stop = tuple(official.stop_tokens) if official else tuple(template.stop_strings())
     early = (official.early_stopping if official else True) if early_stopping is None else early_stopping
     max_tokens = (official.instruction_max_tokens if official else PAPER_INSTRUCTION_MAX_TOKENS) if max_tokens is None else max_tokens
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop + (("\n",) if early else ()))
     metas = meta_dicts(df)
     turn = [sum(m["role"] == "user" for m in c) + 1 for c in conversations]
     seeds = [s for t, meta in zip(turn, metas) for s in _row_seeds([meta], t, "user")]
-    prompts = [engine.template.user_prefix([{"role": "system", "content": system}] + [m for m in c if m["role"] != "system"])
+    prompts = [template.user_prefix([{"role": "system", "content": system}] + [m for m in c if m["role"] != "system"])
                for c in conversations]
     completions = [c[0] for c in engine.generate(prompts, sampling, seeds)]
     for conversation, meta, completion, seed in zip(conversations, metas, completions, seeds):

@@ -26,7 +26,7 @@ from importlib import resources
 
 import polars as pl
 
-from pipeline.engines import Engine, Sampling, failure_reason
+from pipeline.engines import Engine, Sampling, chat, failure_reason, raw_text_template
 from pipeline.core.rundir import ShardState
 from pipeline.core.records import dump_meta, first_instructions, meta_dicts, record_id, seed_of as _seed
 from pipeline.score.reward import reward_model
@@ -163,11 +163,9 @@ class Search:
     def rewrite(self, items: list[tuple[str, str]], seeds: list[int]) -> tuple[list[str | None], list[str | None]]:
         """One batched optimizer call: (instruction, principle name) -> rewritten instruction or None (unparseable),
         and per item the engine_error of a failed request."""
-        prompts = [self.optimizer.template.prompt(OPTIMIZER_USER.format(query=q, principle=clause(p)), system=OPTIMIZER_SYSTEM)
-                   for q, p in items]
+        prompts = [chat(OPTIMIZER_USER.format(query=q, principle=clause(p)), system=OPTIMIZER_SYSTEM) for q, p in items]
         self.calls["rewrite"] += 1
-        replies = self.optimizer.generate(prompts, Sampling(temperature=0.0, max_tokens=self.rewrite_max_tokens,
-                                                            stop=tuple(self.optimizer.template.stop_strings())), seeds)
+        replies = self.optimizer.generate(prompts, Sampling(temperature=0.0, max_tokens=self.rewrite_max_tokens), seeds)
         return ([parse_rewrite(c[0].text) if not c[0].failed and c[0].finish_reason != "length" else None for c in replies],
                 [failure_reason(c) for c in replies])
 
@@ -175,11 +173,11 @@ class Search:
         """Responses to each instruction, their rewards judged against the matching *raw* instruction, and the
         engine_error of a failed request (response or reward) if any."""
         if self.responder_format == "chat":
-            prompts = [self.responder.template.prompt(q) for q in instructions]
-            stop = tuple(self.responder.template.stop_strings())
+            prompts, stop = [chat(q) for q in instructions], ()
         else:
-            prompts = [self.responder.template.bos_token + BASE_TEMPLATE.format(instruction=q) for q in instructions]
-            stop = BASE_STOPS + ((self.responder.template.eos_token,) if self.responder.template.eos_token else ())
+            template = raw_text_template(self.responder, "the base responder's [User]/[Assistant] prompt")
+            prompts = [template.bos_token + BASE_TEMPLATE.format(instruction=q) for q in instructions]
+            stop = BASE_STOPS + ((template.eos_token,) if template.eos_token else ())
         self.calls["respond"] += 1
         groups = self.responder.generate(prompts, Sampling(n=self.responses, temperature=1.0, top_p=1.0,
                                                            max_tokens=self.response_max_tokens, stop=stop), seeds)
