@@ -244,14 +244,13 @@ def deita_scorers(args) -> None:
     if missing:
         row("deita-scorers", "skip", f"not on this host: {missing} (pass --complexity-scorer/--quality-scorer DIR)")
         return
-    pool = conversations(32)
+    scored = conversations(32)
     free_before = torch.cuda.mem_get_info()[0]
     details, ok = [], True
     try:
         for model, part in zip(models, ("complexity", "quality")):
             engine = load_engine(EngineSpec(backend="vllm", model=model))
-            scored = deita.score(pool, engine=engine, part=part) if part == "complexity" else deita.score(
-                scored, engine=engine, part="quality")
+            scored = deita.score(scored, engine=engine, part=part)  # quality reads the complexity column
             errors = scored["drop_reason"].drop_nulls().len()
             nulls = scored["complexity" if part == "complexity" else "deita_score"].null_count()
             loaded = torch.cuda.mem_get_info()[0]
