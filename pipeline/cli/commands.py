@@ -11,7 +11,7 @@ from filters.magpie import DIFFICULTY_LEVELS
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, hoist_global_options, MODEL, OPTION, SALVAGE, STRICT,
                                  TEMPLATE, EMBEDDER, Backend, app, choice, comma_list, console, engine_spec, fail, role,
                                  run_job, shard_size_option)
-from pipeline.cli import mining, selfalign  # noqa: F401  (registers their commands)
+from pipeline.cli import mining, plan, selfalign  # noqa: F401  (registers their commands)
 from pipeline.cli.batches import batches
 from pipeline.cli.corpus import corpus_app
 from pipeline.core.inputs import FORMATS as INPUT_FORMATS

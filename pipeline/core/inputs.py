@@ -16,6 +16,7 @@ Files and their errors: pipeline.core.readers.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 QUARANTINE_REASONS = ("not_an_object", "empty_conversation", "not_a_list", "not_text", "empty_turn", "no_user_turn",
                       "unknown_role:<name>", "missing_field:<name>", "duplicate_id", "bad_line")
 # File kinds by name (after the compression suffix); a directory reads files of one family only.
+
+
+# `aligndata plan` runs a job on its first rows only: set, the source of a job (its input, Magpie's plan) is cut to it.
+SAMPLE_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("aligndata_sample_rows", default=None)
 
 
 class BadRow(ValueError):
@@ -225,7 +230,12 @@ def write_input(out: Path, path: Path, fmt: str | None = None, *, strict: bool =
                                "format": fmt, "strict": strict, "salvage": salvage})
     seen: set[str] = set()  # ids across batches: every batch is converted, also on resume, to find duplicates
     index, kept_rows, first_keys, reasons = -1, 0, None, {}
+    sample = SAMPLE_ROWS.get()
     for index, batch in enumerate(read_batches(path, salvage=salvage)):
+        if sample is not None:  # a plan's sample: the first rows only
+            if sample <= 0:
+                break
+            batch.rows, sample = batch.rows[:sample], sample - len(batch.rows[:sample])
         started = time.perf_counter()
         keys = keys_of(batch.rows)
         first_keys = first_keys if first_keys is not None else (sorted(keys) if batch.rows else None)

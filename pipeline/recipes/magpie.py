@@ -6,6 +6,7 @@ from pathlib import Path
 
 import filters
 from pipeline.core.codehash import code_hash
+from pipeline.core.inputs import SAMPLE_ROWS
 from pipeline.core.rundir import check_identity, write_shard
 from pipeline.engines import EngineSpec
 from pipeline.engines.templates import family_of
@@ -17,6 +18,7 @@ def write_plan(out: Path, *, n: int, seed: int) -> Path:
     """DIR/plan/shard-00000.parquet: the `n` empty Magpie records to fill. `n` and `seed` are the plan's identity
     (plan/stage.json): a run directory made with others is refused, never silently reused."""
     plan_dir = Path(out) / "plan"
+    n = min(n, SAMPLE_ROWS.get() or n)  # `aligndata plan` samples the first rows
     check_identity(plan_dir, {"stage": "plan", "code": code_hash(magpie.plan), "n": n, "seed": seed})
     if not (plan_dir / "shard-00000.parquet").exists():
         write_shard(magpie.plan(n, seed=seed), plan_dir / "shard-00000.parquet")
