@@ -21,7 +21,7 @@ from pipeline.cli.commands import app
 from pipeline.cli.common import hoist_global_options
 from pipeline.core.rundir import read_manifest, read_shards
 from pipeline.engines import EngineSpec, RawTextUnsupported, Sampling, chat, load_engine
-from pipeline.engines.chat import AdaptiveLimit
+from pipeline.engines.hosted import AdaptiveLimit
 from pipeline.engines.llamacpp_server import LlamaServer
 
 ROOT = Path(__file__).resolve().parent.parent

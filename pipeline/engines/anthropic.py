@@ -17,7 +17,7 @@ import os
 from typing import Sequence
 
 from pipeline.engines import Chat, Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, regroup
-from pipeline.engines.chat import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, fan_out, sdk_failure
+from pipeline.engines.hosted import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, fan_out, sdk_failure
 from pipeline.engines.usage import Usage
 
 STOP_REASONS = {"max_tokens": "length", "model_context_window_exceeded": "length"}  # all others finish as "stop"

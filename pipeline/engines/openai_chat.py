@@ -25,7 +25,7 @@ import httpx
 
 from pipeline.core.rundir import StageWarning
 from pipeline.engines import Chat, Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, regroup
-from pipeline.engines.chat import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, fan_out, sdk_failure
+from pipeline.engines.hosted import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, fan_out, sdk_failure
 from pipeline.engines.usage import Usage
 
 MAX_SERVER_STOPS = 4  # OpenAI's and vLLM's limit on `stop`
