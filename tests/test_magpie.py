@@ -4,7 +4,7 @@ import pytest
 from pipeline.synth import magpie
 from pipeline.engines.templates import OFFICIAL
 from pipeline.engines import EngineSpec, load_engine
-from pipeline.core.records import conform, meta_dicts
+from pipeline.core.records import compact, conform, meta_dicts
 
 
 def engine(**options):
@@ -24,7 +24,7 @@ def test_synthesize_sends_the_derived_prefix_in_one_batched_call():
     assert len(e.calls) == 1 and e.calls[0][0] == 4
     sampling = e.calls[0][1]
     assert sampling.stop == ("<|im_end|>", "<|im_start|>", "\n") and sampling.temperature == magpie.DERIVED_INSTRUCTION_TEMPERATURE
-    assert out["messages"].to_list()[0] == [{"role": "user", "content": "How do I bake bread?"}]
+    assert compact(out["messages"].to_list()[0]) == [{"role": "user", "content": "How do I bake bread?"}]
     turn = meta_dicts(out)[0]["magpie"]["turns"][0]["user"]
     assert turn["finish_reason"] == "stop" and turn["pre_query"] == "template" and turn["engine"] == "fake"
     assert len({m["magpie"]["turns"][0]["user"]["seed"] for m in meta_dicts(out)}) == 4  # each request seeded
@@ -44,7 +44,7 @@ def test_official_family_uses_pinned_prefix_stops_and_sanitizer(tmp_path):
     query = magpie.pre_query(e)
     assert query.prefix == OFFICIAL["llama-3"].pre_query_template and query.stop[-2:] == ("assistant", "\n")
     out = magpie.synthesize(magpie.plan(1, seed=0), engine=e)
-    assert out["messages"][0].to_list() == [{"role": "user", "content": "Why?"}]
+    assert compact(out["messages"][0].to_list()) == [{"role": "user", "content": "Why?"}]
     assert meta_dicts(out)[0]["magpie"]["turns"][0]["user"]["sanitize_class"] == 99.1
     assert magpie.pre_query(e, task="math").prefix == OFFICIAL["llama-3"].task_templates["math"]
 

@@ -25,23 +25,26 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.codehash import code_hash
+from pipeline.core.messages import BadToolCall, split_reasoning, tool_calls, tools_column
 from pipeline.core.readers import BATCH_ROWS, Batch, InputError, content_hash, read_batches  # noqa: F401 (re-exported)
 from pipeline.core.records import dump_meta, empty, record_id
 from pipeline.core.rundir import append_manifest, check_identity, file_record, write_shard
 
-FORMATS = ("messages", "sharegpt", "alpaca", "instructions")
+FORMATS = ("messages", "sharegpt", "alpaca", "instructions", "xlam")
 # The fields a format makes the conversation from; a row's other fields are kept in meta.fields (e.g. the references
 # BLEUBERI scores against), except what has a place of its own (id, category).
-CONSUMED = {"messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "input", "output"},
-            "instructions": {"instruction", "input", "output"}}
+CONSUMED = {"messages": {"messages", "tools"}, "sharegpt": {"conversations", "tools"},
+            "alpaca": {"instruction", "input", "output"}, "instructions": {"instruction", "input", "output"},
+            "xlam": {"query", "answers", "tools"}}
 OWN_PLACE = {"id", "category", "source", "meta"}
 RAW_CHARS = 2_000  # of a quarantined row's raw JSON kept in meta
-# Roles of real exports: ShareGPT (human, gpt, chatgpt, bing, bard), Gemini (model), LLaMA-Factory (observation).
+# Roles of real exports: ShareGPT (human, gpt, chatgpt, bing, bard), Gemini (model), LLaMA-Factory and glaive
+# (function_call: an assistant turn whose text is the call(s); observation / function: a tool result).
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
          "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system", "tool": "tool",
-         "observation": "tool"}
+         "observation": "tool", "function": "tool", "function_call": "assistant"}
 QUARANTINE_REASONS = ("not_an_object", "empty_conversation", "not_a_list", "not_text", "empty_turn", "no_user_turn",
-                      "unknown_role:<name>", "missing_field:<name>", "duplicate_id", "bad_line")
+                      "unknown_role:<name>", "missing_field:<name>", "duplicate_id", "bad_line", "bad_tool_call", "bad_tools")
 # File kinds by name (after the compression suffix); a directory reads files of one family only.
 
 
@@ -60,6 +63,8 @@ class BadRow(ValueError):
 # ---- rows to records -------------------------------------------------------------------------------------
 
 def detect_format(keys: set[str], path: Path | str = "input") -> str:
+    if "query" in keys and "answers" in keys:
+        return "xlam"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -76,6 +81,12 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
     """The row's conversation and how many leading assistant turns were removed; BadRow when it has none."""
     if not isinstance(row, dict):
         raise BadRow("not_an_object", f"expected a JSON object, got {type(row).__name__}")
+    if fmt == "xlam":  # APIGen / xLAM: a query, the calls that answer it (JSON text), the tools
+        query = row.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise BadRow("not_text" if "query" in row else "missing_field:query", "field 'query': expected a non-empty string")
+        calls = _calls(row.get("answers"), "answers", ids=(json.dumps(row, sort_keys=True, default=str),))
+        return [{"role": "user", "content": query}, {"role": "assistant", "content": "", "tool_calls": calls}], 0
     if fmt in ("instructions", "alpaca"):
         instruction = row.get("instruction")
         if not isinstance(instruction, str):
@@ -103,7 +114,7 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
         raise BadRow("empty_conversation", f"field {name!r} is empty")
     if not isinstance(turns, list):
         raise BadRow("not_a_list", f"field {name!r}: expected a list of turns, got {type(turns).__name__}")
-    messages = []
+    messages, pending = [], []  # pending: calls of the last assistant turn that no tool turn has answered yet
     for i, turn in enumerate(turns):
         turn = turn if isinstance(turn, dict) else {}
         # each turn in OpenAI {role, content} or ShareGPT {from, value} keys, whichever it has (the format's when both)
@@ -113,11 +124,29 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
         role = ROLES.get(str(speaker).lower())
         if role is None:
             raise BadRow(f"unknown_role:{str(speaker)[:40]}", f"field '{name}[{i}].{role_key}': {speaker!r} is not one of {sorted(ROLES)}")
+        message: dict = {"role": role}
+        if str(speaker).lower() == "function_call":  # LLaMA-Factory / glaive: the turn's text is the call(s) as JSON
+            message |= {"content": "", "tool_calls": _calls(content, f"{name}[{i}].{text_key}", ids=(json.dumps(turns, default=str), i))}
+            content = ""
+        elif turn.get("tool_calls"):
+            message["tool_calls"] = _calls(turn["tool_calls"], f"{name}[{i}].tool_calls", ids=(json.dumps(turns, default=str), i))
+            content = content if isinstance(content, str) else ""  # OpenAI: null content beside calls
         if not isinstance(content, str):
             raise BadRow("not_text", f"field '{name}[{i}].{text_key}': the text is missing or not a string")
-        if not content.strip():
+        if not content.strip() and not message.get("tool_calls"):
             raise BadRow("empty_turn", f"field '{name}[{i}].{text_key}' is empty")
-        messages.append({"role": role, "content": content})
+        if role == "assistant":
+            reasoning = turn.get("reasoning_content", turn.get("reasoning"))
+            if isinstance(reasoning, str) and reasoning.strip():
+                message["reasoning"] = reasoning.strip()
+            else:  # a reasoning model's reply with its <think> block inline
+                message["reasoning"], content = split_reasoning(content)
+            pending = [c["id"] for c in message.get("tool_calls", [])]
+        if role == "tool":  # the answer to the next unanswered call when the export does not say which
+            message["tool_call_id"] = turn.get("tool_call_id") or (pending.pop(0) if pending else None)
+            message["name"] = turn.get("name")
+        message["content"] = content
+        messages.append(message)
     system = [m for m in messages[:1] if m["role"] == "system"]
     rest = messages[len(system):]
     leading = next((i for i, m in enumerate(rest) if m["role"] != "assistant"), len(rest))
@@ -125,6 +154,14 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
     if not any(m["role"] == "user" for m in messages):
         raise BadRow("no_user_turn", f"field {name!r} has no user turn")
     return messages, leading
+
+
+def _calls(value, field: str, *, ids: tuple) -> list[dict]:
+    """OpenAI tool calls from any export's shape (pipeline.core.messages.tool_calls); BadRow naming `field` if unreadable."""
+    try:
+        return tool_calls(value, ids=ids)
+    except BadToolCall as exc:
+        raise BadRow(exc.reason, f"field '{field}': {exc}") from None
 
 
 @dataclass
@@ -143,7 +180,7 @@ def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], 
     across the input; meta.import names the file and the row in it."""
     name = Path(path).name
     where, file_name = batch.file or path, batch.file_name or name
-    kept = {"id": [], "messages": [], "meta": []}
+    kept = {"id": [], "messages": [], "tools": [], "meta": []}
     bad = {"id": [], "meta": [], "drop_reason": []}
     removed = 0
     for offset, row in enumerate(batch.rows):
@@ -156,6 +193,10 @@ def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], 
             if rid in seen_ids:
                 raise BadRow("duplicate_id", f"field 'id' has the duplicate value {rid!r}; ids must be unique")
             messages, leading = conversation(row, fmt)
+            try:
+                tools = tools_column(row.get("tools")) if "tools" in CONSUMED[fmt] else None
+            except BadToolCall as exc:
+                raise BadRow(exc.reason, f"field 'tools': {exc}") from None
         except BadRow as exc:
             if strict:
                 raise InputError(f"{where}: row {in_file} {exc} (drop_reason {exc.reason}); fix the row, or run without "
@@ -176,10 +217,13 @@ def to_records(batch: Batch, *, path: Path | str, fmt: str, seen_ids: set[str], 
             meta["fields"] = fields
         kept["id"].append(rid)
         kept["messages"].append(messages)
+        kept["tools"].append(tools)
         kept["meta"].append(meta)
     schema = empty().schema
-    kept_frame = pl.DataFrame({"id": kept["id"], "source": ["import"] * len(kept["id"]), "messages": kept["messages"]},
-                              schema={"id": pl.String, "source": pl.String, "messages": schema["messages"]})
+    kept_frame = pl.DataFrame({"id": kept["id"], "source": ["import"] * len(kept["id"]), "messages": kept["messages"],
+                               "tools": kept["tools"]},
+                              schema={"id": pl.String, "source": pl.String, "messages": schema["messages"],
+                                      "tools": schema["tools"]})
     bad_frame = pl.DataFrame({"id": bad["id"], "source": ["import"] * len(bad["id"]), "drop_reason": bad["drop_reason"]},
                              schema={"id": pl.String, "source": pl.String, "drop_reason": pl.String})
     return Converted(kept_frame.with_columns(dump_meta(kept["meta"])), bad_frame.with_columns(dump_meta(bad["meta"])), removed)
@@ -275,7 +319,7 @@ def load(path: Path | str, fmt: str | None = None, *, strict: bool = True) -> pl
     for batch in read_batches(Path(path)):
         fmt = fmt or detect_format(keys_of(batch.rows), batch.file or path)
         frames.append(to_records(batch, path=path, fmt=fmt, seen_ids=seen, strict=strict).kept)
-    return pl.concat(frames) if frames else empty().select("id", "source", "messages", "meta")
+    return pl.concat(frames) if frames else empty().select("id", "source", "messages", "tools", "meta")
 
 
 def keys_of(rows: list) -> set[str]:

@@ -7,7 +7,16 @@ import json
 import polars as pl
 import pyarrow as pa
 
-MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+# OpenAI / TRL chat format. `content` is the visible text ("" for an assistant turn that only calls tools);
+# `reasoning` an assistant's chain of thought kept apart from it (a <think> block or an API's reasoning_content);
+# `tool_calls` what an assistant turn calls (arguments as the JSON text the model wrote, as OpenAI's API sends them);
+# `tool_call_id` and `name` say which call a tool turn answers. Frames whose messages have role and content only
+# are upcast by conform() (the other fields null), so stages that build {"role", "content"} dicts need nothing more.
+TOOL_CALL = pa.struct([pa.field("id", pa.string()), pa.field("type", pa.string()),
+                       pa.field("function", pa.struct([pa.field("name", pa.string()), pa.field("arguments", pa.string())]))])
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string()), pa.field("reasoning", pa.string()),
+                     pa.field("tool_calls", pa.list_(TOOL_CALL)), pa.field("tool_call_id", pa.string()),
+                     pa.field("name", pa.string())])
 CONVERSATION = pa.list_(MESSAGE)
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -22,6 +31,10 @@ SCHEMA = pa.schema(
         pa.field("messages", CONVERSATION),
         pa.field("chosen", CONVERSATION),
         pa.field("rejected", CONVERSATION),
+        # The tools a conversation may call: one JSON schema per tool ({"type": "function", "function": {name,
+        # description, parameters}}), as JSON text: schemas differ in shape, which an Arrow struct cannot hold, and a
+        # list keeps each tool countable and checkable on its own (exports write the one JSON string TRL reads).
+        pa.field("tools", pa.list_(pa.string())),
         # deita: per-turn complexity and quality (expected score over "1".."6"), and sum_t c_t * q_t.
         pa.field("complexity", pa.list_(pa.float64())),
         pa.field("quality", pa.list_(pa.float64())),
@@ -41,6 +54,8 @@ SCHEMA = pa.schema(
         pa.field("ref_nearest", pa.string()),
         # BLEUBERI: sentence BLEU in [0, 1] of the policy model's output against the row's references.
         pa.field("bleu", pa.float64()),
+        # Distillation: the share of a problem's sampled answers that were verified correct (its difficulty).
+        pa.field("pass_rate", pa.float64()),
         # I-SHEEP: the generating model's own 1-10 ratings of the pair (quality; instruction following).
         pa.field("self_quality", pa.int64()),
         pa.field("self_following", pa.int64()),
@@ -52,6 +67,10 @@ SCHEMA = pa.schema(
         pa.field("language", pa.string()),
         pa.field("instruct_reward", pa.float64()),
         pa.field("base_reward", pa.float64()),
+        # A recipe's judge (pipeline/score/judge.py): a score per named aspect of the user's rubric (pointwise: the
+        # expected rating on its scale; pairwise: P(chosen is better)), and the last judge step's mean over its aspects.
+        pa.field("judge_scores", pa.list_(pa.struct([pa.field("aspect", pa.string()), pa.field("score", pa.float64())]))),
+        pa.field("judge_score", pa.float64()),
         # Unit-norm float32 vector (sentence-transformers or a causal LM's last hidden state).
         pa.field("embedding", pa.list_(pa.float32())),
         # Why the row was dropped (a filter's name, or "engine_error:<kind>"); null in kept shards.
@@ -107,6 +126,8 @@ def conform(df: pl.DataFrame, *, where: str = "frame") -> pa.Table:
             if not field.nullable:
                 raise RecordError(f"{where}: required column {field.name!r} is missing")
             df = df.with_columns(pl.lit(None, dtype=POLARS_SCHEMA[field.name]).alias(field.name))
+    df = df.with_columns(_upcast_messages(df, column, where) for column in ("messages", "chosen", "rejected")
+                         if df.schema[column] != POLARS_SCHEMA[column])
     try:
         df = df.select(pl.col(name).cast(POLARS_SCHEMA[name], strict=True) for name in SCHEMA.names)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.SchemaError) as exc:
@@ -120,6 +141,24 @@ def conform(df: pl.DataFrame, *, where: str = "frame") -> pa.Table:
         _first_bad(df, bad_role.fill_null(False), where, column, f"has a role outside {ROLES}")
     _first_bad(df, pl.col("id").is_duplicated(), where, "id", "is duplicated")
     return df.to_arrow().cast(SCHEMA)
+
+
+def _upcast_messages(df: pl.DataFrame, column: str, where: str) -> pl.Expr:
+    """`column` with every message struct in MESSAGE's fields: the fields a frame lacks (a stage that builds
+    {"role", "content"} dicts) are null; a field MESSAGE does not have is a RecordError."""
+    dtype = df.schema[column]
+    inner = dtype.inner if isinstance(dtype, pl.List) else None
+    if not isinstance(inner, pl.Struct):
+        return pl.col(column)  # all-null or empty lists: the strict cast decides
+    have = {f.name for f in inner.fields}
+    target = POLARS_SCHEMA[column].inner
+    unknown = sorted(have - {f.name for f in target.fields})
+    if unknown:
+        raise RecordError(f"{where}: field {column!r} has message key(s) {unknown}; a message has "
+                          f"{[f.name for f in target.fields]}")
+    element = pl.element().struct
+    return pl.col(column).list.eval(pl.struct(
+        [(element.field(f.name) if f.name in have else pl.lit(None)).cast(f.dtype).alias(f.name) for f in target.fields]))
 
 
 def _first_bad(df: pl.DataFrame, bad: pl.Expr, where: str, field: str, what: str) -> None:
@@ -142,6 +181,15 @@ def dump_meta(metas: list[dict]) -> pl.Series:
 def messages_of(df: pl.DataFrame) -> list[list[dict]]:
     """The `messages` column as Python lists of {"role", "content"} dicts."""
     return [list(m or []) for m in df.get_column("messages").to_list()]
+
+
+def compact(conversation: list[dict] | None) -> list[dict]:
+    """A conversation as OpenAI-style dicts without the fields that are null (what an API or a chat template expects).
+
+    >>> compact([{"role": "user", "content": "Hi", "reasoning": None, "tool_calls": None}])
+    [{'role': 'user', 'content': 'Hi'}]
+    """
+    return [{k: v for k, v in m.items() if v is not None} for m in conversation or []]
 
 
 def first_instruction(messages: pl.Expr = pl.col("messages")) -> pl.Expr:
