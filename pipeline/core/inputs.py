@@ -1,8 +1,8 @@
 """Bring your own data: read what users have — Parquet, JSON Lines, JSON (an array of rows, or one object
 wrapping them: `{"data": [...]}`), CSV/TSV, an HF `datasets` directory, a directory or glob pattern of such files,
 any of them compressed (gzip, zstd, bzip2, xz: known by their first bytes, whatever the name says) — in OpenAI
-`messages`, ShareGPT (`conversations` of {from, value}), Alpaca (`instruction`, `input`, `output`) or seed
-(`instruction` alone) form, in batches of bounded size, and turn each row into a record or a quarantined row;
+`messages`, ShareGPT (`conversations` of {from, value}), Alpaca (`instruction`, `input`, `output`), seed
+(`instruction` alone), xLAM (`query`, `answers`, `tools`) or problem (`problem` or `question`, gold in meta.fields) form, in batches of bounded size, and turn each row into a record or a quarantined row;
 `write_input` writes them as a run's input stage.
 
 Rows: a row that cannot become a valid conversation is quarantined with a `drop_reason` (QUARANTINE_REASONS),
@@ -30,12 +30,12 @@ from pipeline.core.readers import BATCH_ROWS, Batch, InputError, content_hash, r
 from pipeline.core.records import dump_meta, empty, record_id
 from pipeline.core.rundir import append_manifest, check_identity, file_record, write_shard
 
-FORMATS = ("messages", "sharegpt", "alpaca", "instructions", "xlam")
+FORMATS = ("messages", "sharegpt", "alpaca", "instructions", "xlam", "problems")
 # The fields a format makes the conversation from; a row's other fields are kept in meta.fields (e.g. the references
 # BLEUBERI scores against), except what has a place of its own (id, category).
 CONSUMED = {"messages": {"messages", "tools"}, "sharegpt": {"conversations", "tools"},
             "alpaca": {"instruction", "input", "output"}, "instructions": {"instruction", "input", "output"},
-            "xlam": {"query", "answers", "tools"}}
+            "xlam": {"query", "answers", "tools"}, "problems": {"problem", "question"}}
 OWN_PLACE = {"id", "category", "source", "meta"}
 RAW_CHARS = 2_000  # of a quarantined row's raw JSON kept in meta
 # Roles of real exports: ShareGPT (human, gpt, chatgpt, bing, bard), Gemini (model), LLaMA-Factory and glaive
@@ -73,8 +73,11 @@ def detect_format(keys: set[str], path: Path | str = "input") -> str:
         return "alpaca"
     if "instruction" in keys:
         return "instructions"
+    if "problem" in keys or "question" in keys:  # problems with gold answers (distill): the rest stays in meta.fields
+        return "problems"
     raise InputError(f"{path}: cannot tell the format from columns {sorted(keys)}; expected `messages` (OpenAI), "
-                     "`conversations` (ShareGPT), `instruction` + `output` (Alpaca) or `instruction` (seeds)")
+                     "`conversations` (ShareGPT), `instruction` + `output` (Alpaca), `instruction` (seeds), `query` + "
+                     "`answers` (xLAM) or `problem` / `question` (problems)")
 
 
 def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
@@ -87,6 +90,12 @@ def conversation(row: object, fmt: str) -> tuple[list[dict], int]:
             raise BadRow("not_text" if "query" in row else "missing_field:query", "field 'query': expected a non-empty string")
         calls = _calls(row.get("answers"), "answers", ids=(json.dumps(row, sort_keys=True, default=str),))
         return [{"role": "user", "content": query}, {"role": "assistant", "content": "", "tool_calls": calls}], 0
+    if fmt == "problems":
+        field = "problem" if "problem" in row else "question"
+        text = row.get(field)
+        if not isinstance(text, str) or not text.strip():
+            raise BadRow("not_text" if field in row else "missing_field:problem", f"field {field!r}: expected a non-empty string")
+        return [{"role": "user", "content": text}], 0
     if fmt in ("instructions", "alpaca"):
         instruction = row.get("instruction")
         if not isinstance(instruction, str):

@@ -89,6 +89,7 @@ class Completion:
     n_tokens: int = 0
     logprobs: list[dict[str, float]] | None = None  # per generated token: {token text: logprob} of the top-k
     prompt_tokens: int = 0  # the request's prompt, as the engine counted it (an API's usage)
+    reasoning: str | None = None  # a reasoning API's chain of thought sent apart from the text (reasoning_content)
 
     @property
     def failed(self) -> bool:

@@ -3,7 +3,8 @@ integration tests: those run SmolLM2 on llama.cpp, an OpenAI-compatible server a
 
 Options:
     script: {prompt substring: text} — the first key found in a prompt decides the reply; else
-            the reply is "fake <sha of prompt+seed>?".
+            the reply is "fake <sha of prompt+seed>?". A list of texts gives completion j of a request the
+            text at j (cycling), to plant different samples of one prompt.
     fail_every: make every k-th request fail with an "http_503" error.
     fail_on: [prompt substrings] — requests whose prompt contains one fail with an "http_503" error (and
             prompt_logprobs returns None for them), to script which rows fail.
@@ -43,17 +44,17 @@ class FakeEngine:
         self.calls: list[tuple[int, Sampling]] = []  # (number of prompts, sampling) per generate call
         self.requests = 0
 
-    def _reply(self, prompt: str, seed: int | None) -> str:
+    def _reply(self, prompt: str, seed: int | None, sample: int = 0) -> str:
         for key, text in self.script.items():
             if key in prompt:
-                return text
+                return text[sample % len(text)] if isinstance(text, (list, tuple)) else text
         return f"fake {hashlib.sha256(f'{prompt}|{seed}'.encode()).hexdigest()[:8]}?"
 
     def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         prompts, sampling = templated(self.template, requests, sampling)
         self.calls.append((len(prompts), sampling))
         flat = []
-        for _, prompt, seed in expand_requests(prompts, sampling, seeds):
+        for position, (_, prompt, seed) in enumerate(expand_requests(prompts, sampling, seeds)):
             self.requests += 1
             if (self.fail_every and self.requests % self.fail_every == 0) or any(s in prompt for s in self.fail_on):
                 flat.append(failed("http_503: fake failure"))
@@ -61,7 +62,7 @@ class FakeEngine:
             if self.context_length is not None and len(prompt.split()) >= self.context_length:
                 flat.append(failed(f"too_long: {len(prompt.split())} prompt tokens, context {self.context_length}"))
                 continue
-            text = self._reply(prompt, seed)
+            text = self._reply(prompt, seed, position % sampling.n)
             for stop in sampling.stop:
                 text = text.split(stop)[0] if stop else text
             words = text.split()
