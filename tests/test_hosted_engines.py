@@ -113,9 +113,11 @@ def test_a_server_that_answers_429_gets_fewer_requests_in_flight_and_every_row_a
 def test_openai_chat_on_llama_cpps_server(llama):
     engine = load_engine(EngineSpec.make("openai-chat", "smollm2", base_url=llama.url, options={"json_mode": "json_object"}))
     requests = [chat("Name a color."), chat("Say hi.", system="Be brief.")]
+    # Each request carries its row's seed. Whether a server reproduces it is the server's: llama_cpp.server does not
+    # (its prompt cache carries state between requests; measured: a repeated request, even greedy, can differ).
+    assert engine.body(requests[0], Sampling(temperature=1.0), 7)["seed"] == 7
     first = engine.generate(requests, Sampling(max_tokens=12, temperature=1.0, logprobs=5), seeds=[1, 2])
-    again = engine.generate(requests, Sampling(max_tokens=12, temperature=1.0, logprobs=5), seeds=[1, 2])
-    assert [c[0].text for c in first] == [c[0].text for c in again] and all(c[0].text for c in first)  # seeded
+    assert all(c[0].text for c in first)
     assert all(len(c[0].logprobs) == c[0].n_tokens and c[0].prompt_tokens > 0 for c in first)
     schema = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
     [[shaped]] = engine.generate([chat("A JSON object with a color.")], Sampling(max_tokens=40, temperature=0.0,
@@ -125,7 +127,7 @@ def test_openai_chat_on_llama_cpps_server(llama):
     assert long.error_kind == "too_long"
     with pytest.raises(RawTextUnsupported, match="openai-chat sends conversations.*use --engine vllm, llamacpp, or openai"):
         engine.generate(["<|im_start|>user\n"], Sampling())
-    assert engine.usage.requests == 6 and engine.usage.failed == 1
+    assert engine.usage.requests == 4 and engine.usage.failed == 1
 
 
 @pytest.mark.real_llm
@@ -251,9 +253,11 @@ def test_a_batch_run_killed_while_polling_reattaches_with_one_submission(tmp_pat
         spec = EngineSpec.make("openai-chat", "smollm2", base_url=provider.url, options={"batch": True, "batch_poll": 0.1})
         script = CHILD.format(root=str(ROOT), plan=str(plan), out=str(out), spec=spec.to_json())
         child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # the child imports torch and the engines first: slow on a loaded 2-core host
         while time.time() < deadline and not list((out / "responses" / "batches").glob("*.json")):
+            assert child.poll() is None, "the child run ended before its batch was submitted"
             time.sleep(0.1)
+        assert provider.created, "no batch was submitted in 300 s"
         time.sleep(0.5)  # polling now
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()

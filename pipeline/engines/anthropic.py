@@ -16,8 +16,8 @@ import json
 import os
 from typing import Sequence
 
-from pipeline.engines import Chat, Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, regroup
-from pipeline.engines.hosted import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, fan_out, sdk_failure
+from pipeline.engines import Chat, Completion, EngineSpec, EngineUnavailable, Sampling
+from pipeline.engines.hosted import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, answer, sdk_failure
 from pipeline.engines.usage import Usage
 
 STOP_REASONS = {"max_tokens": "length", "model_context_window_exceeded": "length"}  # all others finish as "stop"
@@ -94,17 +94,10 @@ class AnthropicEngine:
         return self.completion(message.model_dump())
 
     def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-        flat_requests = expand_requests(requests, sampling, seeds)  # seeds: the API has none; n stays n requests
-        for _, request, _ in flat_requests:
-            self.params(request, sampling)  # a raw-text request fails the call before anything is sent
-        if self.batch:
-            from pipeline.engines.batches import run_anthropic_batch
+        from pipeline.engines.batches import run_anthropic_batch
 
-            flat = run_anthropic_batch(self, flat_requests, sampling)
-        else:
-            flat = fan_out(flat_requests, lambda r: self._one(r, sampling), self.limit)
-        self.usage.add(flat, batch=self.batch)
-        return regroup(requests, sampling, flat)
+        # seeds: the API has none; n stays n requests
+        return answer(self, requests, sampling, seeds, check=lambda r: self.params(r, sampling), run_batch=run_anthropic_batch)
 
     def close(self) -> None:
         self.client.close()

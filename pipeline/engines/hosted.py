@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from pipeline.engines import Completion, RawTextUnsupported, failed  # noqa: F401 (RawTextUnsupported: re-exported)
+from pipeline.engines import Completion, RawTextUnsupported, Sampling, expand_requests, failed, regroup  # noqa: F401
 from pipeline.engines.openai import CONTEXT_TOO_LONG
 
 RAW_TEXT = ("{backend} sends conversations, and this stage needs raw text prompts (Magpie's pre-query instructions, "
@@ -92,3 +92,16 @@ def sdk_failure(exc: Exception) -> Completion:
     if status == 400 and (CONTEXT_TOO_LONG.search(text) or "prompt is too long" in text.lower()):
         return failed(f"too_long: {text}")
     return failed(f"http_{status}: {text}" if status is not None else f"engine: {name}: {text}")
+
+
+def answer(engine, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None, *, check: Callable,
+           run_batch: Callable) -> list[list[Completion]]:
+    """A chat engine's generate: every request checked before anything is sent (`check` raises on raw text), then
+    sent one by one under the engine's limit, or as provider batches (`run_batch`), counted, and regrouped."""
+    flat_requests = expand_requests(requests, sampling, seeds)
+    for _, request, _ in flat_requests:
+        check(request)
+    flat = run_batch(engine, flat_requests, sampling) if engine.batch else \
+        fan_out(flat_requests, lambda r: engine._one(r, sampling), engine.limit)
+    engine.usage.add(flat, batch=engine.batch)
+    return regroup(requests, sampling, flat)

@@ -24,8 +24,8 @@ from typing import Sequence
 import httpx
 
 from pipeline.core.rundir import StageWarning
-from pipeline.engines import Chat, Completion, EngineSpec, EngineUnavailable, Sampling, expand_requests, regroup
-from pipeline.engines.hosted import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, fan_out, sdk_failure
+from pipeline.engines import Chat, Completion, EngineSpec, EngineUnavailable, Sampling
+from pipeline.engines.hosted import RAW_TEXT, AdaptiveLimit, RawTextUnsupported, answer, sdk_failure
 from pipeline.engines.usage import Usage
 
 MAX_SERVER_STOPS = 4  # OpenAI's and vLLM's limit on `stop`
@@ -134,21 +134,14 @@ class OpenAIChatEngine:
         return self.completion(response.model_dump(), sampling)
 
     def generate(self, requests: Sequence, sampling: Sampling, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-        flat_requests = expand_requests(requests, sampling, seeds)
-        for _, request, _ in flat_requests:
-            self.body(request, sampling, None)  # a raw-text request fails the call before anything is sent
-        if any(isinstance(r, Chat) and r.opening for _, r, _ in flat_requests) and self.prefill == "none":
+        from pipeline.engines.batches import run_openai_batch
+
+        if self.prefill == "none" and any(isinstance(r, Chat) and r.opening for r in requests):
             warnings.warn(f"{self.spec.backend} ({self.spec.model}) cannot continue an opened assistant reply "
                           "(prefill=none): the opening was left out and the reply parsed as it came", StageWarning,
                           stacklevel=2)
-        if self.batch:
-            from pipeline.engines.batches import run_openai_batch
-
-            flat = run_openai_batch(self, flat_requests, sampling)
-        else:
-            flat = fan_out(flat_requests, lambda r: self._one(r, sampling), self.limit)
-        self.usage.add(flat, batch=self.batch)
-        return regroup(requests, sampling, flat)
+        return answer(self, requests, sampling, seeds, check=lambda r: self.body(r, sampling, None),
+                      run_batch=run_openai_batch)
 
     def close(self) -> None:
         self.client.close()
