@@ -47,7 +47,7 @@ def test_synthesize_flow_runs_each_step_as_a_task(tmp_path, step_calls):
 
 def test_end_to_end_flow_writes_every_output_and_a_rerun_is_served_from_the_cache(tmp_path, step_calls):
     summary = end_to_end_flow(out=str(tmp_path), n=10, seed=1, engine=FAKE, synthesize={"shard_size": 4}, curate=CURATE)
-    steps = ["instructions", "instructions-filtered", "responses", "filtered", "quality-filtered", "dedup-exact", "dedup-minhash",
+    steps = ["instructions", "instructions-filtered", "responses", "filtered", "pii", "quality-filtered", "dedup-exact", "dedup-minhash",
              "embedded", "scored", "selected"]
     assert step_calls == steps and list(summary["stages"]) == steps
     exported = pl.read_parquet(tmp_path / "export" / "data.parquet")
@@ -136,7 +136,7 @@ def test_the_mine_flow_runs_wildfeedback_and_bleuberi_as_tasks(tmp_path, step_ca
         "last message: No": '{"verdict": "DSAT", "reason": "an error"}', "State what": '{"preference": "Be exact."}',
         "Be exact": "384,400 km."}}}
     last = mine_flow(out=str(tmp_path / "feedback"), input_path=str(logs), method="feedback", engine=judge)
-    assert step_calls == ["feedback-classified", "feedback-preferences", "feedback-pairs"]
+    assert step_calls == ["pii", "feedback-classified", "feedback-preferences", "feedback-pairs"]
     pairs = read_shards(last)
     assert pairs.height == 1 and pairs["chosen"][0].to_list()[-1]["content"] == "384,400 km."
     step_calls.clear()
@@ -155,7 +155,7 @@ def test_curate_flow_on_changed_input_recomputes(tmp_path, step_calls):
     # a second run directory is a separate cache (results live in the run): its steps run
     step_calls.clear()
     curate_flow(out=str(tmp_path / "b"), input_path=str(data), engine=FAKE, options=CURATE)
-    assert step_calls == ["quality-filtered", "dedup-exact", "dedup-minhash", "embedded", "scored", "selected"]
+    assert step_calls == ["pii", "quality-filtered", "dedup-exact", "dedup-minhash", "embedded", "scored", "selected"]
     with pytest.raises(ValueError, match="exactly one of source"):
         curate_flow(out=str(tmp_path / "c"), engine=FAKE, options=CURATE)
 

@@ -335,6 +335,8 @@ def summarize(run_dir: Path) -> dict:
             s["drops"][reason] = s["drops"].get(reason, 0) + count
         for column, count in entry.get("nulls", {}).items():
             s["nulls"][column] = s["nulls"].get(column, 0) + count
+        for key, count in (entry.get("counts") or {}).items():  # a stage's own counts (runner: tally)
+            s.setdefault("counts", {})[key] = s.get("counts", {}).get(key, 0) + count
         for used in (entry.get("tokens") or {}).values():
             tokens = s.setdefault("tokens", {}).setdefault(used["model"], {"backend": used["backend"]})
             for key, value in used.items():

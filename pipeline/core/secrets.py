@@ -11,7 +11,13 @@ import re
 REDACTED = "***"
 # Whole words only: "hf_token", "API_KEY" and "password" are secrets; "max_tokens" and "n_tokens" are not.
 SECRET_KEY = re.compile(r"(?<![a-z])(?:token|secret|password|api[_-]?key|authorization)(?![a-z])", re.I)
-TOKEN = re.compile(r"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,})\b")
+# Tokens by their providers' documented prefixes (Hugging Face, OpenAI and Anthropic, GitHub, GitLab, AWS access key
+# ids, Slack, Google API keys, Stripe, npm, PyPI, JWTs) and PEM private keys; also what the `pii` stage redacts.
+TOKEN = re.compile(r"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}|"
+                   r"glpat-[A-Za-z0-9_-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|"
+                   r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|npm_[A-Za-z0-9]{36}|pypi-[A-Za-z0-9_-]{50,}|"
+                   r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})\b|"
+                   r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.engines import EngineSpec
 import filters
+from pipeline.recipes.privacy import pii_steps
 from pipeline.recipes.steps import Progress, Step, input_job
 
 DEDUP_METHODS = ("exact", "minhash", "semantic")
@@ -16,8 +17,9 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
                  isa_fraction: float | None = None, score_mode: str = "auto", top_logprobs: int = 20,
                  embed_field: str = "instruction", embedder: str = "minilm", reference: str | None = None,
                  complexity_engine: dict | None = None, quality_filters: list | None = None, long_output: bool = False,
-                 ifd_max: float | None = None, shard_size: int = 64) -> list[Step]:
-    """Text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none; with `long_output` also
+                 ifd_max: float | None = None, shard_size: int = 64, pii: bool = True,
+                 pii_drop: tuple[str, ...] = ()) -> list[Step]:
+    """The PII pass (redact; rows with a `pii_drop` type dropped; none with `pii=False`) → text-quality filters (filters.QUALITY unless `quality_filters` is given; [] for none; with `long_output` also
     filters.LONG_OUTPUT) → exact/MinHash dedup → embeddings → semantic dedup (→ decontamination against `reference`)
     (→ IFD, dropping IFD > `ifd_max`) → deita scores → selection (Repr Filter or ISA). `complexity_engine`
     (EngineSpec.make's keyword arguments) scores complexity with a second model, e.g. deita's complexity scorer next
@@ -33,8 +35,9 @@ def curate_steps(*, k: int = 1000, tau: float = 0.9, dedup: tuple[str, ...] = DE
                     uses_engine=False, shard_size=None)
 
     quality = (filters.QUALITY if quality_filters is None else quality_filters) + (filters.LONG_OUTPUT if long_output else [])
-    steps = [Step("quality-filtered", "filters:mark", {"spec": quality}, uses_engine=False,
-                  shard_size=4096)] if quality else []
+    steps = pii_steps(pii, pii_drop)
+    steps += [Step("quality-filtered", "filters:mark", {"spec": quality}, uses_engine=False,
+                   shard_size=4096)] if quality else []
     steps += [dedup_step(m) for m in ("exact", "minhash") if m in dedup]
     steps.append(Step("embedded", "pipeline.score.embed:embed", {"field": embed_field, "embedder": embedder}, uses_engine=False,
                       shard_size=4096))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.engines import EngineSpec
+from pipeline.recipes.privacy import pii_steps
 from pipeline.recipes.steps import Progress, Step, input_job
 
 
@@ -24,9 +25,11 @@ def bleuberi_job(out: Path, *, input_path: Path, engine: EngineSpec, strict: boo
                      salvage=salvage, max_failure_rate=max_failure_rate, on_progress=on_progress)
 
 
-def feedback_steps(*, max_tokens: int = 1024, shard_size: int = 32) -> list[Step]:
-    """SAT/DSAT verdicts → the dissatisfied users' preferences → preferred responses and pairs."""
-    return [Step("feedback-classified", "pipeline.synth.feedback:classify", {}, shard_size=shard_size),
+def feedback_steps(*, max_tokens: int = 1024, shard_size: int = 32, pii: bool = True,
+                   pii_drop: tuple[str, ...] = ()) -> list[Step]:
+    """The PII pass (redact; rows with a `pii_drop` type dropped; none with `pii=False`) → SAT/DSAT verdicts → the
+    dissatisfied users' preferences → preferred responses and pairs."""
+    return pii_steps(pii, pii_drop) + [Step("feedback-classified", "pipeline.synth.feedback:classify", {}, shard_size=shard_size),
             Step("feedback-preferences", "pipeline.synth.feedback:extract_preferences", {}, shard_size=shard_size),
             Step("feedback-pairs", "pipeline.synth.feedback:preferred_pairs", {"max_tokens": max_tokens}, shard_size=shard_size)]
 

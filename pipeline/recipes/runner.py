@@ -93,7 +93,7 @@ def run_stage(run_dir: Path, name: str, stage: Callable[..., pl.DataFrame], *, s
 
     def write(window: list[int], tagged: pl.DataFrame, result) -> None:
         _write_window(run_dir, stage_dir, window, tagged, result, identity, max_failure_rate, computes,
-                      redo=lambda i, rows: run_window([i], rows))
+                      redo=lambda i, rows: run_window([i], rows), tally=getattr(stage, "tally", None))
         progress(len(window))
 
     def run_window(window: list[int], tagged: pl.DataFrame) -> None:
@@ -193,9 +193,12 @@ def _tagged(window: list[int], shards: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([shard.with_columns(pl.lit(index, dtype=pl.Int64).alias(SHARD)) for index, shard in zip(window, shards)])
 
 
-def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_failure_rate, computes, redo) -> None:
+def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_failure_rate, computes, redo,
+                  tally=None) -> None:
     """Split a window's output back into its shards (`tagged`: the window's input, with each row's shard) and write
-    each in order; `redo(index, rows)` reruns a shard alone when the stage built rows that cannot be traced to one."""
+    each in order; `redo(index, rows)` reruns a shard alone when the stage built rows that cannot be traced to one.
+    `tally(rows_in, rows_out)`, a stage's own counts of a shard (the `pii` stage's values found per type), is kept
+    in the shard's manifest line as `counts`."""
     out, notes, seconds, used = result
     if SHARD not in out.columns:
         out = _shard_of_rows(tagged, out, window)
@@ -209,6 +212,8 @@ def _write_window(run_dir, stage_dir, window, tagged, result, identity, max_fail
         rows = out if len(window) == 1 else out.filter(pl.col(SHARD) == index)  # one shard: no copy
         tokens, cost = priced(used, rows_in.get(index, 0) / total)  # the window's usage, by each shard's rows
         spent = {"tokens": tokens, "cost_usd": cost} if tokens else {}
+        if tally is not None:
+            spent["counts"] = tally(tagged.filter(pl.col(SHARD) == index).drop(SHARD), rows.drop(SHARD))
         _finish_shard(run_dir, stage_dir, index, rows_in.get(index, 0), rows.drop(SHARD),
                       identity, notes, seconds / len(window), max_failure_rate, computes, spent)
 

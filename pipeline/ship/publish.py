@@ -54,11 +54,17 @@ def data_shards(data: Path, shard_dir: Path, max_shard_bytes: int) -> dict[str, 
 
 
 def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: bool = False,
-         commit_message: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+         commit_message: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES, allow_unscrubbed: bool = False) -> dict:
     """Create the dataset repository `repo_id` if needed and commit the export to it, deleting data files of an
-    earlier push that this one does not have (so a re-shard never duplicates rows); returns the push's record."""
+    earlier push that this one does not have (so a re-shard never duplicates rows); returns the push's record.
+    Rows imported from users' data that no PII pass went over are refused unless `allow_unscrubbed`
+    (pipeline.ship.scrubbing)."""
+    from pipeline.ship import scrubbing
+
     run_dir = Path(run_dir)
-    record = commit_files(repo_id, files(run_dir, max_shard_bytes), token_env=token_env, private=private,
+    uploads = files(run_dir, max_shard_bytes)  # nothing exported: that error first
+    scrubbing.check(run_dir, allow_unscrubbed=allow_unscrubbed)
+    record = commit_files(repo_id, uploads, token_env=token_env, private=private,
                           message=commit_message or f"aligndata: export of run {run_dir.name}", replace_data=True)
     write_json(record, run_dir / "publish.json")
     return record
