@@ -180,6 +180,9 @@ def write(run_dir: Path) -> Path:
                             (f"Bottom {EXTREMES} selected rows by {score}", ranked.tail(EXTREMES))):
             table = rows_table(previews(rows, **{score: score}), [score, "id", "instruction", "response"])
             parts += [f"<h2>{html.escape(title)}</h2>", table]
+    from pipeline.ship.reasoning_card import report_html
+
+    parts.append(report_html(run_dir))
     scores = score_plots(pool, selected)
     parts += ["<h2>Scores</h2>", "<div class=grid>" + "".join(svg for _, svg in scores) + "</div>"] if scores else []
     if cov:
