@@ -17,10 +17,10 @@ from pipeline.recipes import reasoning
 def distill_flow(out: str, input_path: str, engine: dict | None = None, options: dict | None = None,
                  max_failure_rate: float = 0.1, gpus: float = 0.0) -> str:
     """Verified reasoning traces for the problems at `input_path` into `out`; returns the export's path. `options` are
-    recipes.distill_steps' keyword arguments (n, keep, budget, tau, max_tokens, ...); `engine` EngineSpec.make's."""
+    reasoning.distill_steps' keyword arguments (n, keep, budget, tau, max_tokens, ...); `engine` EngineSpec.make's."""
     with writer_lock(Path(out)):  # one writer per run directory: another flow run on it is refused
         source = input_task.submit(out, input_path).result()
-        last = run_steps(out, recipes.distill_steps(**(options or {})), source, engine=engine_json(engine),
+        last = run_steps(out, reasoning.distill_steps(**(options or {})), source, engine=engine_json(engine),
                          max_failure_rate=max_failure_rate, gpus=gpus)
         return str(recipes.export_parquet(Path(out), Path(last), card="Verified reasoning traces"))
 
@@ -42,10 +42,10 @@ def tools_flow(out: str, tools: str, n: int = 100, seed: int = 0, engine: dict |
                max_tools: int = 3, parallel_share: float = 0.5, options: dict | None = None,
                max_failure_rate: float = 0.1, gpus: float = 0.0) -> str:
     """Function-calling data for the tools in `tools` into `out` (APIGen's format, execution with `functions`, and
-    semantic checks); returns the export's path. `options` are recipes.tools_steps' keyword arguments."""
+    semantic checks); returns the export's path. `options` are reasoning.tools_steps' keyword arguments."""
     with writer_lock(Path(out)):
         python_path = str(Path(python_path or ".").resolve()) if functions else None
-        steps = recipes.tools_steps(functions=functions, python_path=python_path,
+        steps = reasoning.tools_steps(functions=functions, python_path=python_path,
                                     functions_hash=reasoning.functions_source(functions, python_path), **(options or {}))
         source = tools_plan_task.submit(out, tools, n, seed, examples, max_tools, parallel_share).result()
         last = run_steps(out, steps, source, engine=engine_json(engine), max_failure_rate=max_failure_rate, gpus=gpus)

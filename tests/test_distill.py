@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from pipeline.engines import EngineSpec
-from pipeline.recipes import distill_job
+from pipeline.recipes.reasoning import distill_job
 from pipeline.select.difficulty import select_problems
 
 PROBLEMS = [
