@@ -103,3 +103,13 @@ def test_the_distill_command_on_smollm2(tmp_path):
     for row in rows.iter_rows(named=True):  # whatever SmolLM2 got right was verified right
         meta = json.loads(row["meta"])["distill"]
         assert meta["verified"] and row["pass_rate"] > 0
+
+
+def test_an_apis_reasoning_content_is_kept_apart_from_the_text():
+    from pipeline.engines import Sampling
+    from pipeline.engines.openai_chat import OpenAIChatEngine
+
+    response = {"choices": [{"message": {"content": "\\boxed{4}", "reasoning_content": "Two and two."},
+                             "finish_reason": "stop"}], "usage": {"completion_tokens": 5}}
+    completion = OpenAIChatEngine.completion(None, response, Sampling())
+    assert (completion.text, completion.reasoning) == ("\\boxed{4}", "Two and two.")

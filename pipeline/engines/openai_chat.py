@@ -120,9 +120,12 @@ class OpenAIChatEngine:
             logprobs = [{top["token"]: float(top["logprob"]) for top in step.get("top_logprobs") or []} or
                         {step["token"]: float(step["logprob"])} for step in choice["logprobs"]["content"]]
         usage = response.get("usage") or {}
+        # reasoning models behind vLLM, SGLang and DeepSeek's API send their chain of thought apart from the content
+        reasoning = choice["message"].get("reasoning_content") or choice["message"].get("reasoning") or None
         return Completion(text=text, finish_reason="length" if finish == "length" and not stopped else "stop",
                           n_tokens=int(usage.get("completion_tokens") or 0), logprobs=logprobs,
-                          prompt_tokens=int(usage.get("prompt_tokens") or 0))
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          reasoning=reasoning if isinstance(reasoning, str) else None)
 
     def _one(self, request: tuple, sampling: Sampling) -> Completion:
         _, chat, seed = request
