@@ -10,7 +10,8 @@ import typer
 
 from pipeline.cli import output
 from pipeline.cli.commands import app
-from pipeline.cli.common import ENGINE_HELP, Backend, console, fail, hoist_global_options, job_errors, print_summary
+from pipeline.cli.common import (ALLOW_UNSCRUBBED, ENGINE_HELP, Backend, console, fail, hoist_global_options, job_errors,
+                                 print_summary)
 
 QUICKSTART_SYNTHESIS = {"shard_size": 8}  # and the `auto` profile: `cpu` for SmolLM2, the official settings for a registry model
 
@@ -34,6 +35,7 @@ def run(
     max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="Stop, resumable, before an engine "
                                                                              "window would pass this many USD."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="A YAML file of prices over the bundled table."),
+    allow_unscrubbed: bool = ALLOW_UNSCRUBBED,
 ) -> None:
     """The main job, as the end-to-end Prefect flow: Magpie synthesis → dedup, deita scores, diverse selection →
     Parquet, dataset card, trainer exports (TRL, HF, LLaMA-Factory, axolotl) → report, all in --out.
@@ -57,7 +59,8 @@ def run(
                                           synthesize=QUICKSTART_SYNTHESIS | ({"shard_size": shard_size} if shard_size else {}),
                                           curate={"k": k, **({"shard_size": shard_size} if shard_size else {})},
                                           title="Magpie conversations, deita-selected", repo_id=repo, ray_address=ray,
-                                          replicas=replicas, max_cost=max_cost, prices=str(prices) if prices else None)
+                                          replicas=replicas, max_cost=max_cost, prices=str(prices) if prices else None,
+                                          allow_unscrubbed=allow_unscrubbed)
         except job_errors() as exc:
             raise fail(exc) from exc
     if not output.settings["verbose"]:  # Prefect logs the ephemeral server's shutdown at exit, after run.log closed

@@ -63,7 +63,7 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
                     title: str = "Alignment data", repo_id: str | None = None, token_env: str = "HF_TOKEN",
                     ray_address: str | None = None, gpus: float = 0.0, replicas: int = 1, max_failure_rate: float = 0.1,
                     corpus: str | None = None, corpus_repo_id: str | None = None, max_cost: float | None = None,
-                    prices: str | None = None) -> dict:
+                    prices: str | None = None, allow_unscrubbed: bool = False) -> dict:
     """Synthesize, curate and publish into the run directory `out`, or for scheduled runs into RUNS/<scheduled date>
     with a seed derived from `seed` and the date (see run_directory); returns rundir.summarize() with the outputs.
 
@@ -76,6 +76,7 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
     added to that growing corpus, deduplicated against it, and with `corpus_repo_id` the addition is pushed.
     `max_cost` (USD) stops the run, resumable, before an engine window would pass it, at the bundled prices or those
     of the YAML file `prices` (pipeline.recipes.budget; tasks on Ray workers are priced but not held to it).
+    The push refuses rows imported from users' data that no PII pass went over unless `allow_unscrubbed`.
     """
     out, seed = run_directory(out, runs, run_name, seed)
     with rundir.writer_lock(Path(out)), spending(prices, max_cost):  # one writer per run directory
@@ -87,7 +88,8 @@ def end_to_end_flow(out: str | None = None, runs: str | None = None, run_name: s
                               max_failure_rate=max_failure_rate, gpus=gpus, replicas=replicas, ray_address=ray_address)
         selected = cur(out, source=conversations, engine=scorer or engine, options=curate, max_failure_rate=max_failure_rate,
                        gpus=gpus, replicas=replicas, ray_address=ray_address)
-        published = publish_flow(out, source=selected, title=title, repo_id=repo_id, token_env=token_env)
+        published = publish_flow(out, source=selected, title=title, repo_id=repo_id, token_env=token_env,
+                                 allow_unscrubbed=allow_unscrubbed)
         summary = rundir.summarize(Path(out)) | {"run_dir": out, "seed": seed, "export": published["data"],
                                                  "trainer": published["trainer"], "push": published["push"],
                                                  "report": report_task(out)}

@@ -246,6 +246,24 @@ def shard_size_option(default: int):
     return typer.Option(default, "--shard-size", help="Rows per shard: the unit of batching and of resume.")
 
 
+# The PII pass over users' data (pipeline.select.pii), on by default where jobs read chat logs.
+NO_PII = typer.Option(False, "--no-pii", help="Skip the PII pass (default: every turn is scrubbed of e-mail addresses, "
+                                              "phone numbers, IPs, cards, IBANs and credentials before any model sees "
+                                              "it); `publish` then refuses the run unless --allow-unscrubbed.")
+
+
+def pii_drop_option():
+    """--pii-drop: the PII types whose rows are dropped (pii:<type>) instead of redacted."""
+    from pipeline.select.pii import TYPES
+
+    return typer.Option("", "--pii-drop", callback=comma_list(TYPES),
+                        help=f"PII types whose rows are dropped (pii:<type>) instead of redacted: {', '.join(TYPES)} "
+                             "(a comma list; '' for none).")
+
+
+ALLOW_UNSCRUBBED = typer.Option(False, "--allow-unscrubbed", help="Publish rows imported from users' data that no PII "
+                                                                  "pass went over (refused by default).")
+
 INPUT_HELP = "A run's export or stage directory, or your data (Parquet, JSONL, datasets dir)."
 # Every command that imports data takes these two, defined once.
 STRICT = typer.Option(False, "--strict", help="Stop at the first row that cannot become a record (default: quarantine it "

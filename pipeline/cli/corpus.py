@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import choice, console, fail
+from pipeline.cli.common import ALLOW_UNSCRUBBED, choice, console, fail
 from pipeline.score.embed import FIELDS
 
 Field = choice(FIELDS)
@@ -30,24 +30,30 @@ def add_command(
                                                        "Filter (by deita_score), written as CORPUS/versions/vN."),
     tau: float = typer.Option(0.9, help="The Repr Filter's tau for --rebalance."),
     title: str = TITLE,
+    no_pii: bool = typer.Option(False, "--no-pii", help="Add the rows as they are (default: personal data is redacted "
+                                                        "from every turn first); `corpus publish` then refuses this "
+                                                        "addition unless --allow-unscrubbed."),
 ) -> None:
-    """Append the run's selected rows that are not duplicates (same id, exact, MinHash, semantic) of a corpus row
-    or of an earlier row of the run; the dropped rows go to CORPUS/dropped/ with their dup_of. Adding the same run
-    again does nothing."""
+    """Append the run's selected rows, with personal data redacted, that are not duplicates (same id, exact,
+    MinHash, semantic) of a corpus row or of an earlier row of the run; the dropped rows go to CORPUS/dropped/ with
+    their dup_of. Adding the same run again does nothing."""
     from pipeline.ship import corpus
 
     asked = {"field": field, "semantic_threshold": semantic_threshold, "minhash_threshold": minhash_threshold}
     settings = {key: value for key, value in asked.items() if value is not None}  # the corpus keeps the rest
     try:
-        entry = corpus.add(run, corpus_dir, settings=settings, title=title)
+        entry = corpus.add(run, corpus_dir, settings=settings, title=title, pii=not no_pii)
     except (corpus.CorpusError, ValueError, FileNotFoundError) as exc:
         raise fail(exc) from exc
     if entry.get("already"):
         console.print(f"{run} is already in {corpus_dir} (addition {entry['number']}); nothing to add", soft_wrap=True)
     else:
         drops = ", ".join(f"{k}: {v}" for k, v in entry["drops"].items()) or "-"
+        found = entry["pii"]["found"] if isinstance(entry.get("pii"), dict) else None
+        pii = "not scrubbed" if found is None else ", ".join(f"{k}: {v}" for k, v in found.items()) or "none found"
         console.print(f"addition {entry['number']}: {entry['rows_in']} rows → {entry['rows_added']} added, drops: {drops}; "
-                      f"{entry['corpus_rows']} rows in {corpus_dir} ({entry['seconds']} s)", soft_wrap=True)
+                      f"PII redacted: {pii}; {entry['corpus_rows']} rows in {corpus_dir} ({entry['seconds']} s)",
+                      soft_wrap=True)
     if rebalance is not None:
         try:
             version = corpus.rebalance(corpus_dir, rebalance, tau=tau)
@@ -63,14 +69,17 @@ def publish_command(
     token_env: str = typer.Option("HF_TOKEN", help="Environment variable holding the write token."),
     private: bool = typer.Option(False, help="Create the repository private."),
     title: str = TITLE,
+    allow_unscrubbed: bool = ALLOW_UNSCRUBBED,
 ) -> None:
     """Push each addition not pushed yet, one Hub commit each (its Parquet file, the card and corpus.jsonl as they
-    were after it); files already pushed are never sent again."""
+    were after it); files already pushed are never sent again. Additions made with --no-pii are refused unless
+    --allow-unscrubbed."""
     from pipeline.ship import corpus
     from pipeline.ship.publish import PublishError
 
     try:
-        pushed = corpus.publish(corpus_dir, repo_id, token_env=token_env, private=private, title=title)
+        pushed = corpus.publish(corpus_dir, repo_id, token_env=token_env, private=private, title=title,
+                                allow_unscrubbed=allow_unscrubbed)
     except (corpus.CorpusError, PublishError) as exc:
         raise fail(exc) from exc
     for record in pushed:

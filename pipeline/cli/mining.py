@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, Backend, app,
-                                 choice, console, engine_spec, fail, run_job, shard_size_option)
+from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, NO_PII, OPTION, SALVAGE, STRICT, TEMPLATE, Backend,
+                                 app, choice, console, engine_spec, fail, pii_drop_option, run_job, shard_size_option)
 from pipeline.select.bleuberi import MODES
 from pipeline.synth.honesty import MATCHERS, METHODS
 
@@ -29,12 +29,16 @@ def feedback(
     shard_size: int = shard_size_option(32),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
+    no_pii: bool = NO_PII,
+    pii_drop: str = pii_drop_option(),
 ) -> None:
     """WildFeedback (arXiv 2408.15549): classify each user follow-up as SAT/DSAT/NEITHER, extract what dissatisfied
     users want, and build preference pairs (rejected = the answer that dissatisfied, chosen = one written to the
-    preference, which the pair's prompt does not keep); trainer-ready with `aligndata export --format trl`."""
+    preference, which the pair's prompt does not keep); trainer-ready with `aligndata export --format trl`. Personal
+    data is redacted from every turn first, before the model sees it (--no-pii to skip, --pii-drop to drop rows)."""
     run_job("feedback_job", out, input_path=input, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
-            strict=strict, salvage=salvage, max_tokens=max_tokens, shard_size=shard_size)
+            strict=strict, salvage=salvage, max_tokens=max_tokens, shard_size=shard_size, pii=not no_pii,
+            pii_drop=tuple(t for t in pii_drop.split(",") if t))
 
 
 @app.command()

@@ -4,12 +4,15 @@ Layout of a corpus directory::
 
     CORPUS/data/part-00000.parquet      the rows addition 0 added (record schema); never rewritten
     CORPUS/dropped/part-00000.parquet   rows of that run dropped as duplicates: drop_reason, dup_of (an id in the corpus)
-    CORPUS/corpus.jsonl                 one line per addition: run, seed, rows offered / added, drops by reason, files
+    CORPUS/corpus.jsonl                 one line per addition: run, seed, rows offered / added, drops by reason, files,
+                                        what its PII pass found per type (or "skipped")
     CORPUS/README.md                    the cumulative dataset card (history per addition, cumulative funnel)
     CORPUS/index/                       the dedup indexes (pipeline.select.corpus_index)
     CORPUS/publish.json                 the Hub commit of each pushed addition
 
-`add` compares each of a run's rows with the corpus and with the run's earlier rows, in this order: same id,
+`add` first redacts personal data from every turn (pipeline.select.pii; rows already scrubbed stay as they are), unless
+`pii=False`, and `publish` refuses additions made that way unless `allow_unscrubbed`. It then compares each of a run's
+rows with the corpus and with the run's earlier rows, in this order: same id,
 exact (folded text), MinHash (Jaccard of word n-grams), semantic (embedding cosine); the first match drops the
 row with `dup_<method>` and `dup_of`. The addition is committed by one index transaction after its Parquet files
 are written, so a crash leaves the corpus as it was and the same `add` then completes it; adding a run whose
@@ -51,7 +54,8 @@ def export_of(run: Path) -> Path:
     return path
 
 
-def add(run: Path, corpus: Path, *, settings: DedupSettings | dict | None = None, title: str = "aligndata corpus") -> dict:
+def add(run: Path, corpus: Path, *, settings: DedupSettings | dict | None = None, title: str = "aligndata corpus",
+        pii: bool = True) -> dict:
     """Add the selected rows of `run` to `corpus` (created if new); returns the addition's manifest entry
     (with `"already": True` when this export was added before, and nothing changed). `settings`: the dedup settings
     asked for (CorpusIndex); an existing corpus uses its own for those not asked."""
@@ -68,6 +72,8 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | dict | None = None
             df = read_records(path)
         except RecordError as exc:
             raise CorpusError(str(exc)) from None
+        scrubbed = _scrub(df) if pii else None
+        df = scrubbed[0] if scrubbed else df
         number = len(index.additions())
         marked, keys, signatures, vectors = _deduplicate(df, index)
         mask = marked["drop_reason"].is_null().to_numpy()
@@ -80,12 +86,26 @@ def add(run: Path, corpus: Path, *, settings: DedupSettings | dict | None = None
         entry = {"run": str(Path(run).resolve()), "run_info": _run_info(run), "content": content,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows_in": df.height, "rows_added": kept.height,
                  "drops": drops, "corpus_rows": index.size() + kept.height,
+                 "pii": {"found": scrubbed[1]} if scrubbed else "skipped",
                  "files": {"data": f"data/{name}", **({"dropped": f"dropped/{name}"} if dropped.height else {})},
                  "seconds": round(time.perf_counter() - started, 2)}
         entry = index.add(ids=kept["id"].to_list(), keys=[k for k, m in zip(keys, mask) if m],
                           signatures=signatures[mask], vectors=vectors[mask], content=content, entry=entry)
         _write_views(corpus, index, title)
         return entry
+
+
+def _scrub(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The rows with personal data redacted, and what this pass found per type."""
+    from pipeline.select import pii
+
+    out = pii.scrub(df)
+    return out.drop("drop_reason"), pii.tally(df, out)
+
+
+def unscrubbed(addition: dict) -> bool:
+    """Whether an addition's rows went in without a PII pass (added with pii=False, or before add scrubbed)."""
+    return not isinstance(addition.get("pii"), dict)
 
 
 def _remove_uncommitted_parts(corpus: Path, committed: int) -> None:
@@ -187,13 +207,15 @@ def card(additions: list[dict], settings: DedupSettings, title: str) -> str:
                 "seed": a["run_info"].get("seed", "-"), "time": a["time"], "rows_in": a["rows_in"],
                 "added": a["rows_added"], "drops": [a["drops"].get(r, 0) for r in reasons], "total": a["corpus_rows"]}
                for a in additions]
+    pii = [{"number": a["number"], "found": ", ".join(f"{k}: {v}" for k, v in a["pii"]["found"].items()) or "nothing"}
+           if not unscrubbed(a) else {"number": a["number"], "found": None} for a in additions]
     funnel = {"rows_in": sum(a["rows_in"] for a in additions), "added": sum(a["rows_added"] for a in additions),
               "drops": [sum(a["drops"].get(r, 0) for a in additions) for r in reasons]}
     data = DatasetCardData(license="other", task_categories=["text-generation"], size_categories=[size_category(rows)],
                            pretty_name=title, tags=["synthetic", "alignment", "aligndata"],
                            configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}])
     return str(DatasetCard.from_template(data, template_path=str(TEMPLATE), pretty_name=title, rows=rows,
-                                         history=history, funnel=funnel, reasons=reasons, settings=settings))
+                                         history=history, funnel=funnel, reasons=reasons, settings=settings, pii=pii))
 
 
 def rebalance(corpus: Path, k: int, *, tau: float = 0.9, score: str = "deita_score") -> Path:
@@ -223,9 +245,10 @@ def rebalance(corpus: Path, k: int, *, tau: float = 0.9, score: str = "deita_sco
 
 
 def publish(corpus: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: bool = False,
-            title: str = "aligndata corpus") -> list[dict]:
+            title: str = "aligndata corpus", allow_unscrubbed: bool = False) -> list[dict]:
     """Push each addition not pushed yet as one Hub commit (its data file, the card, corpus.jsonl); returns the
-    new commits' records (also kept in CORPUS/publish.json). Files already on the Hub are never re-uploaded."""
+    new commits' records (also kept in CORPUS/publish.json). Files already on the Hub are never re-uploaded.
+    Additions whose rows no PII pass went over are refused unless `allow_unscrubbed`."""
     from pipeline.ship.publish import commit_files
 
     corpus = Path(corpus)
@@ -239,6 +262,10 @@ def publish(corpus: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private:
         with contextlib.closing(CorpusIndex(corpus / "index")) as index:
             additions, settings = index.additions(), index.settings
         done = {c["number"] for c in log["commits"]}
+        raw = [a["number"] for a in additions if a["number"] not in done and unscrubbed(a)]
+        if raw and not allow_unscrubbed:
+            raise CorpusError(f"{corpus}: addition(s) {raw} went in without a PII pass (corpus add --no-pii); add those "
+                              "runs to a corpus without --no-pii, or pass --allow-unscrubbed to publish them as they are")
         for position, addition in enumerate(additions):
             if addition["number"] in done:
                 continue
