@@ -18,6 +18,11 @@ importing it would escape; tests/test_codehash.py checks no module does. Files o
 covered; the only ones the project reads are the dataset card templates in data_cards/, written at export and
 never cached. Only this project's packages count: the folder of a user's own stage module may hold anything, and
 what it reads is the user's to put in the stage's parameters.
+
+A user's stage (a recipe's `mypkg.stages:my_filter`, or a module beside the recipe) is hashed the same way: its
+module, the modules of ours it imports, and the user's own modules it imports, transitively: those under the folder
+its top-level package (or module) lies in, unless that folder is an installed site (site-packages, the Python
+installation), whose libraries are versioned by their installs, not hashed.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ def _package_of(name: str) -> str:
 
 
 def _imports(name: str, source: str) -> set[str]:
-    """Project modules named by the import statements of module `name` (with each parent package)."""
+    """Project modules named by the import statements of module `name` (with each parent package), and the user's
+    own modules when `name` is one (_user_root)."""
     package = _package_of(name)
     found = set()
     for node in ast.walk(ast.parse(source)):
@@ -66,7 +72,38 @@ def _imports(name: str, source: str) -> set[str]:
         for target in targets:
             parts = target.split(".")
             found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {m for m in found if _is_ours(m) and _module_file(m)}
+    root = _user_root(name)
+    return {m for m in found if _module_file(m) and (_is_ours(m) or (root and _under(m, root)))}
+
+
+@lru_cache(maxsize=None)
+def _installed_sites() -> tuple[Path, ...]:
+    import site
+    import sys
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"],
+             *site.getsitepackages(), site.getusersitepackages()}
+    return tuple(Path(p).resolve() for p in paths if p)
+
+
+@lru_cache(maxsize=None)
+def _user_root(name: str) -> Path | None:
+    """The folder holding the top-level package or module of `name`, when `name` is a user's module there (not ours,
+    not in an installed site); None otherwise."""
+    top = name.split(".")[0]
+    if _is_ours(top) or not _module_file(top):
+        return None
+    file = _module_file(top).resolve()
+    root = file.parent.parent if file.name == "__init__.py" else file.parent
+    sites = _installed_sites()
+    return None if any(root == s or s in root.parents for s in sites) else root
+
+
+def _under(module: str, root: Path) -> bool:
+    """Whether `module` is a user's module under `root` (a virtual environment inside it is an installed site)."""
+    parents = _module_file(module).resolve().parents
+    return root in parents and not any(site in parents for site in _installed_sites())
 
 
 @lru_cache(maxsize=None)
@@ -120,7 +157,7 @@ def package_data(package: str) -> tuple[tuple[str, str], ...]:
 
 def clear_caches() -> None:
     """Forget what was read (tests that rewrite modules or data files call it)."""
-    for cached in (_module_file, module_closure, _module_digest, package_data):
+    for cached in (_module_file, module_closure, _module_digest, package_data, _user_root):
         cached.cache_clear()
 
 
