@@ -1,5 +1,6 @@
 """What the card and the report say about distillation and tool-use runs: the verification settings, pass rates per
-problem (a histogram), the s1 selection, and APIGen's checks with the share of rows each one passed."""
+problem (a histogram: pipeline.ship.report draws it), the s1 selection, and APIGen's checks with the share of rows
+each one passed."""
 from __future__ import annotations
 
 import json
@@ -77,23 +78,3 @@ def notes(run_dir: Path) -> list[str]:
                 lines.append(f"{stage['stage']}: APIGen {what}{judge}: {s['rows_out']} of {s['rows_in']} rows passed "
                              f"({s['rows_out'] / s['rows_in']:.0%})")
     return lines
-
-
-def report_html(run_dir: Path) -> str:
-    """The report's pass-rate section: a histogram per sample stage (empty for other runs)."""
-    from pipeline.ship.report import _pyplot, _svg
-
-    parts = []
-    for name, rates in pass_rates(run_dir).items():
-        counts = histogram(rates["pass_rate"])
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(5, 2.6))
-        ax.bar(range(len(counts)), counts, color="#3b7dd8")
-        ax.set_xticks(range(len(counts)), BIN_LABELS, fontsize=8)
-        ax.set_xlabel("pass rate (verified / answered samples)")
-        ax.set_ylabel("problems")
-        ax.set_title(name, fontsize=10)
-        ax.spines[["top", "right"]].set_visible(False)
-        parts.append(_svg(fig))
-    return ("<h2>Pass rates</h2><p>Problems by the share of their sampled answers that were verified correct.</p>"
-            + "".join(parts)) if parts else ""

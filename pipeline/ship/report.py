@@ -180,9 +180,7 @@ def write(run_dir: Path) -> Path:
                             (f"Bottom {EXTREMES} selected rows by {score}", ranked.tail(EXTREMES))):
             table = rows_table(previews(rows, **{score: score}), [score, "id", "instruction", "response"])
             parts += [f"<h2>{html.escape(title)}</h2>", table]
-    from pipeline.ship.reasoning_card import report_html
-
-    parts.append(report_html(run_dir))
+    parts.append(pass_rate_section(run_dir))
     scores = score_plots(pool, selected)
     parts += ["<h2>Scores</h2>", "<div class=grid>" + "".join(svg for _, svg in scores) + "</div>"] if scores else []
     if cov:
@@ -199,6 +197,26 @@ def write(run_dir: Path) -> Path:
         {"funnel": funnel, "pool": pool.height, "selected": selected.height, "scores": [c for c, _ in scores],
          "clusters": cov.get("clusters", [])}, indent=1)))
     return path
+
+
+def pass_rate_section(run_dir: Path) -> str:
+    """Distillation runs: a histogram of the problems' pass rates per sample stage (empty for other runs)."""
+    from pipeline.ship.reasoning_card import BIN_LABELS, histogram, pass_rates
+
+    plots = []
+    for name, rates in pass_rates(run_dir).items():
+        counts = histogram(rates["pass_rate"])
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(5, 2.6))
+        ax.bar(range(len(counts)), counts, color="#3b7dd8")
+        ax.set_xticks(range(len(counts)), BIN_LABELS, fontsize=8)
+        ax.set_xlabel("pass rate (verified / answered samples)")
+        ax.set_ylabel("problems")
+        ax.set_title(name, fontsize=10)
+        ax.spines[["top", "right"]].set_visible(False)
+        plots.append(_svg(fig))
+    return ("<h2>Pass rates</h2><p>Problems by the share of their sampled answers that were verified correct.</p>"
+            + "".join(plots)) if plots else ""
 
 
 def _short(text: str | None) -> str:
