@@ -192,7 +192,7 @@ def _results_text(conversation: list[dict]) -> str:
     return "\n".join(f"{m.get('name')}: {m['content']}" for m in conversation if m["role"] == "tool")
 
 
-def judge(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 256) -> pl.DataFrame:
+def judge(df: pl.DataFrame, *, engine: Engine, max_tokens: int = 128) -> pl.DataFrame:
     """Stage: APIGen's semantic check by an engine judge; a "passes": false verdict drops the row as
     `semantic:rejected`, an unreadable one as `semantic:unparseable`."""
     conversations, metas = messages_of(df), meta_dicts(df)
