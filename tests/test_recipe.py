@@ -3,6 +3,7 @@ printed from the built-in jobs' own builders, run to the same rows as the jobs, 
 guarantees (resume, drop reasons, engine failures, code hash in the identity)."""
 import importlib
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -150,7 +151,7 @@ def run_recipe(path: Path, out: Path, *extra: str):
 
 
 def test_a_printed_job_runs_to_the_rows_of_the_job(tmp_path, data):
-    options = {"k": 3, "dedup": ("exact", "minhash"), "quality_filters": [], "shard_size": 2}
+    options = {"k": 3, "dedup": ("exact", "minhash"), "quality_filters": [], "shard_size": 4}
     spec = EngineSpec.make("fake", "fake-model")
     expected = recipes.curate_job(tmp_path / "job", input_path=data, engine=spec, **options)
     shown = yaml.safe_load(job_recipe("curate", engine=spec, options=options))
@@ -163,8 +164,8 @@ def test_a_printed_job_runs_to_the_rows_of_the_job(tmp_path, data):
     assert json.loads((tmp_path / "recipe" / "scored" / "stage.json").read_text()) == job_stages  # the same identity
 
     # magpie from its plan, with the job's model deciding the profile
-    magpie = recipes.magpie_job(tmp_path / "magpie-job", n=5, seed=3, engine=spec, shard_size=2)
-    shown = yaml.safe_load(job_recipe("magpie", engine=spec, options={"shard_size": 2})) | {"plan": {"n": 5, "seed": 3}}
+    magpie = recipes.magpie_job(tmp_path / "magpie-job", n=5, seed=3, engine=spec, shard_size=4)
+    shown = yaml.safe_load(job_recipe("magpie", engine=spec, options={"shard_size": 4})) | {"plan": {"n": 5, "seed": 3}}
     result = run_recipe(write(tmp_path / "magpie.yaml", shown), tmp_path / "magpie-recipe")
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(tmp_path / "magpie-recipe" / "export" / "data.parquet").equals(pl.read_parquet(magpie["export"]))
@@ -270,3 +271,38 @@ def test_the_readme_recipe_checks(tmp_path):
     result = check(tmp_path / "readme.yaml")
     assert result.exit_code == 0, result.output
     assert "judge judge shard_size=32 (engine: openai-chat gpt-4o-mini)" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_a_user_stage_runs_on_engine_replicas_with_the_rows_of_one_process(user_stages, data, monkeypatch):
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # the recipe's folder is added for this test only
+    recipe = {"input": "data.jsonl", "engines": {"fake": FAKE}, "engine": "fake",
+              "steps": [{"stage": "stages:tag_source", "params": {"suffix": "-r"}, "shard_size": 2}]}
+    path = write(user_stages / "r.yaml", recipe)
+    assert run_recipe(path, user_stages / "one").exit_code == 0
+    try:
+        result = runner.invoke(app, ["--replicas", "2", "recipe", "run", str(path), "--out", str(user_stages / "two")])
+    finally:
+        import ray
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    shards = sorted(e["shard"] for e in read_manifest(user_stages / "two") if e.get("stage") == "tag_source")
+    assert shards == [0, 1, 2, 3]  # each shard once, from the replicas
+    assert read_shards(user_stages / "two" / "tag_source").drop("meta").equals(
+        read_shards(user_stages / "one" / "tag_source").drop("meta"))
+
+
+def test_a_generate_schema_model_is_part_of_the_step_identity(user_stages, data):
+    model = "from pydantic import BaseModel\n\n\nclass Answer(BaseModel):\n    text: str\n{extra}"
+    (user_stages / "answer_model.py").write_text(model.format(extra=""))
+    recipe = {"input": "data.jsonl", "engines": {"fake": FAKE}, "engine": "fake",
+              "steps": [{"stage": "generate", "params": {"schema": "answer_model:Answer", "field": "text"}}]}
+    path = write(user_stages / "r.yaml", recipe)
+    first = load_recipe(path).steps[0].params
+    (user_stages / "answer_model.py").write_text(model.format(extra="    score: int = 1\n"))
+    sys.modules.pop("answer_model", None)
+    codehash.clear_caches()
+    second = load_recipe(path).steps[0].params
+    assert first["schema"] == second["schema"] and first["schema_code"] != second["schema_code"]
+    sys.modules.pop("answer_model", None)

@@ -73,7 +73,7 @@ def _imports(name: str, source: str) -> set[str]:
             parts = target.split(".")
             found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     root = _user_root(name)
-    return {m for m in found if _module_file(m) and (_is_ours(m) or (root and _under(m, root)))}
+    return {m for m in found if (_is_ours(m) or (root and _under(m, root))) and _module_file(m)}
 
 
 @lru_cache(maxsize=None)
@@ -101,9 +101,14 @@ def _user_root(name: str) -> Path | None:
 
 
 def _under(module: str, root: Path) -> bool:
-    """Whether `module` is a user's module under `root` (a virtual environment inside it is an installed site)."""
-    parents = _module_file(module).resolve().parents
-    return root in parents and not any(site in parents for site in _installed_sites())
+    """Whether `module` is a user's module under `root` (a virtual environment inside it is an installed site). Its
+    top-level package is looked at first: finding a submodule imports its package, which for a library is costly."""
+    for name in dict.fromkeys((module.split(".")[0], module)):
+        file = _module_file(name)
+        parents = file.resolve().parents if file else ()
+        if root not in parents or any(site in parents for site in _installed_sites()):
+            return False
+    return True
 
 
 @lru_cache(maxsize=None)

@@ -23,11 +23,13 @@ loads and compiled into the same Steps the built-in jobs are made of, so the run
 The file's structure is validated with pydantic (a maintained validator whose errors name the field); names,
 parameters (against each function's signature and type hints), engine references, filter specs and prompt templates
 are checked by `compile_recipe`, each error one line naming the step and the valid choices. `job_recipe` writes a
-built-in job as such a file from the job's own step builder. Modules beside the recipe file are importable.
+built-in job as such a file from the job's own step builder. Modules beside the recipe file are importable (also by
+the replicas of a local Ray cluster started afterwards; on a remote cluster, install them there).
 """
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -123,8 +125,9 @@ def load_recipe(path: Path) -> Recipe:
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise RecipeError(f"{path}: {where or 'recipe'}: {first['msg']}{more}") from None
     folder = str(path.resolve().parent)
-    if folder not in sys.path:  # a user's stage module beside the recipe imports like a script's sibling
-        sys.path.append(folder)
+    if folder not in sys.path:  # a user's stage module beside the recipe imports like a script's sibling, here and
+        sys.path.append(folder)  # in the processes started after (a local Ray cluster's replicas)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), folder) if p)
     return compile_recipe(parsed, where=str(path), base=path.resolve().parent)
 
 

@@ -29,6 +29,7 @@ from pipeline.recipes.magpie import magpie_steps
 from pipeline.recipes.magpie_tools import magpie_dpo_steps, magpie_extend_steps, magpie_filter_steps
 from pipeline.recipes.mcts import MCTS_DATASETS, mcts_dataset_step, mcts_search_step
 from pipeline.recipes.mining import bleuberi_steps, feedback_steps, moi_step
+from pipeline.recipes.reasoning import distill_steps
 from pipeline.recipes.selfalign import guideline_library_steps, honesty_steps, isheep_steps, urial_step
 from pipeline.recipes.steps import Step
 from pipeline.recipes.tag import tag_steps
@@ -62,6 +63,7 @@ JOBS: dict[str, Job] = {
     "urial": Job(lambda **options: [urial_step(**options)]),
     "audit": Job(lambda **options: [audit_step(**options)], required=(("against", "reference.jsonl"),)),
     "moi": Job(lambda **options: [moi_step(**options)], required=(("system_prompts", {"general": "You are a helpful assistant."}),)),
+    "distill": Job(distill_steps, title="Verified reasoning traces"),
 }
 # Builders that are not a linear job (a loop, two phases, one of several datasets) but whose stages users may chain.
 MORE_STEPS: tuple[Callable[[], list[Step]], ...] = (
@@ -69,6 +71,7 @@ MORE_STEPS: tuple[Callable[[], list[Step]], ...] = (
 GENERIC = {"generate": "pipeline.synth.generate:generate", "judge": "pipeline.score.judge:judge",
            "filter": "filters.columns:filter_rows"}
 GENERIC_COMPUTES = {"judge": ("judge_score",)}
+GENERIC_WHOLE = ("filter",)  # a filter spec may compare rows (unique_instruction): the whole input, as filters.mark
 STAGE_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -146,7 +149,8 @@ def stages() -> dict[str, Stage]:
         computes = tuple(dict.fromkeys(c for u in uses for c in u.get("computes", ())))
         size = None if None in sizes else (sizes[0] if sizes else DEFAULT_SHARD_SIZE)
         found[_short_name(path)] = Stage(_short_name(path), path, size, computes)
-    found |= {name: Stage(name, path, DEFAULT_SHARD_SIZE, GENERIC_COMPUTES.get(name, ())) for name, path in GENERIC.items()}
+    found |= {name: Stage(name, path, None if name in GENERIC_WHOLE else DEFAULT_SHARD_SIZE, GENERIC_COMPUTES.get(name, ()))
+              for name, path in GENERIC.items()}
     return dict(sorted(found.items()))
 
 
