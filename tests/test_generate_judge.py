@@ -85,8 +85,13 @@ def test_generate_places_the_reply_where_the_output_says():
         ("system", "Be brief."), ("user", "Translate: Hi"), ("assistant", "Hallo")]
     kept = generate(rows, engine=engine, prompt="Translate: {{ instruction }}", output="meta", key="german")
     assert kept["messages"].to_list() == rows["messages"].to_list() and json.loads(kept["meta"][0])["german"] == "Hallo"
-    own_system = generate(rows[1:], engine=engine, system="You are terse.")  # no prompt: answer the conversation
-    assert [m["content"] for m in own_system["messages"][0]] == ["Hi", "Hey!"]
+    calls = len(engine.calls)
+    empty_row = frame([[]]).with_columns(pl.lit("r2").alias("id"))
+    own_system = generate(pl.concat([rows, empty_row]), engine=engine, system="You are terse.")  # no prompt
+    assert [m["content"] for m in own_system["messages"][0]] == ["Hi", "Hey!"]  # the last reply regenerated
+    assert [m["content"] for m in own_system["messages"][1]] == ["Hi", "Hey!"]
+    assert own_system["drop_reason"].to_list() == [None, None, "no_user_turn"]  # nothing to answer: not sent
+    assert len(engine.calls) == calls + 1 and engine.calls[-1][0] == 2
 
 
 def test_generate_samples_n_rows_each_derived_from_its_input():

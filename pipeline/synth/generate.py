@@ -30,7 +30,7 @@ import polars as pl
 
 from pipeline.core.prompts import compile_template, render_rows, row_fields
 from pipeline.core.records import dump_meta, messages_of, meta_dicts, record_id, seed_of
-from pipeline.engines import Engine, Sampling, chat, failure_reason, reply_to
+from pipeline.engines import Engine, Sampling, chat, failed, failure_reason, reply_to
 from pipeline.score.tags import STRUCTURED_BACKENDS, parse_json_object
 
 OUTPUTS = ("assistant", "user", "instruction", "conversation", "meta")
@@ -80,6 +80,13 @@ def check_params(*, prompt: str | None = None, system: str | None = None, n: int
             raise ValueError(f"generate field {field!r} is not a property of the schema; it has {sorted(properties)}")
     compile_template(prompt or "", "generate prompt")
     compile_template(system or "", "generate system")
+
+
+def _answerable(conversation: list[dict], system: str | None) -> list[dict]:
+    """The conversation up to its last user turn (the reply is regenerated), under `system` when given."""
+    last_user = max(i for i, m in enumerate(conversation) if m["role"] == "user")
+    turns = [m for m in conversation[:last_user + 1] if not (system and m["role"] == "system")]
+    return ([{"role": "system", "content": system}] if system else []) + turns
 
 
 def _parsed(text: str | None, schema: dict, model) -> tuple[dict | None, str | None]:
@@ -135,16 +142,21 @@ def generate(df: pl.DataFrame, *, engine: Engine, prompt: str | None = None, sys
     texts = render_rows(prompt, rows, ids, what="generate prompt") if prompt is not None else [None] * df.height
     systems = render_rows(system, rows, ids, what="generate system") if system else [None] * df.height
     conversations = messages_of(df)
-    if prompt is None:  # answer the conversation itself, under the user's system prompt when one is given
-        requests = [reply_to(([{"role": "system", "content": s}] if s else []) + [m for m in c if not (s and m["role"] == "system")])
-                    for c, s in zip(conversations, systems)]
+    if prompt is None:  # answer the conversation itself (up to its last user turn), under the user's system prompt
+        asked = [i for i, c in enumerate(conversations) if any(m["role"] == "user" for m in c)]
+        requests = [reply_to(_answerable(conversations[i], systems[i])) for i in asked]
     else:
+        asked = list(range(df.height))
         requests = [chat(t, system=s) for t, s in zip(texts, systems)]
     sampling = Sampling(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         json_schema=Sampling.schema(json_schema) if structured else None)
     seeds = [seed_of(rid, key, seed) % 2**31 for rid in ids]
-    replies = engine.generate(requests, sampling, seeds)
-    metas = meta_dicts(df)
+    sent = engine.generate(requests, sampling, [seeds[i] for i in asked]) if requests else []
+    unasked = [failed("no_user_turn: nothing to answer")] * n  # never sent; dropped as no_user_turn below
+    replies = [unasked] * df.height
+    for i, samples in zip(asked, sent):
+        replies[i] = samples
+    metas, answered = meta_dicts(df), set(asked)
     out: dict[str, list] = {"id": [], "parent_id": [], "messages": [], "meta": [], "drop_reason": [], "row": []}
     for i, samples in enumerate(replies):
         for j, completion in enumerate(samples):
@@ -152,7 +164,8 @@ def generate(df: pl.DataFrame, *, engine: Engine, prompt: str | None = None, sys
             provenance = {"engine": engine.spec.backend, "model": engine.model_name, "sampling": sampling.as_dict(),
                           "seed": seeds[i] + j, "sample": j, "finish_reason": completion.finish_reason,
                           "n_tokens": completion.n_tokens, "structured": structured}
-            reason, conversation, text = failure_reason([completion]), conversations[i], completion.text
+            reason = failure_reason([completion]) if i in answered else "no_user_turn"
+            conversation, text = conversations[i], completion.text
             if reason is None and json_schema is not None:
                 value, error = _parsed(text, json_schema, model)
                 if value is None:
