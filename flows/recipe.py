@@ -11,7 +11,7 @@ from flows.publish import export_task
 from flows.tasks import input_task, plan_task, run_steps
 from pipeline import recipes
 from pipeline.core.rundir import StageMismatch, writer_lock
-from pipeline.recipes.recipe import forget_steps
+from pipeline.recipes.recipe_jobs import forget_steps
 
 
 @flow(name="recipe")

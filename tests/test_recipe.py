@@ -19,7 +19,8 @@ from pipeline.core import codehash
 from pipeline.core.rundir import read_manifest, read_shards
 from pipeline.engines import EngineSpec
 from pipeline.recipes import registry
-from pipeline.recipes.recipe import job_recipe, load_recipe
+from pipeline.recipes.recipe import load_recipe
+from pipeline.recipes.recipe_jobs import job_recipe
 
 runner = CliRunner()
 FAKE = {"backend": "fake", "model": "fake-model"}

@@ -11,7 +11,8 @@ import typer
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, Backend, choice,
                                  console, engine_spec, fail, run_job)
 from pipeline.recipes import registry
-from pipeline.recipes.recipe import Recipe, RecipeError, job_recipe, load_recipe
+from pipeline.recipes.recipe import Recipe, RecipeError, load_recipe
+from pipeline.recipes.recipe_jobs import job_recipe
 
 recipe_app = typer.Typer(no_args_is_help=True, help="Your own pipelines: YAML recipes of built-in stages and your own "
                                                     "functions, checked before any model loads.")

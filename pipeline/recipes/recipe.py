@@ -22,9 +22,9 @@ loads and compiled into the same Steps the built-in jobs are made of, so the run
 
 The file's structure is validated with pydantic (a maintained validator whose errors name the field); names,
 parameters (against each function's signature and type hints), engine references, filter specs and prompt templates
-are checked by `compile_recipe`, each error one line naming the step and the valid choices. `job_recipe` writes a
-built-in job as such a file from the job's own step builder. Modules beside the recipe file are importable (also by
-the replicas of a local Ray cluster started afterwards; on a remote cluster, install them there).
+are checked by `compile_recipe`, each error one line naming the step and the valid choices (pipeline.recipes.recipe_jobs
+writes the built-in jobs as such files and runs them). Modules beside the recipe file are importable (also by the
+replicas of a local Ray cluster started afterwards; on a remote cluster, install them there).
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def _compile_step(number: int, block: StepBlock, specs: dict, default: str | Non
              "installed in this environment is importable")
     if not callable(function):
         fail(f"step {number}: {path!r} is not a function")
-    name = block.name or _free_name((stage.name if stage else path.rpartition(":")[2]).replace(".", "-"), taken)
+    name = block.name or free_name((stage.name if stage else path.rpartition(":")[2]).replace(".", "-"), taken)
     label = f"step {number} {name!r} ({stage.name if stage else path})"
     if not RUN_NAME.fullmatch(name) or name in RESERVED or name in taken:
         fail(f"{label}: the name must be a new directory name (letters, digits, '.', '_', '-'), not "
@@ -219,7 +219,7 @@ def _suggestion(unknown: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _free_name(name: str, taken: set) -> str:
+def free_name(name: str, taken: set) -> str:
     """`name`, or `name-2`, `name-3`, ... when an earlier step has it."""
     return next(candidate for n in range(1, len(taken) + 2) if (candidate := name if n == 1 else f"{name}-{n}") not in taken)
 
@@ -296,94 +296,3 @@ def _check_generic(name: str | None, params: dict) -> None:
 
         check_params(**params)
 
-
-HEADER = """# The built-in job `{job}` as a recipe, written from the job's own step builder by `aligndata recipe show {job}`.
-# Edit it (steps, parameters, engines), check it with `aligndata recipe check FILE`, run it with
-# `aligndata recipe run FILE --out DIR`; `aligndata recipe stages` lists every stage with its parameters.
-"""
-
-
-def job_recipe(job: str, *, engine: EngineSpec, options: dict | None = None) -> str:
-    """Built-in job `job` (registry.JOBS) on `engine` as recipe YAML, from the job's step builder with `options`;
-    compiled, it gives the job's own Steps."""
-    import inspect
-    import json
-
-    options = dict(options or {})
-    if "model" in inspect.signature(registry.JOBS[job].build).parameters:
-        options.setdefault("model", engine.model)  # as the job does: the model picks Magpie's sampling profile
-    try:
-        steps = registry.job_steps(job, **options)
-    except TypeError as exc:
-        raise RecipeError(f"recipe show {job}: {exc}") from None
-    engines: dict[str, dict] = {}
-    names: dict[str, str] = {}
-
-    def engine_name(spec_json: str, wanted: str) -> str:
-        if spec_json not in names:
-            name = _free_name(wanted, set(engines))
-            engines[name] = {k: v for k, v in json.loads(spec_json).items() if v not in (None, {})}
-            names[spec_json] = name
-        return names[spec_json]
-
-    default = engine_name(engine.to_json(), "default") if any(s.uses_engine for s in steps) else None
-    blocks = []
-    for step in steps:
-        stage = registry.stages()[registry.name_of(step.stage)]
-        block: dict = {"name": step.name, "stage": stage.name}
-        if step.params:
-            block["params"] = json.loads(json.dumps(step.params))
-        block["shard_size"] = step.shard_size
-        if tuple(step.computes) != stage.computes:
-            block["computes"] = list(step.computes)
-        if step.engine:
-            block["engine"] = engine_name(step.engine, step.name)
-        if step.engines:
-            block["engines"] = {role: engine_name(spec, role) for role, spec in step.engines.items()}
-        blocks.append(block)
-    spec = registry.JOBS[job]
-    document = {"title": spec.title, **({"plan": {"n": 32, "seed": 0}} if spec.source == "plan" else {"input": "data.jsonl"}),
-                **({"engines": engines} if engines else {}), **({"engine": default} if default else {}), "steps": blocks}
-    return HEADER.format(job=job) + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=110)
-
-
-def recipe_job(out: Path, *, recipe: Recipe, input_path: Path | None = None, strict: bool = False, salvage: bool = False,
-               max_failure_rate: float = 0.1, recompute: bool = False, on_progress=None) -> dict:
-    """Run `recipe` into `out`: its source (`input_path` instead of its input when given), its steps, the Parquet export
-    and card; returns summarize(). A step whose identity changed (its code, parameters, model or input) is refused, or
-    with `recompute` deleted with the steps after it and computed again."""
-    import time
-
-    from pipeline.core.inputs import write_input
-    from pipeline.core.rundir import StageMismatch, summarize
-    from pipeline.recipes.magpie import write_plan
-    from pipeline.recipes.steps import export_parquet, run_step
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    if input_path is not None or recipe.input is not None:
-        stage_dir = write_input(out, Path(input_path or recipe.input), recipe.format, strict=strict, salvage=salvage)
-    else:
-        stage_dir = write_plan(out, n=recipe.plan[0], seed=recipe.plan[1])
-    for index, step in enumerate(recipe.steps):
-        on_shard = (lambda done, total, name=step.name: on_progress(name, done, total)) if on_progress else None
-        run = dict(engine=recipe.engine, max_failure_rate=max_failure_rate, on_shard=on_shard)
-        try:
-            stage_dir = run_step(out, step, stage_dir, **run)
-        except StageMismatch as exc:
-            if not recompute:
-                raise StageMismatch(f"{exc} (recipe run --recompute does that)") from None
-            forget_steps(out, recipe.steps[index:])
-            stage_dir = run_step(out, step, stage_dir, **run)
-    path = export_parquet(out, stage_dir, card=recipe.title)
-    return summarize(out) | {"export": str(path), "seconds": round(time.perf_counter() - started, 1)}
-
-
-def forget_steps(out: Path, steps: list[Step]) -> None:
-    """Delete the stage directories of `steps` in run `out` (a changed step and the ones after it, whose inputs change
-    with it), their Prefect cache records included; the manifest keeps their history."""
-    import shutil
-
-    for step in steps:
-        shutil.rmtree(Path(out) / step.name, ignore_errors=True)
