@@ -104,6 +104,9 @@ def test_the_step_counts_unsafe_categories_and_engine_failures_in_the_manifest(t
     stage = summary["stages"]["safety"]
     assert stage["drops"] == {"unsafe:S9": 1, "unsafe:S1": 1, "safety_unparsed": 1, "engine_error:http_503": 1}
     assert stage["counts"] == {"S9": 1, "S1": 1, "S7": 1} and stage["rows_out"] == 1
+    card = (tmp_path / "run" / "export" / "README.md").read_text()
+    assert "- safety: a guard model's verdict on every user and assistant turn of messages, chosen with Llama Guard 3's " \
+           "prompt and hazard categories (S1 Violent Crimes, S2 Non-Violent Crimes" in card and "unsafe:S9: 1" in card
     with pytest.raises(EngineFailures, match="1 of 5 rows failed"):
         input_job(tmp_path / "strict", input_path=data, steps=[safety_step()], engine=spec, max_failure_rate=0.1)
 

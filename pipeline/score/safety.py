@@ -160,6 +160,21 @@ def check(df: pl.DataFrame, *, engine: Engine, action: str = "drop", turns: str 
     return df.with_columns(dump_meta(metas), pl.Series("drop_reason", reasons, dtype=pl.String))
 
 
+def card_note(params: dict) -> str:
+    """What a safety step did, in the card's words.
+
+    >>> card_note({"action": "tag", "turns": "last", "columns": ["messages"]})[:60]
+    "a guard model's verdict on the last turn of messages with Ll"
+    """
+    categories = params.get("categories")
+    listed = ", ".join(f"{code} {text.rstrip('. ')}" for code, text in (categories or LLAMA_GUARD_3).items())
+    whose = "the run's own categories" if categories else "Llama Guard 3's prompt and hazard categories"
+    which = "every user and assistant turn" if params.get("turns", "each") == "each" else "the last turn"
+    done = "tagged in meta.safety" if params.get("action") == "tag" else "dropped as unsafe:<code>"
+    return (f"a guard model's verdict on {which} of {', '.join(params.get('columns', ['messages', 'chosen']))} with "
+            f"{whose} ({listed}); unsafe rows {done}, unreadable verdicts dropped as {UNPARSED}")
+
+
 def tally(rows_in: pl.DataFrame, rows_out: pl.DataFrame) -> dict[str, int]:
     """Unsafe rows per category code, dropped or tagged (the manifest's `counts`)."""
     del rows_in
