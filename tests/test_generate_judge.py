@@ -196,36 +196,55 @@ def test_a_prompt_naming_a_missing_field_is_one_line_naming_the_row_fields(tmp_p
     assert "generate prompt template: 'topic' is undefined in row 0" in line and "the row has: id, meta, source." in line
 
 
+def counted(run_dir, stage: str, kind: str) -> dict:
+    """The manifest's drops or nulls of `stage`, summed over its shards."""
+    total: dict = {}
+    for entry in read_manifest(run_dir):
+        if entry.get("stage") == stage and entry.get("status") == "done":
+            for key, n in entry[kind].items():
+                total[key] = total.get(key, 0) + n
+    return total
+
+
 @pytest.mark.real_llm
 def test_generate_with_a_schema_and_a_two_aspect_judge_on_smollm2(tmp_path, llamacpp):
+    from jsonschema import validate
+
+    from pipeline.recipes.runner import run_stage
+
     schema = {"type": "object", "properties": {"question": {"type": "string", "maxLength": 80},
                                                "difficulty": {"enum": ["easy", "hard"]}},
               "required": ["question", "difficulty"], "additionalProperties": False}
     rows = frame([[]] * 2, [{"topic": t} for t in ("tea", "chess")])
-    made = generate(rows, engine=llamacpp, prompt="Write one question about {{ topic }} as JSON with the keys question "
-                    "and difficulty (easy or hard).", output="instruction", schema=schema, field="question",
-                    max_tokens=40, temperature=0.0)
-    metas = [json.loads(m) for m in made["meta"]]
-    from jsonschema import validate
-    for row, meta in zip(made.iter_rows(named=True), metas):
+    params = {"prompt": "Write one question about {{ topic }} as JSON with the keys question and difficulty (easy or hard).",
+              "output": "instruction", "schema": schema, "field": "question", "max_tokens": 40, "temperature": 0.0}
+    run_stage(tmp_path, "generated", generate, source=rows, params=params, engine=llamacpp.spec)
+    kept, dropped = read_shards(tmp_path / "generated"), pl.read_parquet(tmp_path / "generated" / "dropped-00000.parquet")
+    assert kept.height + dropped.height == 2 and counted(tmp_path, "generated", "drops") == (
+        {"parse_error": dropped.height} if dropped.height else {})
+    for row in kept.iter_rows(named=True):
+        meta = json.loads(row["meta"])
         assert meta["generate"]["generated"]["structured"]  # llama.cpp's grammar from the schema
-        if row["drop_reason"] is None:
-            validate(meta["generated"], schema)
-            assert row["messages"][-1]["content"] == meta["generated"]["question"].strip()
-        else:
-            assert row["drop_reason"] == "parse_error" and "error" in meta["generate"]["generated"]
-    cut = generate(rows, engine=llamacpp, prompt="Write one question about {{ topic }} as JSON.", output="meta",
-                   schema=schema, max_tokens=3, temperature=0.0)  # cut off inside the object: never valid
-    assert cut["drop_reason"].to_list() == ["parse_error"] * 2
+        validate(meta["generated"], schema)
+        assert row["messages"][-1]["content"] == meta["generated"]["question"].strip()
+    # cut off inside the object: never valid, every row a counted parse_error with its raw text kept
+    run_stage(tmp_path, "cut", generate, source=rows[:1], params=params | {"max_tokens": 3}, engine=llamacpp.spec)
+    assert counted(tmp_path, "cut", "drops") == {"parse_error": 1}
+    raw = json.loads(pl.read_parquet(tmp_path / "cut" / "dropped-00000.parquet")["meta"][0])["generate"]["generated"]["raw"]
+    assert raw.startswith("{")
 
     answered = frame([[("user", "What is 2 + 2?"), ("assistant", "2 + 2 = 4.")],
                       [("user", "Name a primary color."), ("assistant", "Banana.")]])
-    judged = judge(answered, engine=llamacpp, rubric="Judge the assistant's reply.",
-                   aspects={"correctness": "Is the answer right?", "clarity": "Is it easy to read?"})
-    assert judged["drop_reason"].to_list() == [None, None]
+    run_stage(tmp_path, "judged", judge, source=answered, engine=llamacpp.spec, computes=("judge_score",),
+              params={"rubric": "Judge the assistant's reply.", "aspects": {"correctness": "Is the answer right?",
+                                                                            "clarity": "Is it easy to read?"}})
+    judged = read_shards(tmp_path / "judged")
+    assert judged.height == 2 and judged["drop_reason"].null_count() == 2
     for scores, mean in zip(judged["judge_scores"].to_list(), judged["judge_score"].to_list()):
         assert [s["aspect"] for s in scores] == ["correctness", "clarity"]
         values = [s["score"] for s in scores]
-        assert all(v is None or 1.0 <= v <= 5.0 for v in values)
+        assert all(v is None or 1.0 <= v <= 5.0 for v in values)  # an expectation over the digits 1..5
         assert (mean is None) == (None in values) and (mean is None or mean == pytest.approx(sum(values) / 2))
+    nulls = judged["judge_score"].null_count()
+    assert counted(tmp_path, "judged", "nulls") == ({"judge_score": nulls} if nulls else {})
     assert sum(s["score"] is not None for row in judged["judge_scores"] for s in row) >= 2  # SmolLM2 rates most
