@@ -85,13 +85,21 @@ def test_placeholders_are_consistent_within_a_conversation_and_restart_in_the_ne
     assert a["drop_reason"] is None and a["messages"][0]["role"] == "user"
 
 
-def test_reasoning_is_scrubbed_and_other_message_fields_are_kept():
-    call = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
-    df = frame([{"id": "a", "messages": [{"role": "user", "content": "book for ann@web.de"},
+def test_reasoning_and_tool_call_arguments_are_scrubbed_and_other_message_fields_kept():
+    calls = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}},
+             {"id": "c2", "type": "function", "function": {"name": "book", "arguments": '{"to": "ann@web.de", "n": 2}'}}]
+    df = frame([{"id": "a", "messages": [{"role": "user", "content": "book for ann@web.de, call +44 7911 123456"},
                                          {"role": "assistant", "content": "", "reasoning": "ann@web.de wants a room",
-                                          "tool_calls": call}]}])
-    message = scrub(df).row(0, named=True)["messages"][1]
-    assert message["reasoning"] == "<EMAIL_1> wants a room" and message["tool_calls"] == call and message["content"] == ""
+                                          "tool_calls": calls},
+                                         {"role": "tool", "content": '{"booked": "bob@web.de"}', "tool_call_id": "c2"}]},
+                {"id": "b", "messages": [{"role": "user", "content": "hi"}]}])
+    out = scrub(df)
+    user, assistant, tool = out.row(0, named=True)["messages"]
+    assert user["content"] == "book for <EMAIL_1>, call <PHONE_1>" and assistant["reasoning"] == "<EMAIL_1> wants a room"
+    assert [c["function"]["arguments"] for c in assistant["tool_calls"]] == ["{}", '{"to": "<EMAIL_1>", "n": 2}']
+    assert assistant["tool_calls"][1]["id"] == "c2" and assistant["content"] == "" and tool["tool_call_id"] == "c2"
+    assert tool["content"] == '{"booked": "<EMAIL_2>"}' and out.row(1, named=True)["messages"] == df.row(1, named=True)["messages"]
+    assert out.schema["messages"] == df.schema["messages"]
 
 
 def test_drop_mode_counts_each_row_once_under_its_first_type_and_still_redacts_it():

@@ -1,6 +1,6 @@
 """Personal data out of every turn: find e-mail addresses, phone numbers, IP addresses, payment cards, IBANs and
-credentials (API keys, tokens, private keys) in messages/chosen/rejected, and redact them with typed placeholders
-or drop the row (`pii:<type>`), per type.
+credentials (API keys, tokens, private keys) in messages/chosen/rejected (content, reasoning and tool-call
+arguments), and redact them with typed placeholders or drop the row (`pii:<type>`), per type.
 
 Placeholders are numbered per conversation in reading order (messages, then chosen, then rejected; turn by turn):
 the same value gets the same placeholder everywhere in the row (`<EMAIL_1>` in the question and in the answer that
@@ -161,10 +161,20 @@ def find(text: str, types: tuple[str, ...] = TYPES, regions: tuple[str, ...] = R
     return sorted(kept, key=lambda s: s[1])
 
 
+def _arguments_of(dtype: pl.DataType) -> bool:
+    """Whether a message struct has tool_calls[].function.arguments (the OpenAI shape records use)."""
+    calls = {f.name: f.dtype for f in dtype.fields}.get("tool_calls") if isinstance(dtype, pl.Struct) else None
+    call = calls.inner if isinstance(calls, pl.List) else None
+    function = {f.name: f.dtype for f in call.fields}.get("function") if isinstance(call, pl.Struct) else None
+    return isinstance(function, pl.Struct) and "arguments" in {f.name for f in function.fields}
+
+
 def _texts(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    """One row per text of a turn: (row, column, turn, field, text), in reading order; fields read by name, so
-    messages with more fields than role and content work as they are."""
+    """One row per text of a turn: (row, column, turn, field, call, text), in reading order: each message's fields of
+    TEXT_FIELDS, then its tool calls' arguments (field len(TEXT_FIELDS), `call` their index). Fields are read by
+    name, so messages with more fields than role and content work as they are."""
     frames = []
+    index = pl.int_range(pl.len(), dtype=pl.Int64).alias("row")
     for c, column in enumerate(columns):
         if column not in df.columns or not isinstance(df.schema[column], pl.List):
             continue
@@ -173,26 +183,56 @@ def _texts(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
         for f, field in enumerate(TEXT_FIELDS):
             if field not in names:
                 continue
-            texts = df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
-                              pl.col(column).list.eval(pl.element().struct.field(field)).alias("text"))
+            texts = df.select(index, pl.col(column).list.eval(pl.element().struct.field(field)).alias("text"))
             texts = texts.with_columns(pl.int_ranges(pl.col("text").list.len()).alias("turn"))
             frames.append(texts.explode("text", "turn").drop_nulls("text")
-                          .with_columns(pl.lit(c).alias("column"), pl.lit(f).alias("field")))
+                          .with_columns(pl.lit(c).alias("column"), pl.lit(f).alias("field"), pl.lit(0).alias("call")))
+        if _arguments_of(inner):
+            calls = df.select(index, pl.col(column).list.eval(pl.element().struct.field("tool_calls")).alias("calls"))
+            calls = calls.with_columns(pl.int_ranges(pl.col("calls").list.len()).alias("turn")).explode("calls", "turn")
+            calls = calls.drop_nulls("calls").with_columns(pl.int_ranges(pl.col("calls").list.len()).alias("call"))
+            calls = calls.explode("calls", "call").drop_nulls("calls").select(
+                "row", pl.col("calls").struct.field("function").struct.field("arguments").alias("text"), "turn",
+                pl.lit(c).alias("column"), pl.lit(len(TEXT_FIELDS)).alias("field"), "call")
+            frames.append(calls.drop_nulls("text"))
+    schema = {"row": pl.Int64, "text": pl.String, "turn": pl.Int64, "column": pl.Int32, "field": pl.Int32, "call": pl.Int64}
     if not frames:
-        return pl.DataFrame(schema={"row": pl.Int64, "text": pl.String, "turn": pl.Int64, "column": pl.Int32, "field": pl.Int32})
-    return pl.concat(frames, how="vertical_relaxed").sort("row", "column", "turn", "field")
+        return pl.DataFrame(schema=schema)
+    frames = [f.select(pl.col(name).cast(dtype) for name, dtype in schema.items()) for f in frames]
+    return pl.concat(frames).sort("row", "column", "turn", "field", "call")
+
+
+def _patch(df: pl.DataFrame, column: str, rebuilt: pl.DataFrame) -> pl.Series:
+    """`column` with the rows of `rebuilt` (row, rebuilt) in place of its own."""
+    rows = df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(column))
+    merged = rows.join(rebuilt, on="row", how="left", maintain_order="left")
+    return merged.select(pl.coalesce("rebuilt", column).alias(column)).to_series()
 
 
 def _replace(df: pl.DataFrame, column: str, field: str, changes: pl.DataFrame) -> pl.Series:
-    """`column` with the texts in `changes` (row, turn, text) put into `field` of those turns."""
-    rows = df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(column))
-    touched = rows.join(changes.select("row").unique(), on="row", how="semi")
+    """`column` with the texts in `changes` (row, turn, new) put into `field` of those turns."""
+    touched = df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(column)).join(
+        changes.select("row").unique(), on="row", how="semi")
     turns = touched.with_columns(pl.int_ranges(pl.col(column).list.len()).alias("turn")).explode(column, "turn")
     turns = turns.join(changes, on=["row", "turn"], how="left", maintain_order="left").with_columns(
         pl.col(column).struct.with_fields(pl.coalesce("new", pl.field(field)).alias(field)))
-    rebuilt = turns.group_by("row", maintain_order=True).agg(pl.col(column).alias("rebuilt"))
-    merged = rows.join(rebuilt, on="row", how="left", maintain_order="left")
-    return merged.select(pl.coalesce("rebuilt", column).alias(column)).to_series()
+    return _patch(df, column, turns.group_by("row", maintain_order=True).agg(pl.col(column).alias("rebuilt")))
+
+
+def _replace_arguments(df: pl.DataFrame, column: str, changes: list[tuple[int, int, int, str]]) -> pl.Series:
+    """`column` with new tool-call arguments (row, turn, call, new): the touched rows only, rebuilt in Python (a
+    list inside a list inside a list is beyond a Polars expression that stays readable)."""
+    new = {(row, turn, call): text for row, turn, call, text in changes}
+    rows = sorted({row for row, _, _, _ in changes})
+    conversations = df[column].gather(rows).to_list()
+    for row, conversation in zip(rows, conversations):
+        for turn, message in enumerate(conversation):
+            for call, tool_call in enumerate(message.get("tool_calls") or []):
+                if (row, turn, call) in new:
+                    tool_call["function"]["arguments"] = new[(row, turn, call)]
+    rebuilt = pl.DataFrame({"row": pl.Series(rows, dtype=pl.Int64),
+                            "rebuilt": pl.Series(conversations, dtype=df.schema[column])})
+    return _patch(df, column, rebuilt)
 
 
 def scrub(df: pl.DataFrame, *, drop: tuple[str, ...] | list[str] = (), keep: tuple[str, ...] | list[str] = (),
@@ -209,8 +249,8 @@ def scrub(df: pl.DataFrame, *, drop: tuple[str, ...] | list[str] = (), keep: tup
     texts = _texts(df, columns).filter(pl.col("text").str.contains(MAYBE))
     numbers: dict[int, dict[tuple[str, str], int]] = {}  # per row: (type, value) -> its placeholder's number
     found: dict[int, dict[str, int]] = {}
-    changed: dict[tuple[int, int], list[tuple[int, int, str]]] = {}  # (column, field) -> [(row, turn, new text)]
-    for row, text, turn, c, f in texts.iter_rows():
+    changed: dict[tuple[int, int], list[tuple]] = {}  # (column, field) -> [(row, turn, call, new text)]
+    for row, text, turn, c, f, call in texts.select("row", "text", "turn", "column", "field", "call").iter_rows():
         spans = find(text, types, regions)
         if not spans:
             continue
@@ -220,10 +260,14 @@ def scrub(df: pl.DataFrame, *, drop: tuple[str, ...] | list[str] = (), keep: tup
             number = seen.setdefault((kind, value), 1 + sum(k == kind for k, _ in seen))
             pieces += [text[last:start], f"<{PLACEHOLDER[kind]}_{number}>"]
             last = end
-        changed.setdefault((c, f), []).append((row, turn, "".join(pieces) + text[last:]))
+        changed.setdefault((c, f), []).append((row, turn, call, "".join(pieces) + text[last:]))
     out = df
     for (c, f), rows in changed.items():
-        changes = pl.DataFrame(rows, schema={"row": pl.Int64, "turn": pl.Int64, "new": pl.String}, orient="row")
+        if f == len(TEXT_FIELDS):
+            out = out.with_columns(_replace_arguments(out, columns[c], rows))
+            continue
+        changes = pl.DataFrame([(r, t, new) for r, t, _, new in rows],
+                               schema={"row": pl.Int64, "turn": pl.Int64, "new": pl.String}, orient="row")
         out = out.with_columns(_replace(out, columns[c], TEXT_FIELDS[f], changes))
     metas = meta_dicts(out)
     reasons = out["drop_reason"].to_list() if "drop_reason" in out.columns else [None] * out.height
