@@ -114,7 +114,8 @@ def test_the_step_counts_unsafe_categories_and_engine_failures_in_the_manifest(t
 @pytest.mark.real_llm
 def test_the_plumbing_on_smollm2(llamacpp):
     """SmolLM2-135M is no guard: whatever it answers is a verdict or a counted drop, never a silent 'safe'."""
-    out = check(frame().head(2), engine=llamacpp, turns="last", max_tokens=8)
+    # one short request (one category, the last turn): llama.cpp reads prompts at a few hundred tokens a second here
+    out = check(frame().head(2), engine=llamacpp, turns="last", categories={"S1": "Violent Crimes."}, max_tokens=8)
     for reason, meta in zip(out["drop_reason"], out["meta"]):
         safety = json.loads(meta)["safety"]
         assert safety["turns"] and safety["turns"][0]["raw"] is not None
