@@ -56,7 +56,7 @@ def apply(df: pl.DataFrame, spec: list) -> tuple[pl.DataFrame, dict[str, int]]:
     return marked.filter(pl.col("drop_reason").is_null()).drop("drop_reason"), counts
 
 
-from filters import conversation, long_output, magpie, quality  # noqa: E402,F401  (registers the built-in filters)
+from filters import columns, conversation, long_output, magpie, quality, reasoning  # noqa: E402,F401  (registers the built-in filters)
 
 # Instruction filters: what "passes" means for the instruction pass rate.
 MAGPIE_INSTRUCTION = [

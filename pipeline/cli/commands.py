@@ -8,12 +8,13 @@ from typing import Optional
 import typer
 
 from filters.magpie import DIFFICULTY_LEVELS
-from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, hoist_global_options, MODEL, OPTION, SALVAGE, STRICT,
-                                 TEMPLATE, EMBEDDER, Backend, app, choice, comma_list, console, engine_spec, fail, role,
-                                 run_job, shard_size_option)
-from pipeline.cli import mining, plan, selfalign  # noqa: F401  (registers their commands)
+from pipeline.cli.common import (ALLOW_UNSCRUBBED, API_KEY_ENV, BASE_URL, ENGINE, INPUT_HELP, hoist_global_options, MODEL,
+                                 NO_PII, OPTION, SALVAGE, STRICT, TEMPLATE, EMBEDDER, Backend, app, choice, comma_list,
+                                 console, engine_spec, fail, pii_drop_option, role, run_job, shard_size_option)
+from pipeline.cli import mining, plan, reasoning, selfalign  # noqa: F401  (registers their commands)
 from pipeline.cli.batches import batches
 from pipeline.cli.corpus import corpus_app
+from pipeline.cli.recipe import recipe_app
 from pipeline.core.inputs import FORMATS as INPUT_FORMATS
 from pipeline.recipes import DEDUP_METHODS, SELECTORS
 from pipeline.recipes.magpie import PROFILES
@@ -32,6 +33,7 @@ ResponderFormat = choice(("chat", "base"))  # pipeline.synth.mcts checks these t
 ExportFormat = choice(EXPORT_FORMATS)
 
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(recipe_app, name="recipe")
 app.command("batches")(batches)
 
 
@@ -113,14 +115,17 @@ def curate(
     shard_size: int = shard_size_option(64),
     strict: bool = STRICT,
     salvage: bool = SALVAGE,
+    no_pii: bool = NO_PII,
+    pii_drop: str = pii_drop_option(),
 ) -> None:
-    """deita curation of existing data: dedup, embeddings, complexity x quality scores, diverse selection."""
+    """deita curation of existing data: PII redaction, dedup, embeddings, complexity x quality scores, diverse
+    selection. Personal data is redacted from every turn first, before any model sees it (--no-pii to skip)."""
     spec = engine_spec(engine, model, base_url, template, option, api_key_env)
     run_job("curate_job", out, input_path=input, fmt=fmt, strict=strict, salvage=salvage, engine=spec, k=k, tau=tau,
              dedup=tuple(m for m in dedup.split(",") if m), selector=selector, isa_fraction=isa_fraction,
              score_mode=score_mode, reference=str(reference) if reference else None,
              quality_filters=None if quality_filters else [], long_output=long_output, ifd_max=ifd_max,
-             embedder=embedder, shard_size=shard_size,
+             embedder=embedder, shard_size=shard_size, pii=not no_pii, pii_drop=tuple(t for t in pii_drop.split(",") if t),
              complexity_engine=role(spec, complexity_model).describe() if complexity_model else None)
 
 
@@ -168,12 +173,11 @@ def magpie_filter(
     salvage: bool = SALVAGE,
 ) -> None:
     """Magpie's filter presets; the funnel (drops per filter) is in the manifest."""
-    from pipeline.recipes import Step
+    from pipeline.recipes.magpie_tools import magpie_filter_steps
 
-    step = Step(f"filtered-{preset}", "pipeline.select.magpie_presets:magpie_filter",
-                {"preset": preset, "k": k, "reward_threshold": reward_threshold,
-                 "reward_difference_threshold": reward_difference_threshold}, uses_engine=False, shard_size=None)
-    run_job("input_job", out, input_path=input, steps=[step], engine=None, strict=strict, salvage=salvage)
+    steps = magpie_filter_steps(preset=preset, k=k, reward_threshold=reward_threshold,
+                                reward_difference_threshold=reward_difference_threshold)
+    run_job("input_job", out, input_path=input, steps=steps, engine=None, strict=strict, salvage=salvage)
 
 
 @app.command("magpie-dpo")
@@ -195,12 +199,11 @@ def magpie_dpo(
     salvage: bool = SALVAGE,
 ) -> None:
     """Magpie preference pairs: k responses, best = chosen, worst = rejected."""
-    from pipeline.recipes import Step
+    from pipeline.recipes.magpie_tools import magpie_dpo_steps
 
-    step = Step("pairs", "pipeline.select.magpie_presets:preference_pairs",
-                {"k": k, "temperature": temperature, "max_tokens": max_tokens, "reward_model_path": reward_model},
-                shard_size=shard_size)
-    run_job("input_job", out, input_path=input, steps=[step], strict=strict, salvage=salvage,
+    steps = magpie_dpo_steps(k=k, temperature=temperature, max_tokens=max_tokens, reward_model_path=reward_model,
+                             shard_size=shard_size)
+    run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage,
              engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
 
@@ -221,13 +224,9 @@ def magpie_extend(
     salvage: bool = SALVAGE,
 ) -> None:
     """Extend selected difficult instructions to multi-turn conversations (Magpie-MT)."""
-    from pipeline.recipes import Step, magpie_steps
+    from pipeline.recipes.magpie_tools import magpie_extend_steps
 
-    steps = [Step("difficult", "pipeline.select.magpie_presets:select_difficult", {"min_difficulty": min_difficulty},
-                  uses_engine=False, shard_size=None)]
-    steps += [s for s in magpie_steps(turns=turns, model=model, shard_size=shard_size)  # the model picks the profile
-              if s.name.startswith(("followups", "responses-"))]
-    steps.append(magpie_steps(model=model)[-1])  # the final filters
+    steps = magpie_extend_steps(turns=turns, min_difficulty=min_difficulty, model=model, shard_size=shard_size)
     run_job("input_job", out, input_path=input, steps=steps, strict=strict, salvage=salvage,
              engine=engine_spec(engine, model, base_url, template, option, api_key_env))
 
@@ -347,14 +346,16 @@ def publish(
     private: bool = typer.Option(False, help="Create the repository private."),
     message: Optional[str] = typer.Option(None, help="Commit message."),
     max_shard_mb: float = typer.Option(500, help="Split the data into Parquet files of at most this many MB."),
+    allow_unscrubbed: bool = ALLOW_UNSCRUBBED,
 ) -> None:
     """Push the run's Parquet data, dataset card and manifest to the Hub (HF_ENDPOINT for another server).
-    Pushing an unchanged export again makes no new commit."""
+    Pushing an unchanged export again makes no new commit. Rows imported from users' data that no PII pass went
+    over (a job run with --no-pii) are refused unless --allow-unscrubbed."""
     from pipeline.ship.publish import PublishError, push
 
     try:
         record = push(run_dir, repo_id, token_env=token_env, private=private, commit_message=message,
-                      max_shard_bytes=max(1, int(max_shard_mb * 2**20)))
+                      max_shard_bytes=max(1, int(max_shard_mb * 2**20)), allow_unscrubbed=allow_unscrubbed)
     except PublishError as exc:
         raise fail(exc) from exc
     console.print(f"pushed {len(record['files'])} files to {record['endpoint']} {repo_id} @ {record['commit'][:12]}", soft_wrap=True)

@@ -11,8 +11,11 @@ from pipeline.recipes.mining import bleuberi_job, bleuberi_steps, feedback_job, 
 from pipeline.recipes.selfalign import (guide_align_job, guided_step, guideline_library_steps, honesty_job, honesty_steps,
                                         isheep_job, isheep_steps, urial_job, urial_step)
 from pipeline.recipes.mcts import MCTS_DATASETS, mcts_dataset_step, mcts_job, mcts_search_step
+from pipeline.recipes.reasoning import distill_job, distill_steps, tools_job, tools_steps
 from pipeline.recipes.steps import Step, export_parquet, input_job, run_step, run_steps, write_input
 from pipeline.recipes.tag import tag_steps
+from pipeline.recipes.recipe import RecipeError, load_recipe
+from pipeline.recipes.recipe_jobs import job_recipe, recipe_job
 
 SYNTHESIS_METHODS = ("magpie", "codeclm", "mcts")
 
@@ -50,6 +53,6 @@ def synthesis_steps(method: str, **options) -> list[Step]:
     raise ValueError(f"unknown synthesis method {method!r}; valid: {list(SYNTHESIS_METHODS)}")
 
 
-__all__ = ["urial_job", "urial_step", "moi_step", "guide_align_job", "guided_step", "guideline_library_steps", "moi_job", "honesty_job", "honesty_steps", "isheep_job", "isheep_steps", "MINING_METHODS", "audit_job", "audit_step", "mining_steps", "bleuberi_job", "bleuberi_steps", "feedback_job", "feedback_steps", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
+__all__ = ["distill_job", "distill_steps", "tools_job", "tools_steps", "RecipeError", "job_recipe", "load_recipe", "recipe_job", "urial_job", "urial_step", "moi_step", "guide_align_job", "guided_step", "guideline_library_steps", "moi_job", "honesty_job", "honesty_steps", "isheep_job", "isheep_steps", "MINING_METHODS", "audit_job", "audit_step", "mining_steps", "bleuberi_job", "bleuberi_steps", "feedback_job", "feedback_steps", "DEDUP_METHODS", "MCTS_DATASETS", "SELECTORS", "SYNTHESIS_METHODS", "Step", "codeclm_steps", "curate_job",
            "curate_steps", "export_parquet", "input_job", "magpie_job", "magpie_steps", "mcts_dataset_step", "mcts_job",
            "mcts_search_step", "run_step", "run_steps", "synthesis_steps", "tag_steps", "write_input", "write_plan"]

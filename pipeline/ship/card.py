@@ -10,9 +10,11 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.rundir import read_manifest, write_atomic
+from pipeline.ship import reasoning_card
 from pipeline.engines.usage import PRICES_DATE, PRICES_SOURCE
 from pipeline.core.secrets import redact
 from pipeline.score.embed import describe_embedder
+from pipeline.score.safety import card_note
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "data_cards" / "dataset_card.md.jinja"
 METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "magpie", "pipeline.select.magpie_presets": "magpie",
@@ -21,7 +23,8 @@ METHOD_OF_MODULE = {"pipeline.synth.magpie": "magpie", "pipeline.score.tags": "m
                     "pipeline.score.bleu": "bleuberi", "pipeline.synth.feedback": "wildfeedback",
                     "pipeline.synth.honesty": "honesty", "pipeline.select.moi": "moi", "pipeline.select.bleuberi": "bleuberi", "pipeline.select.audit": "audit",
                     "pipeline.synth.isheep": "isheep", "pipeline.synth.guide_align": "guide-align",
-                    "pipeline.select.guide_library": "guide-align", "pipeline.synth.urial_answers": "urial"}
+                    "pipeline.select.guide_library": "guide-align", "pipeline.synth.urial_answers": "urial",
+                    "pipeline.synth.distill": "r1-distill", "pipeline.select.difficulty": "s1", "pipeline.synth.tools": "apigen"}
 METHOD_OF_FILTER = {"single_length_requirement": "long-output", "length_score_at_least": "long-output"}
 # The papers' pages: the card's only links, to things that exist.
 PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.org/abs/2312.15685",
@@ -31,7 +34,8 @@ PAPERS = {"magpie": "https://arxiv.org/abs/2406.08464", "deita": "https://arxiv.
           "audit": "https://arxiv.org/abs/2510.18554", "wildfeedback": "https://arxiv.org/abs/2408.15549",
           "honesty": "https://arxiv.org/abs/2312.07000", "moi": "https://arxiv.org/abs/2404.18410",
           "isheep": "https://arxiv.org/abs/2408.08072", "guide-align": "https://arxiv.org/abs/2403.11838",
-          "urial": "https://arxiv.org/abs/2312.01552"}
+          "urial": "https://arxiv.org/abs/2312.01552", "r1-distill": "https://arxiv.org/abs/2501.12948",
+          "s1": "https://arxiv.org/abs/2501.19393", "apigen": "https://arxiv.org/abs/2406.18518"}
 CITATIONS = {
     "magpie": "@inproceedings{xu2025magpie,\n  title={Magpie: Alignment Data Synthesis from Scratch by Prompting Aligned LLMs with Nothing},\n"
               "  author={Xu, Zhangchen and Jiang, Fengqing and Niu, Luyao and Deng, Yuntian and Poovendran, Radha and Choi, Yejin and Lin, Bill Yuchen},\n"
@@ -61,6 +65,13 @@ CITATIONS = {
              "  booktitle={ICLR}, year={2024}}",
     "audit": "@article{barbero2025extracting,\n  title={Extracting alignment data in open models},\n"
              "  journal={arXiv preprint arXiv:2510.18554}, year={2025}}",
+    "r1-distill": "@article{deepseek2025r1,\n  title={DeepSeek-R1: Incentivizing Reasoning Capability in LLMs via Reinforcement Learning},\n"
+                  "  author={{DeepSeek-AI}},\n  journal={arXiv preprint arXiv:2501.12948}, year={2025}}",
+    "s1": "@article{muennighoff2025s1,\n  title={s1: Simple test-time scaling},\n"
+          "  author={Muennighoff, Niklas and Yang, Zitong and Shi, Weijia and Li, Xiang Lisa and Fei-Fei, Li and Hajishirzi, Hannaneh and Zettlemoyer, Luke and Liang, Percy and Cand{\\`e}s, Emmanuel and Hashimoto, Tatsunori},\n"
+          "  journal={arXiv preprint arXiv:2501.19393}, year={2025}}",
+    "apigen": "@inproceedings{liu2024apigen,\n  title={APIGen: Automated Pipeline for Generating Verifiable and Diverse Function-Calling Datasets},\n"
+              "  booktitle={NeurIPS Datasets and Benchmarks}, year={2024}}",
     "ifd": "@inproceedings{li2024quantity,\n  title={From Quantity to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction Tuning},\n"
            "  booktitle={NAACL}, year={2024}}",
 }
@@ -125,6 +136,9 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
     notes += [f"{s['stage']}: I-SHEEP self-assessment by the generating model itself, two 1-10 ratings (quality; "
               f"instruction following) read as the reference reads them; kept when both are at least {_filter_param(stages, 'self_assessed_at_least', 'min_score', 9)}"
               for s in stages if s.get("function") == "pipeline.synth.isheep.self_assess"]
+    notes += reasoning_card.notes(run_dir)
+    notes += [f"{s['stage']}: {card_note(s.get('params', {}))}" for s in stages
+              if s.get("function") == "pipeline.score.safety.check"]
     notes += sorted({f"{e['stage']}: {w}" for e in read_manifest(run_dir) for w in e.get("warnings", [])})
     usage = [{"stage": stage, "model": model, "backend": t["backend"], "requests": t.get("requests", 0),
               "prompt_tokens": t.get("prompt_tokens", 0) + t.get("batch_prompt_tokens", 0),
@@ -137,7 +151,18 @@ def context(run_dir: Path, export: Path | None = None) -> dict:
                        for stage, s in zip(stages, funnel.values())],
             "usage": usage, "prices": f"{PRICES_DATE} list prices ({PRICES_SOURCE}) unless a --prices file was given",
             "models": models, "filters": filter_steps, "notes": notes, "methods": methods, "rows": df.height, "languages": languages or ["en"],
-            "seeds": ", ".join(seeds) if seeds else "see each row's meta"}
+            "seeds": ", ".join(seeds) if seeds else "see each row's meta", "pii": pii_section(run_dir, export)}
+
+
+def pii_section(run_dir: Path, export: Path) -> dict:
+    """The card's "Personal data" section: the run's scrub status and, per type, values found, action, rows dropped."""
+    from pipeline.select.pii import TYPES
+    from pipeline.ship import scrubbing
+
+    pii = scrubbing.summary(run_dir, export)
+    types = [{"type": t, "found": pii["found"].get(t, 0), "action": pii["actions"].get(t, "-"),
+              "dropped": pii["dropped"].get(t, 0)} for t in TYPES]
+    return {"status": pii["status"], "passes": pii["passes"], "dropped": sum(pii["dropped"].values()), "types": types}
 
 
 def _filter_text(item) -> str:
@@ -168,7 +193,7 @@ def render(ctx: dict, *, pretty_name: str, description: str, license: str = "oth
         aligndata_version=aligndata_version, method_links=[(m, PAPERS.get(m)) for m in ctx["methods"] or ["curation"]],
         rows=ctx["rows"],
         split_note="one split, train", funnel=ctx["funnel"], models=ctx["models"], filters=ctx.get("filters", []), notes=ctx.get("notes", []), seeds=ctx["seeds"],
-        usage=ctx.get("usage", []), prices=ctx.get("prices", ""),
+        usage=ctx.get("usage", []), prices=ctx.get("prices", ""), pii=ctx.get("pii"),
         citations=[CITATIONS[m] for m in ctx["methods"]])
     return redact(str(card))
 
