@@ -104,18 +104,3 @@ def min_neighbor_distance_above(threshold: float = 0.0) -> pl.Expr:
 def first_of_repeats() -> pl.Expr:
     """Keep rows that are not a later copy in a near-duplicate group (Magpie's dedup rule)."""
     return pl.col("dup_of").is_null()
-
-
-@register
-def pii_free(types: list[str] | None = None) -> pl.Expr:
-    """Keep rows with no personal data of `types` (default: every type of pipeline.select.pii) in any turn of
-    messages/chosen/rejected; the `pii` stage redacts instead of dropping. One Python call per batch (the validators
-    are Python), not per row."""
-    from pipeline.select import pii
-
-    types = tuple(types or pii.TYPES)
-    unknown = sorted(set(types) - set(pii.TYPES))
-    if unknown:
-        raise ValueError(f"unknown pii types {unknown}; valid: {list(pii.TYPES)}")
-    return pl.struct(pl.all()).map_batches(lambda rows: ~pii.holds_pii(rows.struct.unnest(), types),
-                                           return_dtype=pl.Boolean)

@@ -76,7 +76,7 @@ def dpo_engine(name, ratings):
     top = {key: {d: (0.0 if int(d) == ratings[j] else -1e4) for d in "123456789"} for j, key in enumerate(script)}
     engine = load_engine(EngineSpec.make("fake", name, options={"top_logprobs": top}))
     counter = iter(range(10**6))
-    engine._reply = lambda prompt, seed: f"resp{next(counter) % len(ratings)}"
+    engine._reply = lambda prompt, seed, sample=0: f"resp{next(counter) % len(ratings)}"
     return engine
 
 

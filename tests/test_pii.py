@@ -162,17 +162,3 @@ def test_a_run_counts_per_type_in_the_manifest_and_card_and_writes_no_value_outs
         if path.is_file() and "input" not in path.relative_to(out).parts:
             data = path.read_bytes()
             assert not [v for v in PLANTED.values() if v.encode() in data], path
-
-
-def test_the_pii_free_filter_drops_rows_holding_a_type_as_a_filter_spec_entry():
-    import filters
-
-    df = frame([{"id": "mail", "messages": [{"role": "user", "content": "mail ann@web.de"}]},
-                {"id": "clean", "messages": [{"role": "user", "content": "upgrade to v1.2.3 on 2024-03-15"}]},
-                {"id": "phone", "chosen": [{"role": "assistant", "content": "call +44 7911 123456"}]}])
-    kept, counts = filters.apply(df, [{"name": "pii_free", "types": ["email"]}])
-    assert kept["id"].to_list() == ["clean", "phone"] and counts == {"pii_free": 1}
-    kept, counts = filters.apply(df, ["pii_free"])
-    assert kept["id"].to_list() == ["clean"] and counts == {"pii_free": 2}
-    with pytest.raises(ValueError, match="unknown pii types"):
-        filters.apply(df, [{"name": "pii_free", "types": ["names"]}])

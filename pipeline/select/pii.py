@@ -297,12 +297,3 @@ scrub.tally = tally  # type: ignore[attr-defined]  (read by pipeline.recipes.run
 def scrubbed(df: pl.DataFrame) -> pl.Series:
     """Whether each row went through a PII pass (its meta has "pii")."""
     return df["meta"].str.json_path_match("$.pii").is_not_null()
-
-
-def holds_pii(df: pl.DataFrame, types: tuple[str, ...] = TYPES, columns: tuple[str, ...] = COLUMNS,
-              regions: tuple[str, ...] = REGIONS) -> pl.Series:
-    """Whether each row has a value of `types` in a turn of `columns` (the `pii_free` filter's test)."""
-    texts = _texts(df, columns).filter(pl.col("text").str.contains(MAYBE))
-    hits = {row for row, text in texts.select("row", "text").iter_rows() if find(text, tuple(types), tuple(regions))}
-    return pl.Series("holds_pii", [row in hits for row in range(df.height)], dtype=pl.Boolean)
-

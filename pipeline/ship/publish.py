@@ -63,7 +63,8 @@ def push(run_dir: Path, repo_id: str, *, token_env: str = "HF_TOKEN", private: b
 
     run_dir = Path(run_dir)
     uploads = files(run_dir, max_shard_bytes)  # nothing exported: that error first
-    scrubbing.check(run_dir, allow_unscrubbed=allow_unscrubbed)
+    if not allow_unscrubbed and (why := scrubbing.refusal(run_dir)):
+        raise PublishError(why)
     record = commit_files(repo_id, uploads, token_env=token_env, private=private,
                           message=commit_message or f"aligndata: export of run {run_dir.name}", replace_data=True)
     write_json(record, run_dir / "publish.json")

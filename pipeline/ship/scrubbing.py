@@ -53,12 +53,10 @@ def summary(run_dir: Path, export: Path | None = None) -> dict:
     return {"status": status, "passes": passes, "found": found, "dropped": dropped, "actions": actions}
 
 
-def check(run_dir: Path, *, allow_unscrubbed: bool = False) -> None:
-    """Raise PublishError when the run's rows came from imported data that no PII pass went over."""
-    from pipeline.ship.publish import PublishError
-
-    if allow_unscrubbed or summary(run_dir)["status"] != "not scrubbed":
-        return
-    raise PublishError(f"{run_dir}: its rows come from imported data that no PII pass went over (the job ran with "
-                       "--no-pii, or does not scrub); re-run it without --no-pii (or run `aligndata curate` on its "
-                       "export), or pass --allow-unscrubbed to publish them as they are")
+def refusal(run_dir: Path) -> str | None:
+    """Why `publish` refuses the run (its rows came from imported data that no PII pass went over), or None."""
+    if summary(run_dir)["status"] != "not scrubbed":
+        return None
+    return (f"{run_dir}: its rows come from imported data that no PII pass went over (the job ran with --no-pii, or "
+            "does not scrub); re-run it without --no-pii (or run `aligndata curate` on its export), or pass "
+            "--allow-unscrubbed to publish them as they are")
