@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from pipeline.core.inputs import InputError, load
-from pipeline.core.records import conform
+from pipeline.core.records import compact, conform
 
 
 def write_jsonl(path, rows):
@@ -18,7 +18,7 @@ def test_messages_sharegpt_and_alpaca_become_records(tmp_path):
     pl.DataFrame({"conversations": [[{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]]}).write_parquet(sharegpt)
     alpaca = write_jsonl(tmp_path / "c.jsonl", [{"instruction": "Add", "input": "1+1", "output": "2"}, {"instruction": "Hi", "input": "", "output": "Hello"}])
     a, b, c = load(openai), load(sharegpt), load(alpaca)
-    assert a["id"].to_list() == ["7"] and a["messages"][0].to_list()[1] == {"role": "assistant", "content": "a"}
+    assert a["id"].to_list() == ["7"] and compact(a["messages"][0].to_list())[1] == {"role": "assistant", "content": "a"}
     assert [m["role"] for m in b["messages"][0].to_list()] == ["system", "user", "assistant"]
     assert c["messages"].to_list()[0][0]["content"] == "Add\n\n1+1" and c["messages"].to_list()[1][0]["content"] == "Hi"
     for df in (a, b, c):
@@ -29,7 +29,7 @@ def test_datasets_directory(tmp_path):
     from datasets import Dataset
 
     Dataset.from_dict({"instruction": ["x"], "output": ["y"]}).save_to_disk(str(tmp_path / "ds"))
-    assert load(tmp_path / "ds")["messages"].to_list() == [[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]]
+    assert [compact(c) for c in load(tmp_path / "ds")["messages"].to_list()] == [[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]]
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -60,7 +60,9 @@ REAL_EXPORT = [  # what real ShareGPT exports hold, one row per case, with the r
     ({"id": "t", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]}, "empty_turn"),
     ({"id": "x", "conversations": [{"from": "human", "value": ["q"]}]}, "not_text"),
     ({"id": "r", "conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}]},
-     "unknown_role:function_call"),
+     "bad_tool_call"),  # LLaMA-Factory's tool-call turn, with no function name
+    ({"id": "u", "conversations": [{"from": "human", "value": "q"}, {"from": "narrator", "value": "x"}]},
+     "unknown_role:narrator"),
     ({"id": "a", "conversations": [{"from": "gpt", "value": "only the assistant"}]}, "no_user_turn"),
     ({"id": "ok", "conversations": [{"from": "human", "value": "again"}, {"from": "gpt", "value": "a"}]}, "duplicate_id"),
     ("just a string", "not_an_object"),
@@ -88,8 +90,8 @@ def test_real_export_rows_are_quarantined_with_a_counted_reason_and_the_rest_kep
     assert [m["role"] for m in split] == ["user", "assistant"] and entry["repairs"] == {"leading_assistant_turns_removed": 2}
     roles = kept.filter(kept["id"] == "roles")["messages"][0].to_list()
     assert [m["role"] for m in roles] == ["system", "user", "assistant", "tool"]
-    raw = json.loads(dropped.filter(dropped["drop_reason"] == "unknown_role:function_call")["meta"][0])["import"]["raw"]
-    assert "function_call" in raw  # the quarantined row's text is kept for reading
+    raw = json.loads(dropped.filter(dropped["drop_reason"] == "unknown_role:narrator")["meta"][0])["import"]["raw"]
+    assert "narrator" in raw  # the quarantined row's text is kept for reading
 
 
 def test_another_input_on_the_same_run_is_refused_and_a_stage_dir_never_brings_dropped_rows(tmp_path):

@@ -290,8 +290,8 @@ def test_a_user_stage_runs_on_engine_replicas_with_the_rows_of_one_process(user_
     assert result.exit_code == 0, result.output
     shards = sorted(e["shard"] for e in read_manifest(user_stages / "two") if e.get("stage") == "tag_source")
     assert shards == [0, 1, 2, 3]  # each shard once, from the replicas
-    assert read_shards(user_stages / "two" / "tag_source").drop("meta").equals(
-        read_shards(user_stages / "one" / "tag_source").drop("meta"))
+    two, one = (read_shards(user_stages / d / "tag_source").drop("meta") for d in ("two", "one"))
+    assert {c: two[c].to_list() for c in two.columns if not two[c].equals(one[c])} == {}
 
 
 def test_a_generate_schema_model_is_part_of_the_step_identity(user_stages, data):

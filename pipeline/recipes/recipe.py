@@ -124,11 +124,22 @@ def load_recipe(path: Path) -> Recipe:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise RecipeError(f"{path}: {where or 'recipe'}: {first['msg']}{more}") from None
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:  # a user's stage module beside the recipe imports like a script's sibling, here and
-        sys.path.append(folder)  # in the processes started after (a local Ray cluster's replicas)
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), folder) if p)
+    _importable_first(str(path.resolve().parent))
     return compile_recipe(parsed, where=str(path), base=path.resolve().parent)
+
+
+_RECIPE_FOLDER: list[str] = []  # the folder put first by the last recipe loaded in this process
+
+
+def _importable_first(folder: str) -> None:
+    """A user's stage module beside the recipe imports like a script's sibling: its folder first on sys.path, here and
+    in the processes started after (a local Ray cluster's replicas, through PYTHONPATH), in place of the folder of a
+    recipe loaded before (a long-lived process must not find another recipe's `stages.py` first)."""
+    stale = set(_RECIPE_FOLDER) | {folder}
+    sys.path[:] = [folder, *(p for p in sys.path if p not in stale)]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in stale]
+    os.environ["PYTHONPATH"] = os.pathsep.join([folder, *inherited])
+    _RECIPE_FOLDER[:] = [folder]
 
 
 def compile_recipe(recipe: RecipeFile, *, where: str = "recipe", base: Path = Path(".")) -> Recipe:
