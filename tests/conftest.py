@@ -9,6 +9,32 @@ from pipeline.engines import EngineSpec, load_engine  # noqa: E402
 from pipeline.engines.llamacpp_server import LlamaServer  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def prefect_harness(tmp_path_factory):
+    """A throwaway Prefect server and home for one test module (flows under test run against it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def step_calls(monkeypatch):
+    """The names of the recipe steps whose task body ran (a cache hit runs none)."""
+    from pipeline import recipes
+
+    calls = []
+    run_step = recipes.run_step
+
+    def counting(out, step, source, **kwargs):
+        calls.append(step.name)
+        return run_step(out, step, source, **kwargs)
+
+    monkeypatch.setattr(recipes, "run_step", counting)
+    return calls
+
+
 @pytest.fixture
 def fake_spec():
     return EngineSpec.make("fake", "fake-model")

@@ -4,7 +4,6 @@ import json
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.curate import curate_flow
 from flows.end_to_end import end_to_end_flow
@@ -16,27 +15,7 @@ FAKE = {"backend": "fake", "model": "flow-model", "options": {"script": {"<|im_s
 CURATE = {"k": 3, "dedup": ["exact", "minhash"], "shard_size": 4,
            "quality_filters": [{"name": "instruction_words_at_least", "min_words": 2}]}  # fake instructions have 2 words
 
-
-@pytest.fixture(scope="module", autouse=True)
-def harness(tmp_path_factory):
-    import os
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture
-def step_calls(monkeypatch):
-    """The names of the steps whose task body ran (a cache hit runs none)."""
-    calls = []
-    run_step = recipes.run_step
-
-    def counting(out, step, source, **kwargs):
-        calls.append(step.name)
-        return run_step(out, step, source, **kwargs)
-
-    monkeypatch.setattr(recipes, "run_step", counting)
-    return calls
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_synthesize_flow_runs_each_step_as_a_task(tmp_path, step_calls):

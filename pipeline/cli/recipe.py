@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import (API_KEY_ENV, BASE_URL, ENGINE, MODEL, OPTION, SALVAGE, STRICT, TEMPLATE, Backend, choice,
-                                 console, engine_spec, fail, run_job)
+                                 console, engine_spec, fail, key_values, run_job)
 from pipeline.recipes import registry
 from pipeline.recipes.recipe import Recipe, RecipeError, load_recipe
 from pipeline.recipes.recipe_jobs import job_recipe
@@ -73,17 +73,9 @@ def show(
                                                      "e.g. --set k=500 --set 'dedup=[\"exact\"]' (repeatable)."),
 ) -> None:
     """Print a built-in job as a recipe you can copy and edit (from the job's own step builder)."""
-    options = {}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
     try:
-        text = job_recipe(job, engine=engine_spec(engine, model, base_url, template, option, api_key_env), options=options)
+        text = job_recipe(job, engine=engine_spec(engine, model, base_url, template, option, api_key_env),
+                          options=key_values(set_, "--set"))
     except (RecipeError, ValueError) as exc:
         raise fail(exc) from exc
     typer.echo(text, nl=False)
