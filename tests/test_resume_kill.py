@@ -16,7 +16,7 @@ from pipeline.core.rundir import read_shards
 pytestmark = pytest.mark.real_llm
 MAGPIE = ["pipeline.cli", "magpie", "--engine", "llamacpp", "--n", "12", "--seed", "5", "--shard-size", "2",
           "--response-max-tokens", "48", "--response-temperature", "0.6"]
-END_TO_END = ["flows.cli", "run", "--engine", "llamacpp", "--n", "16", "--seed", "5", "--k", "6"]  # 2 response shards of 8
+END_TO_END = ["flows.cli", "run", "--engine", "llamacpp", "--n", "8", "--seed", "5", "--k", "4", "--shard-size", "4"]  # 2 response shards
 
 
 @pytest.mark.parametrize("args, kill_after, shards", [(MAGPIE, 2, 6), pytest.param(END_TO_END, 1, 2, marks=pytest.mark.slow)],
