@@ -165,19 +165,27 @@ def test_synthesize_flow_from_seeds_on_smollm2(tmp_path, method, options):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_aligndata_run_is_the_end_to_end_flow_on_the_offline_default_model(tmp_path):
+    """The README's quick start at its defaults: 24 instructions, 12 selected rows, every output; run again, every
+    step is a cache hit (no shard recomputed)."""
     from typer.testing import CliRunner
 
     from flows.cli import app
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", "--out", str(out), "--n", "8", "--k", "4"])
-    assert result.exit_code == 0, result.output
-    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    result = CliRunner().invoke(app, ["run", "--out", str(out)])
+    assert result.exception is None and result.exit_code == 0, result.output
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    manifest = [json.loads(line) for line in lines]
     assert {e["engine"]["model"] for e in manifest if e.get("engine")} == {"smollm2"}
+    assert read_shards(out / "instructions").height == 24
     exported = pl.read_parquet(out / "export" / "data.parquet")
     scored = read_shards(out / "scored")
-    assert 0 < exported.height <= 4 and scored["deita_score"].null_count() < scored.height
+    assert exported.height == 12 and scored["deita_score"].null_count() < scored.height
     assert exported["deita_score"].is_not_null().all()
+    rerun = CliRunner().invoke(app, ["run", "--out", str(out)])
+    assert rerun.exception is None and rerun.exit_code == 0, rerun.output
+    assert (out / "manifest.jsonl").read_text().splitlines() == lines  # nothing recomputed
+    assert pl.read_parquet(out / "export" / "data.parquet").equals(exported)
     for path in ("export/README.md", "export/trl/sft.parquet", "export/hf/sft/dataset_info.json",
                  "export/llamafactory/dataset_info.json", "export/axolotl/axolotl_datasets.yaml", "report/index.html"):
         assert (out / path).exists(), path
