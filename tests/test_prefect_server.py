@@ -22,7 +22,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 def test_prefect_yaml_shares_engines_through_anchors_and_schedules_the_gpu_run():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"nightly-gpu", "cpu-smoke", "publish-manual"}
+    assert set(deployments) == {"nightly-gpu", "cpu-smoke", "publish-manual", "recipe-manual"}
     nightly = deployments["nightly-gpu"]
     assert nightly["work_pool"]["name"] == "gpu" and nightly["concurrency_limit"] == 1
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
@@ -31,9 +31,11 @@ def test_prefect_yaml_shares_engines_through_anchors_and_schedules_the_gpu_run()
     assert "schedules" not in deployments["publish-manual"]
     from flows.end_to_end import end_to_end_flow
     from flows.publish import publish_flow
+    from flows.recipe import recipe_flow
 
     # every deployment's parameters are parameters of its flow (a typo would fail only at run time)
-    flows = {"flows/end_to_end.py:end_to_end_flow": end_to_end_flow, "flows/publish.py:publish_flow": publish_flow}
+    flows = {"flows/end_to_end.py:end_to_end_flow": end_to_end_flow, "flows/publish.py:publish_flow": publish_flow,
+             "flows/recipe.py:recipe_flow": recipe_flow}
     for d in deployments.values():
         assert set(d["parameters"]) <= set(flows[d["entrypoint"]].parameters.properties), d["name"]
 
@@ -119,7 +121,7 @@ def server(tmp_path_factory):
 @pytest.mark.real_llm
 @pytest.mark.vllm
 def test_deployments_on_a_prefect_server_with_a_process_worker(server, tmp_path):
-    assert sorted(server.deployments) == ["cpu-smoke", "nightly-gpu", "publish-manual"]
+    assert sorted(server.deployments) == ["cpu-smoke", "nightly-gpu", "publish-manual", "recipe-manual"]
     assert server.deployments["nightly-gpu"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     out = tmp_path / "smoke"
     server.prefect("deployment", "run", "end-to-end/cpu-smoke", "--params", json.dumps({"out": str(out), "n": 6, "curate": {"k": 3}}))
@@ -134,6 +136,16 @@ def test_deployments_on_a_prefect_server_with_a_process_worker(server, tmp_path)
     stages = [json.loads(line)["stage"] for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {"instructions", "responses", "scored", "selected", "export"} <= set(stages)
     assert (out / "export" / "README.md").exists() and (out / "report" / "index.html").exists()
+
+    # the recipe deployment runs a user's recipe file through the same worker
+    recipe = tmp_path / "my-recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"plan": {"n": 4, "seed": 3}, "engine": "fake",
+                                      "engines": {"fake": {"backend": "fake", "model": "m"}},
+                                      "steps": [{"stage": "magpie.synthesize", "params": {"max_tokens": 16}}]}))
+    server.prefect("deployment", "run", "recipe/recipe-manual", "--params",
+                   json.dumps({"out": str(tmp_path / "recipe"), "recipe": str(recipe)}))
+    server.wait_completed(server.runs("recipe-manual")[0]["id"], 300)
+    assert pl.read_parquet(tmp_path / "recipe" / "export" / "data.parquet").height == 4
 
 
 @pytest.mark.slow
