@@ -185,6 +185,12 @@ def test_a_recipe_of_generate_judge_and_filter_counts_its_drops_and_nulls(tmp_pa
     out = read_shards(tmp_path / "out" / "filter")
     assert out.height == 3 and out["judge_score"].to_list() == [3.5] * 3
     assert [len(s) for s in out["judge_scores"]] == [3] * 3  # overall, a, b
+    result = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert result.exception is None and result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    plotted = set(report["scores"])  # a histogram per aspect with scores; the first judge's "overall" has none
+    assert {"judge_score", "judge: a", "judge: b"} <= plotted and "judge: overall" not in plotted
+    assert "<h2>Top 5 selected rows by judge_score</h2>" in (tmp_path / "out" / "report" / "index.html").read_text()
 
 
 def test_a_prompt_naming_a_missing_field_is_one_line_naming_the_row_fields(tmp_path):

@@ -17,8 +17,8 @@ from pipeline.core.rundir import read_shards, write_atomic
 EXAMPLES = 3  # rows shown per drop reason
 EXTREMES = 5  # rows shown at each end of the selection
 PREVIEW_CHARS = 240
-SCORES = ("deita_score", "complexity", "quality", "ifd", "instruct_reward", "base_reward", "min_neighbor_distance",
-          "ref_similarity", "ref_string_similarity")
+SCORES = ("deita_score", "complexity", "quality", "ifd", "instruct_reward", "base_reward", "judge_score",
+          "min_neighbor_distance", "ref_similarity", "ref_string_similarity")
 
 
 def _svg(fig) -> str:
@@ -57,27 +57,43 @@ def funnel_plot(stages: dict) -> str:
 
 
 def score_plots(pool: pl.DataFrame, selected: pl.DataFrame) -> list[tuple[str, str]]:
-    """(column, svg) per score column present: a histogram of the pool with the selected rows on top (of the
-    exported rows alone for a score the last stage computed, e.g. an audit's similarities)."""
-    plt = _pyplot()
+    """(title, svg) per score present: a histogram of the pool with the selected rows on top (of the exported rows
+    alone for a score the last stage computed, e.g. an audit's similarities); a judge's aspects get one each."""
     plots = []
     for column in SCORES:
         in_pool = column in pool.columns and not pool[column].drop_nulls().is_empty()
         if not in_pool and (column not in selected.columns or selected[column].drop_nulls().is_empty()):
             continue
         values, chosen = (_values(pool, column), _values(selected, column)) if in_pool else (_values(selected, column), [])
-        if not len(values):
-            continue
-        bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 4)))
-        fig, ax = plt.subplots(figsize=(4.2, 2.6))  # counts drawn as steps: no artist per row, whatever the pool size
-        ax.stairs(np.histogram(values, bins)[0], bins, fill=True, color="#b8c7dc", label=f"pool ({len(values)})")
-        if len(chosen):
-            ax.stairs(np.histogram(chosen, bins)[0], bins, fill=True, color="#3b7dd8", label=f"selected ({len(chosen)})")
-        ax.set_title(column, fontsize=10)
-        ax.legend(frameon=False, fontsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
-        plots.append((column, _svg(fig)))
+        if len(values):
+            plots.append((column, _histogram(column, values, chosen)))
+    pool_aspects, selected_aspects = _judge_aspects(pool), _judge_aspects(selected)
+    for aspect, values in pool_aspects.items():
+        title = f"judge: {aspect}"
+        plots.append((title, _histogram(title, values, selected_aspects.get(aspect, []))))
     return plots
+
+
+def _histogram(title: str, values: np.ndarray, chosen) -> str:
+    plt = _pyplot()
+    bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 4)))
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))  # counts drawn as steps: no artist per row, whatever the pool size
+    ax.stairs(np.histogram(values, bins)[0], bins, fill=True, color="#b8c7dc", label=f"pool ({len(values)})")
+    if len(chosen):
+        ax.stairs(np.histogram(chosen, bins)[0], bins, fill=True, color="#3b7dd8", label=f"selected ({len(chosen)})")
+    ax.set_title(title, fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def _judge_aspects(df: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The `judge` stage's per-aspect scores (`judge_scores`: a list of {aspect, score} per row) by aspect."""
+    if "judge_scores" not in df.columns or df["judge_scores"].drop_nulls().is_empty():
+        return {}
+    scores = df.select(pl.col("judge_scores").explode().struct.unnest()).drop_nulls()
+    return {aspect: group["score"].cast(pl.Float64).to_numpy()
+            for (aspect,), group in scores.group_by("aspect", maintain_order=True)}
 
 
 def _values(df: pl.DataFrame, column: str) -> np.ndarray:
@@ -172,7 +188,7 @@ def write(run_dir: Path) -> Path:
     if examples:
         parts += ["<h2>What was dropped</h2>", f"<p>Up to {EXAMPLES} rows per stage and reason.</p>",
                   rows_table(examples, ["stage", "drop_reason", "id", "dup_of", "instruction", "response"])]
-    score = next((c for c in ("deita_score", "instruct_reward", "ifd") if c in selected.columns
+    score = next((c for c in ("deita_score", "instruct_reward", "ifd", "judge_score") if c in selected.columns
                   and selected[c].drop_nulls().len()), None)
     if score:
         ranked = selected.filter(pl.col(score).is_not_null()).sort(score, descending=True, maintain_order=True)
