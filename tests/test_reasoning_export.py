@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from pipeline.core.records import conform
 from pipeline.ship.export import export
@@ -59,3 +60,24 @@ def test_llamafactory_export_uses_its_thinking_and_function_call_format(tmp_path
     assert json.loads(rows[0]["tools"]) == [WEATHER] and "tools" not in rows[1]
     info = json.loads(Path(written["dataset_info"]).read_text())
     assert info["d_sft"]["columns"] == {"messages": "conversations", "tools": "tools"}
+
+
+@pytest.mark.slow
+def test_trl_trains_one_step_on_the_tool_and_reasoning_export(tmp_path, tiny_model):
+    """TRL's SFTTrainer takes our TRL file as it is (tools as JSON text, tool calls, tool results, reasoning) with the
+    Qwen3 template, and what it trains on holds the rendered calls, results and thinking."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    written = export(records(), tmp_path, "trl")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), processing_class=tokenizer,
+                         train_dataset=load_dataset("parquet", data_files=str(written["sft"]), split="train"),
+                         args=SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=2,
+                                        report_to=[], save_strategy="no", use_cpu=True, chat_template_path=str(TEMPLATE)))
+    trained = [tokenizer.decode(row["input_ids"]) for row in trainer.train_dataset]
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in trained[0]
+    assert '<tool_response>\n{"temp": 21}\n</tool_response>' in trained[0] and "<tools>" in trained[0]
+    assert "<think>\nTwo and two make four.\n</think>" in trained[1]
+    assert trainer.train().global_step == 1
