@@ -57,21 +57,18 @@ def funnel_plot(stages: dict) -> str:
 
 
 def score_plots(pool: pl.DataFrame, selected: pl.DataFrame) -> list[tuple[str, str]]:
-    """(title, svg) per score present: a histogram of the pool with the selected rows on top (of the exported rows
-    alone for a score the last stage computed, e.g. an audit's similarities); a judge's aspects get one each."""
-    plots = []
-    for column in SCORES:
-        in_pool = column in pool.columns and not pool[column].drop_nulls().is_empty()
-        if not in_pool and (column not in selected.columns or selected[column].drop_nulls().is_empty()):
-            continue
-        values, chosen = (_values(pool, column), _values(selected, column)) if in_pool else (_values(selected, column), [])
-        if len(values):
-            plots.append((column, _histogram(column, values, chosen)))
-    pool_aspects, selected_aspects = _judge_aspects(pool), _judge_aspects(selected)
-    for aspect, values in pool_aspects.items():
-        title = f"judge: {aspect}"
-        plots.append((title, _histogram(title, values, selected_aspects.get(aspect, []))))
-    return plots
+    """(title, svg) per score present: a histogram of the pool with the selected rows on top, or of the exported rows
+    alone for a score the last stage computed (e.g. an audit's similarities); a judge's aspects get one each."""
+    in_pool, in_selected = _scores(pool), _scores(selected)
+    plots = [(title, _histogram(title, values, in_selected.get(title, []))) for title, values in in_pool.items()]
+    return plots + [(title, _histogram(title, values, [])) for title, values in in_selected.items() if title not in in_pool]
+
+
+def _scores(df: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Each score with values in `df`, by title: the SCORES columns, then the judge's aspects ("judge: <aspect>")."""
+    found = {column: _values(df, column) for column in SCORES}
+    found |= {f"judge: {aspect}": values for aspect, values in _judge_aspects(df).items()}
+    return {title: values for title, values in found.items() if len(values)}
 
 
 def _histogram(title: str, values: np.ndarray, chosen) -> str:
